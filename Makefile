@@ -1,0 +1,31 @@
+# Two commands on a fresh CPU machine: `make train` (the default run) and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CPU wheel of torch; on a GPU machine install your CUDA torch first (README: GPU install).
+TORCH ?= torch==2.13.0
+
+.PHONY: setup train test test-fast sweep-smoke report clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+train: setup
+	$(PY) train.py
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+sweep-smoke: setup
+	$(PY) sweep.py experiment=split_ablation_smoke
+
+clean:
+	rm -rf logs .cache

@@ -1,0 +1,140 @@
+"""SSM scan kernels behind one interface, dispatched by backend.
+
+``selective_scan`` (Mamba-1) and ``ssd`` (Mamba-2) have the semantics and layouts of the step-by-step
+definitions in ``flowhn.kernels.reference``. Backends (config key ``model.ssm_backend``):
+
+* ``torch``: chunked PyTorch (CPU, and anywhere as a fallback);
+* ``triton``: our Triton kernels for Mamba-1, and the chunked SSD under ``torch.compile`` for Mamba-2 (CUDA,
+  or the CPU interpreter when ``TRITON_INTERPRET=1``);
+* ``mamba_ssm``: the reference CUDA/Triton kernels of the ``mamba_ssm`` package, when it is installed;
+* ``reference``: the sequential definitions (slow; for tests);
+* ``auto``: ``mamba_ssm`` on CUDA if it imports, else ``triton`` on CUDA if it works, else ``torch``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+
+import torch
+
+from flowhn.kernels import reference
+from flowhn.kernels.ssd_chunked import ssd_chunked
+from flowhn.kernels.torch_scan import selective_scan_torch
+
+__all__ = ["selective_scan", "ssd", "available_backends", "resolve_backend", "BACKENDS"]
+
+BACKENDS = ("auto", "torch", "triton", "mamba_ssm", "reference")
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.lru_cache(maxsize=None)
+def _import_problem(module: str) -> str | None:
+    """Why ``module`` cannot be used (None if it imports). Cached: import attempts are slow."""
+    try:
+        importlib.import_module(module)
+    except Exception as exc:  # a broken binary extension raises more than ImportError
+        return f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return None
+
+
+def _unavailable(name: str, device: torch.device) -> str | None:
+    """Why backend ``name`` cannot run on ``device``, or None if it can."""
+    if name in ("torch", "reference"):
+        return None
+    if name == "triton":
+        if device.type != "cuda" and not (device.type == "cpu" and _interpreting()):
+            return f"it needs a CUDA device (got {device.type}; TRITON_INTERPRET=1 runs it on CPU, slowly)"
+        return _import_problem("flowhn.kernels.triton_scan")
+    if name == "mamba_ssm":
+        if device.type != "cuda":
+            return f"it needs a CUDA device (got {device.type})"
+        return _import_problem("flowhn.kernels.mamba_ssm_ops")
+    return f"unknown backend; choose one of {', '.join(BACKENDS)}"
+
+
+def resolve_backend(name: str, device: torch.device | str) -> str:
+    """The concrete backend ``name`` means on ``device``; raises a one-line ValueError if unusable."""
+    device = torch.device(device)
+    if name == "auto":
+        if device.type == "cuda":
+            for candidate in ("mamba_ssm", "triton"):
+                if _unavailable(candidate, device) is None:
+                    return candidate
+        return "torch"
+    problem = _unavailable(name, device)
+    if problem is not None:
+        raise ValueError(f"model.ssm_backend={name!r} is not available: {problem}")
+    return name
+
+
+def available_backends(device: torch.device | str | None = None) -> list[str]:
+    """Concrete backends usable on ``device`` (default: CUDA if present, else CPU)."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    return [name for name in BACKENDS[1:] if _unavailable(name, device) is None]
+
+
+def _check_scan_shapes(u, delta, A, B, C, D, z, delta_bias):
+    batch, dim, length = u.shape
+    state = A.shape[-1]
+    expected = {"delta": (delta, (batch, dim, length)), "A": (A, (dim, state)), "B": (B, (batch, state, length)),
+                "C": (C, (batch, state, length)), "D": (D, (dim,)), "z": (z, (batch, dim, length)),
+                "delta_bias": (delta_bias, (dim,))}
+    for key, (tensor, shape) in expected.items():
+        if tensor is not None and tuple(tensor.shape) != shape:
+            raise ValueError(f"selective_scan: {key} has shape {tuple(tensor.shape)}, expected {shape} "
+                             f"for u of shape {tuple(u.shape)} and A of shape {tuple(A.shape)}")
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, backend="auto"):
+    """Mamba-1 selective scan. u, delta, z: (B, D, L); A: (D, N); B, C: (B, N, L); D, delta_bias: (D,).
+
+    h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t,  y_t = C_t·h_t + D u_t,  y ← y·silu(z), with
+    Δ = softplus(delta + delta_bias) if ``delta_softplus`` else delta + delta_bias. Returns y (B, D, L)
+    in u's dtype, differentiable in every tensor argument.
+    """
+    _check_scan_shapes(u, delta, A, B, C, D, z, delta_bias)
+    name = resolve_backend(backend, u.device)
+    args = (u, delta, A, B, C)
+    kwargs = dict(D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus)
+    if name == "torch":
+        return selective_scan_torch(*args, **kwargs)
+    if name == "reference":
+        return reference.selective_scan_sequential(*args, **kwargs)
+    if name == "triton":
+        from flowhn.kernels.triton_scan import selective_scan_triton
+
+        return selective_scan_triton(*args, **kwargs)
+    from flowhn.kernels.mamba_ssm_ops import selective_scan_mamba_ssm
+
+    return selective_scan_mamba_ssm(*args, **kwargs)
+
+
+def ssd(x, dt, A, B, C, D=None, chunk_size=64, backend="auto"):
+    """Mamba-2 SSD. x: (B, L, H, P); dt: (B, L, H), positive; A: (H,), negative; B, C: (B, L, G, N), G | H.
+
+    Per head: h_t = exp(dt_t A) h_{t-1} + dt_t x_t ⊗ B_t,  y_t = h_t C_t + D x_t. Returns (B, L, H, P) in
+    x's dtype, differentiable. L need not be a multiple of ``chunk_size``.
+    """
+    batch, length, heads, _ = x.shape
+    if B.shape != C.shape or B.shape[:2] != (batch, length) or heads % B.shape[2]:
+        raise ValueError(f"ssd: B {tuple(B.shape)} and C {tuple(C.shape)} must both be (batch, length, groups, "
+                         f"state) with groups dividing the {heads} heads of x {tuple(x.shape)}")
+    name = resolve_backend(backend, x.device)
+    if name == "torch":
+        return ssd_chunked(x, dt, A, B, C, D, chunk_size=chunk_size)
+    if name == "reference":
+        return reference.ssd_sequential(x, dt, A, B, C, D)
+    if name == "triton":
+        from flowhn.kernels.triton_ssd import ssd_gpu
+
+        return ssd_gpu(x, dt, A, B, C, D, chunk_size=chunk_size)
+    from flowhn.kernels.mamba_ssm_ops import ssd_mamba_ssm
+
+    return ssd_mamba_ssm(x, dt, A, B, C, D, chunk_size=chunk_size)

@@ -1,0 +1,94 @@
+"""Inputs and error measures for checking a scan backend against the float64 reference.
+
+Shared by ``tests/test_kernels.py`` and ``scripts/gpu_check_kernels.py`` so both judge a kernel the
+same way: identical (possibly bf16-rounded) inputs go to the kernel and, upcast, to the reference; the
+error of the output and of every gradient is ``‖out − ref‖ / ‖ref‖`` under one random cotangent.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from flowhn.kernels import reference
+
+
+def _randn(shape, generator, device):
+    return torch.randn(shape, generator=generator, device=device, dtype=torch.float64)
+
+
+def scan_inputs(batch, dim, length, state, *, dtype=torch.float32, device="cpu", D=True, z=True,
+                delta_bias=True, delta_softplus=True, seed=0) -> dict:
+    """Mamba-1 arguments at realistic magnitudes: step sizes ~1e-3..1 and A = -(1..N) as Mamba inits them."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    if delta_softplus:
+        delta = _randn((batch, dim, length), gen, device) - 2.0  # softplus(-2 ± 1) ≈ 0.05..0.3
+    else:
+        delta = torch.rand(batch, dim, length, generator=gen, device=device, dtype=torch.float64) * 0.3 + 1e-3
+    steps = torch.arange(1, state + 1, device=device, dtype=torch.float64)
+    args = {
+        "u": _randn((batch, dim, length), gen, device),
+        "delta": delta,
+        "A": -steps * torch.exp(0.1 * _randn((dim, state), gen, device)),
+        "B": _randn((batch, state, length), gen, device),
+        "C": _randn((batch, state, length), gen, device),
+        "D": _randn((dim,), gen, device) if D else None,
+        "z": _randn((batch, dim, length), gen, device) if z else None,
+        "delta_bias": None,
+    }
+    if delta_bias:
+        # Without softplus a negative step would make the recurrence explode, so keep that bias positive.
+        bias = _randn((dim,), gen, device)
+        args["delta_bias"] = 0.5 * bias if delta_softplus else 0.01 * bias.abs()
+    # Parameters stay fp32 in mixed precision; activations take the compute dtype.
+    params = ("A", "D", "delta_bias")
+    out = {k: None if v is None else v.to(torch.float32 if k in params and dtype != torch.float64 else dtype)
+           for k, v in args.items()}
+    out["delta_softplus"] = delta_softplus
+    return out
+
+
+def ssd_inputs(batch, length, heads, head_dim, groups, state, *, dtype=torch.float32, device="cpu", D=True,
+               seed=0) -> dict:
+    """Mamba-2 arguments: dt log-uniform in [1e-3, 1e-1] and A in [-16, -1], as Mamba-2 inits them."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    unit = lambda *shape: torch.rand(shape, generator=gen, device=device, dtype=torch.float64)  # noqa: E731
+    args = {
+        "x": _randn((batch, length, heads, head_dim), gen, device),
+        "dt": 1e-3 * 100.0 ** unit(batch, length, heads),
+        "A": -(1.0 + 15.0 * unit(heads)),
+        "B": _randn((batch, length, groups, state), gen, device),
+        "C": _randn((batch, length, groups, state), gen, device),
+        "D": _randn((heads,), gen, device) if D else None,
+    }
+    params = ("A", "D")
+    return {k: None if v is None else v.to(torch.float32 if k in params and dtype != torch.float64 else dtype)
+            for k, v in args.items()}
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    ref = ref.double()
+    return ((out.double() - ref).norm() / ref.norm().clamp_min(1e-300)).item()
+
+
+def compare(fn: Callable, ref_fn: Callable, inputs: dict, seed: int = 1) -> dict:
+    """Relative errors of ``fn`` vs ``ref_fn`` (fed the same inputs in float64): 'out' and 'd<name>' per input."""
+    tensors = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+    flags = {k: v for k, v in inputs.items() if not isinstance(v, torch.Tensor)}
+    mine = {k: v.detach().clone().requires_grad_() for k, v in tensors.items()}
+    ref = {k: v.detach().double().requires_grad_() for k, v in tensors.items()}
+    out = fn(**mine, **flags)
+    expected = ref_fn(**ref, **flags)
+    gen = torch.Generator(device=expected.device).manual_seed(seed)
+    cotangent = torch.randn(expected.shape, generator=gen, device=expected.device, dtype=torch.float64)
+    grads = torch.autograd.grad(out, list(mine.values()), cotangent.to(out.dtype))
+    ref_grads = torch.autograd.grad(expected, list(ref.values()), cotangent)
+    errors = {"out": relative_error(out, expected)}
+    errors.update({f"d{k}": relative_error(g, r) for k, g, r in zip(mine, grads, ref_grads)})
+    return errors
+
+
+def reference_fn(kind: str) -> Callable:
+    """The float64-capable definition for ``kind`` ("selective_scan" or "ssd")."""
+    return {"selective_scan": reference.selective_scan_sequential, "ssd": reference.ssd_sequential}[kind]

@@ -1,0 +1,22 @@
+"""Mamba-2 SSD on the GPU: the chunked matmul algorithm of ``ssd_chunked`` under ``torch.compile``.
+
+Inductor fuses the elementwise decay work around the matmuls into Triton kernels; with bf16/fp16 inputs
+the contractions run in that dtype (fp32 accumulation) while cumulative decays stay fp32. On CPU (the
+Triton interpreter) it runs eagerly, since inductor's CPU path needs a C++ toolchain.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from flowhn.kernels.ssd_chunked import ssd_chunked
+
+_HALF = (torch.bfloat16, torch.float16)
+# dynamic=False: training runs one shape, and static shapes let inductor pick the best matmul tiles.
+_ssd_compiled = torch.compile(ssd_chunked, dynamic=False)
+
+
+def ssd_gpu(x, dt, A, B, C, D=None, chunk_size=64):
+    matmul_dtype = x.dtype if x.dtype in _HALF else None
+    run = _ssd_compiled if x.is_cuda else ssd_chunked
+    return run(x, dt, A, B, C, D, chunk_size=chunk_size, matmul_dtype=matmul_dtype)

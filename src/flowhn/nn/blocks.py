@@ -1,0 +1,110 @@
+"""The two residual blocks every architecture is made of, and the per-forward context they share.
+
+* ``SequentialBlock``: x + mixer(norm(x)), then x + mlp(norm(x)). The mixer is attention or an
+  SSM: this is a Llama layer, a Mamba layer, and each layer of Jamba and SHM.
+* ``ParallelBlock``: attention and an SSM side by side on their own norms (or one shared norm, as
+  Hymba), a token split deciding which positions each branch sees, a fusion merging them, then
+  the MLP: FlowHN's block, and Hymba's with no split and norm_mean fusion.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from flowhn.nn.attention import rope_tables
+from flowhn.nn.flops import Flops
+from flowhn.nn.norm import RMSNorm
+from flowhn.nn.split import TokenSplit
+
+
+class SequenceContext:
+    """What the blocks of one forward pass share: positions, cached RoPE tables and masks, and
+    the K/V that a producing attention layer hands to the next one (cross-layer KV sharing)."""
+
+    def __init__(self, seq_len: int, device, n_prefix: int = 0):
+        self.seq_len, self.n_prefix = seq_len, n_prefix
+        self.positions = torch.arange(seq_len, device=device)
+        self.shared_kv: list = []
+        self._cache: dict = {}
+
+    def cached(self, key, make):
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    def rope(self, positions: torch.Tensor, head_dim: int, theta: float):
+        full = self.cached(("rope", head_dim, theta), lambda: rope_tables(self.positions, head_dim, theta))
+        if positions is self.positions:
+            return full
+        return full[0][positions], full[1][positions]
+
+
+class SequentialBlock(nn.Module):
+    def __init__(self, d_model: int, mixer: nn.Module, mlp: nn.Module | None, norm_eps: float):
+        super().__init__()
+        self.mixer_norm = RMSNorm(d_model, norm_eps)
+        self.mixer = mixer
+        self.mlp_norm = RMSNorm(d_model, norm_eps) if mlp is not None else None
+        self.mlp = mlp
+
+    def forward(self, x: torch.Tensor, ctx: SequenceContext) -> torch.Tensor:
+        x = x + self.mixer(self.mixer_norm(x), ctx.positions, ctx)
+        if self.mlp is not None:
+            x = x + self.mlp(self.mlp_norm(x))
+        return x
+
+    def flops(self, seq_len: int) -> Flops:
+        return self.mixer.flops(seq_len) + (self.mlp.flops() if self.mlp is not None else Flops())
+
+
+class ParallelBlock(nn.Module):
+    def __init__(
+        self,
+        d_model: int,
+        attention: nn.Module,
+        ssm: nn.Module,
+        fusion: nn.Module,
+        mlp: nn.Module | None,
+        split: TokenSplit,
+        layer: int,
+        norm_eps: float,
+        shared_norm: bool = False,
+    ):
+        super().__init__()
+        self.layer, self.split = layer, split
+        self.attn_norm = RMSNorm(d_model, norm_eps)
+        self.ssm_norm = None if shared_norm else RMSNorm(d_model, norm_eps)
+        self.attention, self.ssm, self.fusion = attention, ssm, fusion
+        self.mlp_norm = RMSNorm(d_model, norm_eps) if mlp is not None else None
+        self.mlp = mlp
+
+    def forward(self, x: torch.Tensor, ctx: SequenceContext) -> torch.Tensor:
+        h_attn = self.attn_norm(x)
+        h_ssm = h_attn if self.ssm_norm is None else self.ssm_norm(x)
+        owned = self.split.indices(self.layer, x.shape[1], x.device)
+        if owned is None:
+            mixed = self.fusion.both(self.attention(h_attn, ctx.positions, ctx), self.ssm(h_ssm))
+        else:
+            attn_pos, ssm_pos = owned
+            a = self.attention(h_attn.index_select(1, attn_pos), attn_pos, ctx)
+            s = self.ssm(h_ssm.index_select(1, ssm_pos))
+            mixed = torch.empty_like(x)
+            mixed.index_copy_(1, attn_pos, self.fusion.attn_only(a).to(x.dtype))
+            mixed.index_copy_(1, ssm_pos, self.fusion.ssm_only(s).to(x.dtype))
+        x = x + mixed
+        if self.mlp is not None:
+            x = x + self.mlp(self.mlp_norm(x))
+        return x
+
+    def flops(self, seq_len: int) -> Flops:
+        share = self.split.attention_share(self.layer, seq_len)
+        if self.split.span(self.layer, seq_len) is None:
+            branches = self.attention.flops(seq_len) + self.ssm.flops(seq_len) + self.fusion.flops(both=True)
+        else:
+            attn_tokens = round(share * seq_len)
+            branches = (
+                share * (self.attention.flops(attn_tokens) + self.fusion.flops(both=False))
+                + (1 - share) * (self.ssm.flops(seq_len) + self.fusion.flops(both=False))
+            )
+        return branches + (self.mlp.flops() if self.mlp is not None else Flops())

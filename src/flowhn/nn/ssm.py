@@ -1,0 +1,137 @@
+"""Mamba-1 (selective scan) and Mamba-2 (SSD) mixers.
+
+Parameter names follow HF transformers' ``MambaMixer`` / ``Mamba2Mixer`` (and so mamba-ssm's), so
+weights load across and the reference tests compare like with like. The scan itself lives in
+``flowhn.kernels``, which picks mamba-ssm, our Triton kernels or the PyTorch path by device.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flowhn import kernels
+from flowhn.nn.flops import Flops, linear_flops
+from flowhn.nn.norm import RMSNorm
+
+
+def causal_depthwise_conv(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+    """x: (B, C, L). Left padding only, so position t sees t-k+1..t."""
+    return F.conv1d(F.pad(x, (conv.kernel_size[0] - 1, 0)), conv.weight, conv.bias, groups=conv.groups)
+
+
+def init_dt_bias(dim: int, dt_min: float = 1e-3, dt_max: float = 0.1) -> torch.Tensor:
+    """Inverse-softplus of dt drawn log-uniformly in [dt_min, dt_max] (mamba-ssm's init), so the
+    initial step sizes span fast and slow memories."""
+    dt = torch.exp(torch.rand(dim) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=1e-4)
+    return dt + torch.log(-torch.expm1(-dt))
+
+
+class Mamba1Mixer(nn.Module):
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        dt_rank: int | None = None,
+        inner_norms: bool = False,
+        norm_eps: float = 1e-6,
+        backend: str = "auto",
+    ):
+        """``inner_norms``: RMSNorm on dt, B and C before the scan, as Jamba does for stability."""
+        super().__init__()
+        self.d_inner = expand * d_model
+        self.d_state = d_state
+        self.dt_rank = dt_rank or math.ceil(d_model / 16)
+        self.backend = backend
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
+        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1)
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(init_dt_bias(self.d_inner))
+        self.dt_proj.keep_init = True  # CausalLM's generic init must not zero this bias
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(self.d_inner, 1))
+        self.D = nn.Parameter(torch.ones(self.d_inner))
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
+        self.inner_norms = inner_norms
+        if inner_norms:
+            self.dt_layernorm = RMSNorm(self.dt_rank, norm_eps)
+            self.b_layernorm = RMSNorm(d_state, norm_eps)
+            self.c_layernorm = RMSNorm(d_state, norm_eps)
+
+    def forward(self, x: torch.Tensor, positions=None, ctx=None) -> torch.Tensor:
+        hidden, gate = self.in_proj(x).transpose(1, 2).chunk(2, dim=1)  # (B, E, L) each
+        hidden = F.silu(causal_depthwise_conv(hidden, self.conv1d))
+        dt, B, C = self.x_proj(hidden.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        if self.inner_norms:
+            dt, B, C = self.dt_layernorm(dt), self.b_layernorm(B), self.c_layernorm(C)
+        dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # bias goes into the scan, fused
+        y = kernels.selective_scan(
+            hidden, dt, -torch.exp(self.A_log.float()), B.transpose(1, 2), C.transpose(1, 2), self.D.float(),
+            z=gate, delta_bias=self.dt_proj.bias.float(), delta_softplus=True, backend=self.backend,
+        )
+        return self.out_proj(y.transpose(1, 2))
+
+    def flops(self, seq_len: int | None = None) -> Flops:
+        """Forward FLOPs per token; an SSM's cost does not depend on the sequence length."""
+        conv = 2.0 * self.conv1d.kernel_size[0] * self.d_inner
+        return Flops(matmul=linear_flops(self), scan=9.0 * self.d_inner * self.d_state + conv)
+
+
+class Mamba2Mixer(nn.Module):
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 128,
+        d_conv: int = 4,
+        expand: int = 2,
+        head_dim: int = 64,
+        n_groups: int = 1,
+        chunk_size: int = 64,
+        norm_eps: float = 1e-5,
+        backend: str = "auto",
+    ):
+        super().__init__()
+        self.d_inner = expand * d_model
+        if self.d_inner % head_dim:
+            raise ValueError(f"model.ssm_head_dim: {head_dim} does not divide expand*d_model={self.d_inner}")
+        self.n_heads = self.d_inner // head_dim
+        self.head_dim, self.n_groups, self.d_state = head_dim, n_groups, d_state
+        self.chunk_size, self.backend = chunk_size, backend
+        conv_dim = self.d_inner + 2 * n_groups * d_state
+        self.in_proj = nn.Linear(d_model, self.d_inner + conv_dim + self.n_heads, bias=False)
+        self.conv1d = nn.Conv1d(conv_dim, conv_dim, d_conv, groups=conv_dim, padding=d_conv - 1)
+        self.dt_bias = nn.Parameter(init_dt_bias(self.n_heads))
+        self.A_log = nn.Parameter(torch.log(torch.empty(self.n_heads).uniform_(1, 16)))
+        self.D = nn.Parameter(torch.ones(self.n_heads))
+        self.norm = RMSNorm(self.d_inner, norm_eps, groups=n_groups)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor, positions=None, ctx=None) -> torch.Tensor:
+        batch, length, _ = x.shape
+        gate, xbc, dt = self.in_proj(x).split(
+            [self.d_inner, self.d_inner + 2 * self.n_groups * self.d_state, self.n_heads], dim=-1
+        )
+        xbc = F.silu(causal_depthwise_conv(xbc.transpose(1, 2), self.conv1d)).transpose(1, 2)
+        hidden, B, C = xbc.split([self.d_inner, self.n_groups * self.d_state, self.n_groups * self.d_state], dim=-1)
+        y = kernels.ssd(
+            hidden.reshape(batch, length, self.n_heads, self.head_dim),
+            F.softplus(dt.float() + self.dt_bias.float()),
+            -torch.exp(self.A_log.float()),
+            B.reshape(batch, length, self.n_groups, self.d_state),
+            C.reshape(batch, length, self.n_groups, self.d_state),
+            self.D.float(),
+            chunk_size=self.chunk_size,
+            backend=self.backend,
+        ).reshape(batch, length, self.d_inner)
+        return self.out_proj(self.norm(y.to(x.dtype), gate))
+
+    def flops(self, seq_len: int | None = None) -> Flops:
+        """Forward FLOPs per token; an SSM's cost does not depend on the sequence length."""
+        conv = 2.0 * self.conv1d.kernel_size[0] * self.conv1d.in_channels
+        return Flops(matmul=linear_flops(self), scan=6.0 * self.n_heads * self.head_dim * self.d_state + conv)

@@ -1,0 +1,1 @@
+"""Training: the LightningModule and the run driver behind train.py."""

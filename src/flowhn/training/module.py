@@ -1,0 +1,117 @@
+"""LightningModule for causal language modelling with any architecture of ``flowhn.models``."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from flowhn import build_model
+
+IGNORE = -100
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or inf; the message names the step."""
+
+
+def cosine_with_warmup(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """LR multiplier: linear warm-up to 1, then cosine decay to ``min_ratio`` at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class CausalLMModule(L.LightningModule):
+    def __init__(self, cfg: dict):
+        """``cfg`` is the whole resolved train config as a plain dict, saved in every checkpoint
+        (``hyper_parameters["cfg"]``) so a checkpoint alone rebuilds its model."""
+        super().__init__()
+        self.save_hyperparameters({"cfg": cfg})
+        self.cfg = OmegaConf.create(cfg)
+        self.model = build_model(self.cfg)
+        self.seq_len = self.cfg.data.seq_len
+        self.flops_per_token = self.model.flops_per_token(self.seq_len)
+        vocab = self.cfg.scale.vocab_size
+        self.val_loss = MeanMetric()
+        self.val_token_acc = MulticlassAccuracy(num_classes=vocab, average="micro", ignore_index=IGNORE, validate_args=False)
+        self.fail_at_step = self.cfg.get("debug", {}).get("fail_at_step")
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE)
+
+    def training_step(self, batch, batch_idx):
+        if self.fail_at_step is not None and self.global_step >= self.fail_at_step:
+            raise RuntimeError(f"debug.fail_at_step={self.fail_at_step}: failing on purpose at step {self.global_step}")
+        loss = self.loss(self(batch["input_ids"]), batch["labels"])
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"training loss is {loss.item()} at step {self.global_step}; stopping (the last good checkpoint is kept)"
+            )
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        logits = self(batch["input_ids"])
+        labels = batch["labels"]
+        loss = self.loss(logits, labels)
+        self.val_loss.update(loss, weight=(labels != IGNORE).sum())
+        self.val_token_acc.update(logits.argmax(-1), labels)
+
+    def on_validation_epoch_end(self):
+        loss = self.val_loss.compute()  # torchmetrics syncs across ranks here
+        self.log_dict(
+            {"val/loss": loss, "val/ppl": torch.exp(loss), "val/token_acc": self.val_token_acc.compute()},
+            prog_bar=True, sync_dist=False,
+        )
+        self.val_loss.reset()
+        self.val_token_acc.reset()
+
+    def configure_optimizers(self):
+        o = self.cfg.optim
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            # Norm scales, biases and SSM dynamics (A_log, D, dt_bias) are not weights to shrink.
+            (no_decay if p.ndim < 2 or name.endswith(("A_log", "D", "dt_bias")) else decay).append(p)
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=self.device.type == "cuda",
+        )
+        total = self.trainer.max_steps
+        warmup = max(1, int(o.warmup_fraction * total))
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: cosine_with_warmup(step, total, warmup, o.min_lr_ratio)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # Exact resume: Lightning restores model, optimizer, scheduler and loop counters; the RNG
+    # streams are ours to carry.
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["rng"] = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "numpy": np.random.get_state(),
+            "python": random.getstate(),
+        }
+
+    def on_load_checkpoint(self, checkpoint):
+        rng = checkpoint.get("rng")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            if rng["cuda"] is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            np.random.set_state(rng["numpy"])
+            random.setstate(rng["python"])

@@ -1,0 +1,301 @@
+"""Hydra launcher that starts every sweep job as a fresh process of the same script.
+
+Why processes: Lightning's DDP launches its workers by re-running the script's command line,
+so DDP inside ``python train.py -m`` re-runs the whole sweep in every worker and hangs
+(Lightning #11300, #11617). Here the sweeping parent never trains: a job with
+``trainer.devices > 1`` runs as ``python -m torch.distributed.run --standalone
+--nproc_per_node=<devices> train.py ...`` (Lightning picks up torchelastic's environment),
+one device as plain ``python train.py ...``. Each job gets ``hydra.run.dir=<sweep dir>/<job>``,
+its W&B group/job_type/tags, and its output in ``<job>/job.log``.
+
+``parallel: N`` runs N jobs at once; GPU jobs each get their own ``trainer.devices`` GPUs through
+``CUDA_VISIBLE_DEVICES``, handed out from ``gpus`` (default: all visible). A failing job is
+recorded (status "failed", the telling line of its log as error) and the others go on; the
+sweep then ends with Hydra's usual error for failed jobs, after ``results.csv`` is written.
+"""
+
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn, JobStatus, configure_log
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+
+from flowhn.errors import ConfigError
+from flowhn.sweeping import JOB_FILE, LOG_FILE, SUMMARY_FILE, finish_job, write_json, write_results
+from hydra_plugins.flowhn_launcher.planning import (
+    Job,
+    config_flags,
+    hydra_passthrough,
+    plan,
+    quoted,
+    sweep_dir,
+    write_plan,
+)
+
+log = logging.getLogger(__name__)
+
+_POLL_S = 0.2
+_GRACE_S = 30.0
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class _Running:
+    job: Job
+    proc: subprocess.Popen
+    gpus: list[str]
+    started: float
+    log_file: Any
+
+
+class TorchrunLauncher(Launcher):
+    def __init__(
+        self,
+        parallel: int | str = 1,
+        gpus: Sequence[int | str] | None = None,
+        skip_completed: bool = True,
+        timeout_min: float | None = None,
+        plan_file: str | None = None,
+        env: dict[str, Any] | None = None,
+        torchrun_args: Sequence[str] | None = None,
+    ) -> None:
+        if parallel != "auto" and not (isinstance(parallel, int) and parallel >= 1):
+            raise ConfigError(f"hydra.launcher.parallel: an int >= 1 or 'auto', got {parallel!r}")
+        if timeout_min is not None and timeout_min <= 0:
+            raise ConfigError(f"hydra.launcher.timeout_min: must be > 0 or null, got {timeout_min}")
+        self.parallel = parallel
+        self.gpu_ids = None if gpus is None else [str(g) for g in gpus]
+        self.skip_completed = bool(skip_completed)
+        self.timeout_s = None if timeout_min is None else 60.0 * float(timeout_min)
+        self.plan_file = plan_file
+        self.env = {str(k): str(v) for k, v in (env or {}).items()}
+        self.torchrun_args = [str(a) for a in (torchrun_args or [])]
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
+        self.script = Path(sys.argv[0]).resolve()
+
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        # The task function never runs here: each job is its own process of the same script.
+        self.config = config
+        self.hydra_context = hydra_context
+
+    # -- resources -------------------------------------------------------------------------
+
+    def _visible_gpus(self) -> list[str]:
+        if self.gpu_ids is None:
+            env = os.environ.get("CUDA_VISIBLE_DEVICES")
+            if env is not None:
+                self.gpu_ids = [g.strip() for g in env.split(",") if g.strip()]
+            else:
+                import torch
+
+                self.gpu_ids = [str(i) for i in range(torch.cuda.device_count())]
+        return self.gpu_ids
+
+    def _shape(self, cfg: DictConfig) -> tuple[int, bool]:
+        """(processes, whether they need GPUs) for one job, from its trainer config."""
+        accel = str(OmegaConf.select(cfg, "trainer.accelerator", default="auto")).lower()
+        devices = OmegaConf.select(cfg, "trainer.devices", default=1)
+        nodes = OmegaConf.select(cfg, "trainer.num_nodes", default=1)
+        if nodes not in (None, 1):
+            raise ConfigError(
+                f"trainer.num_nodes={nodes}: this launcher runs jobs on one machine; "
+                "use hydra/launcher=slurm for several nodes"
+            )
+        on_gpu = accel in ("gpu", "cuda") or (accel == "auto" and bool(self._visible_gpus()))
+        if devices in ("auto", -1, "-1"):
+            devices = len(self._visible_gpus()) if on_gpu else 1
+        if isinstance(devices, str) and devices.isdigit():
+            devices = int(devices)
+        if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
+            raise ConfigError(
+                f"trainer.devices: a device count (int >= 1 or 'auto') is needed, got {devices!r}"
+            )
+        return devices, on_gpu
+
+    def _slots(self, shapes: list[tuple[int, bool]]) -> int:
+        if self.parallel != "auto":
+            return int(self.parallel)
+        widest = max((n for n, gpu in shapes if gpu), default=0)
+        return max(1, len(self._visible_gpus()) // widest) if widest else 1
+
+    # -- one job ---------------------------------------------------------------------------
+
+    def _command(self, job: Job, nproc: int) -> list[str]:
+        assert self.config is not None
+        launcher = [sys.executable]
+        if nproc > 1:
+            launcher += ["-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+                         f"--nproc_per_node={nproc}", *self.torchrun_args]  # fmt: skip
+        return [
+            *launcher,
+            str(self.script),
+            *config_flags(self.config),
+            *hydra_passthrough(self.config),
+            f"hydra.run.dir={quoted(str(job.dir))}",
+            *job.overrides,
+        ]
+
+    def _start(self, job: Job, nproc: int, gpus: list[str]) -> _Running:
+        assert self.config is not None
+        job.dir.mkdir(parents=True, exist_ok=True)
+        # Keep the previous attempt's log and verdict aside so they cannot pass for this one's.
+        for name, kept in ((LOG_FILE, "job.prev.log"), (SUMMARY_FILE, "summary.prev.json")):
+            if (job.dir / name).exists():
+                (job.dir / name).replace(job.dir / kept)
+        cmd = self._command(job, nproc)
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "1"}
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+        write_json(
+            job.dir / JOB_FILE,
+            job.record(status="running", command=cmd, gpus=gpus, started=_now()),
+        )
+        log_file = (job.dir / LOG_FILE).open("w")
+        proc = subprocess.Popen(
+            cmd,
+            cwd=str(self.config.hydra.runtime.cwd),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: a stop reaches torchrun's workers
+        )
+        return _Running(job, proc, gpus, time.monotonic(), log_file)
+
+    @staticmethod
+    def _stop(run: _Running) -> None:
+        """End a job's whole process group: SIGTERM, then SIGKILL after a grace period."""
+        for sig, wait_s in ((signal.SIGTERM, _GRACE_S), (signal.SIGKILL, None)):
+            try:
+                os.killpg(run.proc.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                run.proc.wait(timeout=wait_s)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    def _finish(self, run: _Running, note: str | None = None) -> JobReturn:
+        run.log_file.close()
+        job = run.job
+        code = None if note else run.proc.returncode
+        summary = finish_job(job.dir, code, note)
+        ok = summary.get("status") == "completed"
+        write_json(
+            job.dir / JOB_FILE,
+            {
+                **(job.record()),
+                "status": summary.get("status"),
+                "error": summary.get("error"),
+                "returncode": run.proc.returncode,
+                "gpus": run.gpus,
+                "wall_s": round(time.monotonic() - run.started, 1),
+                "ended": _now(),
+            },
+        )
+        if ok:
+            log.info(f"  done   {job.name}  val_loss={summary.get('val_loss')}  tps={summary.get('tps')}")
+            return job.job_return(JobStatus.COMPLETED, summary)
+        log.error(f"  FAILED {job.name}: {summary.get('error')}")
+        err = RuntimeError(f"sweep job {job.name} failed: {summary.get('error')} (log: {job.dir / LOG_FILE})")
+        return job.job_return(JobStatus.FAILED, err)
+
+    # -- the sweep -------------------------------------------------------------------------
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        assert self.config is not None and self.hydra_context is not None
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        jobs = plan(self.hydra_context, self.config, job_overrides, initial_job_idx, self.skip_completed)
+        shapes = {job.index: self._shape(job.cfg) for job in jobs}
+        for job in jobs:
+            nproc, on_gpu = shapes[job.index]
+            if on_gpu and nproc > len(self._visible_gpus()):
+                raise ConfigError(
+                    f"trainer.devices={nproc}: job {job.name} needs {nproc} GPUs, "
+                    f"{len(self._visible_gpus())} are visible"
+                )
+        root = sweep_dir(self.config)
+        if self.plan_file:
+            details = {
+                j.index: {"processes": shapes[j.index][0], "gpu": shapes[j.index][1],
+                          "command": self._command(j, shapes[j.index][0])}
+                for j in jobs
+            }  # fmt: skip
+            return write_plan(self.plan_file, root, jobs, details)
+
+        returns: dict[int, JobReturn] = {}
+        pending: deque[Job] = deque()
+        for job in jobs:
+            if job.decision.action == "skip":
+                log.info(f"  skipped {job.name} ({job.decision.reason})")
+                returns[job.index] = job.job_return(JobStatus.COMPLETED, finish_job(job.dir, 0))
+            else:
+                pending.append(job)
+        slots = self._slots([shapes[j.index] for j in pending])
+        log.info(f"Sweep {root}: {len(pending)} to run, {len(jobs) - len(pending)} skipped, {slots} at a time")
+        try:
+            self._run_all(pending, shapes, slots, returns)
+        finally:
+            results = write_results(root)
+            log.info(f"Results: {results}")
+        return [returns[job.index] for job in jobs]
+
+    def _run_all(
+        self,
+        pending: deque[Job],
+        shapes: dict[int, tuple[int, bool]],
+        slots: int,
+        returns: dict[int, JobReturn],
+    ) -> None:
+        running: list[_Running] = []
+        free = list(self._visible_gpus()) if any(gpu for _, gpu in shapes.values()) else []
+        try:
+            while pending or running:
+                while pending and len(running) < slots:
+                    job = pending[0]
+                    nproc, on_gpu = shapes[job.index]
+                    want = nproc if on_gpu else 0
+                    if want > len(free):
+                        break  # wait for a running job to hand its GPUs back
+                    gpus, free = free[:want], free[want:]
+                    pending.popleft()
+                    log.info(f"  start  {job.name} ({job.decision.reason}; {nproc} process(es)"
+                             f"{', GPUs ' + ','.join(gpus) if gpus else ''})")  # fmt: skip
+                    running.append(self._start(job, nproc, gpus))
+                time.sleep(_POLL_S)
+                for run in list(running):
+                    timed_out = self.timeout_s is not None and time.monotonic() - run.started > self.timeout_s
+                    if run.proc.poll() is None and not timed_out:
+                        continue
+                    note = None
+                    if run.proc.returncode is None:
+                        self._stop(run)
+                        note = f"stopped after hydra.launcher.timeout_min={self.timeout_s / 60:g}"
+                    running.remove(run)
+                    free += run.gpus
+                    returns[run.job.index] = self._finish(run, note)
+        except BaseException:
+            for run in running:
+                self._stop(run)
+                self._finish(run, "interrupted: the sweep was stopped")
+            raise

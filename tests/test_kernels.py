@@ -1,0 +1,224 @@
+"""SSM scan backends against the step-by-step reference: outputs and every gradient.
+
+CPU tests compare the ``torch`` backend in float64 (so any mismatch is a bug, not rounding) and run the
+Triton kernels through Triton's CPU interpreter in a subprocess (TRITON_INTERPRET must be set before
+triton is imported). GPU tests run the compiled kernels at realistic sizes against the float64 reference.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from flowhn.kernels import available_backends, resolve_backend, selective_scan, ssd
+from flowhn.kernels.testing import compare, reference_fn, scan_inputs, ssd_inputs
+from flowhn.kernels.torch_scan import linear_scan, selective_scan_torch
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+has_triton = importlib.util.find_spec("triton") is not None
+has_mamba_ssm = importlib.util.find_spec("mamba_ssm") is not None
+
+SCAN_FLAGS = {  # (D, z, delta_bias, delta_softplus)
+    "all": (True, True, True, True),
+    "none": (False, False, False, False),
+    "skip+bias": (True, False, True, False),
+    "gate+softplus": (False, True, False, True),
+}
+
+
+def _scan_case(shape, flags, dtype=torch.float64, device="cpu", seed=0):
+    has_D, has_z, has_bias, softplus = SCAN_FLAGS[flags]
+    return scan_inputs(*shape, dtype=dtype, device=device, D=has_D, z=has_z, delta_bias=has_bias,
+                       delta_softplus=softplus, seed=seed)
+
+
+def _assert_close(errors, tol):
+    bad = {k: v for k, v in errors.items() if not v <= tol}
+    assert not bad, f"relative errors above {tol}: {bad} (all: {errors})"
+
+
+# ---------------------------------------------------------------- torch backend (CPU, float64)
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_linear_scan_solves_the_recurrence(reverse):
+    gen = torch.Generator().manual_seed(0)
+    a = torch.rand(3, 13, generator=gen, dtype=torch.float64)
+    x = torch.randn(3, 13, generator=gen, dtype=torch.float64)
+    h0 = torch.randn(3, generator=gen, dtype=torch.float64)
+    expected, h = torch.empty_like(x), h0
+    for t in (reversed(range(13)) if reverse else range(13)):
+        h = a[:, t] * h + x[:, t]
+        expected[:, t] = h
+    torch.testing.assert_close(linear_scan(a, x, h0, reverse=reverse), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 37, 4), (1, 8, 64, 16), (3, 3, 1, 2)], ids=str)
+@pytest.mark.parametrize("flags", list(SCAN_FLAGS))
+def test_selective_scan_torch_matches_reference(shape, flags):
+    inputs = _scan_case(shape, flags, seed=sum(shape) + list(SCAN_FLAGS).index(flags))
+    errors = compare(functools.partial(selective_scan, backend="torch"), reference_fn("selective_scan"), inputs)
+    _assert_close(errors, 1e-10)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 16, 100])
+def test_selective_scan_torch_any_chunk(chunk):
+    # Chunks that do not divide L (37) and one longer than L: the carried state must be exact.
+    inputs = _scan_case((2, 4, 37, 3), "all", seed=chunk)
+    errors = compare(functools.partial(selective_scan_torch, chunk=chunk), reference_fn("selective_scan"), inputs)
+    _assert_close(errors, 1e-10)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_selective_scan_torch_low_precision(dtype, tol):
+    inputs = _scan_case((2, 16, 80, 16), "all", dtype=dtype, seed=3)
+    out = selective_scan(**inputs, backend="torch")
+    assert out.dtype == dtype
+    errors = compare(functools.partial(selective_scan, backend="torch"), reference_fn("selective_scan"), inputs)
+    _assert_close(errors, tol)
+
+
+SSD_SHAPES = [  # (batch, length, heads, head_dim, groups, state, chunk)
+    (2, 37, 4, 3, 2, 5, 8),     # L not a multiple of the chunk, 2 heads per group
+    (1, 64, 2, 4, 1, 3, 16),    # exact multiple, one group shared by all heads
+    (2, 10, 6, 2, 6, 4, 64),    # shorter than one chunk, G = H
+    (1, 50, 4, 8, 2, 16, 64),
+]
+
+
+@pytest.mark.parametrize("shape", SSD_SHAPES, ids=str)
+@pytest.mark.parametrize("with_D", [True, False])
+def test_ssd_torch_matches_reference(shape, with_D):
+    *dims, chunk = shape
+    inputs = ssd_inputs(*dims, dtype=torch.float64, D=with_D, seed=sum(shape))
+    errors = compare(functools.partial(ssd, chunk_size=chunk, backend="torch"), reference_fn("ssd"), inputs)
+    _assert_close(errors, 1e-10)
+
+
+def test_ssd_strong_decay_has_finite_gradients():
+    # exp of the masked (upper) part of the decay matrix must never be formed, or its gradient is NaN.
+    inputs = ssd_inputs(1, 40, 2, 4, 1, 4, dtype=torch.float64, seed=5)
+    inputs["dt"] = inputs["dt"] * 500.0  # per-step decay down to exp(-800): underflows to 0
+    errors = compare(functools.partial(ssd, chunk_size=16, backend="torch"), reference_fn("ssd"), inputs)
+    _assert_close(errors, 1e-10)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_ssd_torch_low_precision(dtype, tol):
+    inputs = ssd_inputs(2, 70, 4, 8, 1, 16, dtype=dtype, seed=4)
+    assert ssd(**inputs, backend="torch").dtype == dtype
+    errors = compare(functools.partial(ssd, chunk_size=32, backend="torch"), reference_fn("ssd"), inputs)
+    _assert_close(errors, tol)
+
+
+# ---------------------------------------------------------------- dispatch
+
+def test_auto_backend_on_cpu_is_torch():
+    assert resolve_backend("auto", "cpu") == "torch"
+    assert {"torch", "reference"} <= set(available_backends("cpu"))
+    assert "mamba_ssm" not in available_backends("cpu")
+
+
+@pytest.mark.parametrize("name", ["mamba_ssm", "nonsense"] + ([] if os.environ.get("TRITON_INTERPRET") == "1"
+                                                              else ["triton"]))
+def test_unavailable_backend_names_the_config_key(name):
+    with pytest.raises(ValueError, match=r"model\.ssm_backend") as info:
+        resolve_backend(name, "cpu")
+    assert "\n" not in str(info.value)
+
+
+def test_dispatch_reaches_the_backend_and_checks_shapes():
+    inputs = _scan_case((1, 4, 9, 3), "all", dtype=torch.float32)
+    torch.testing.assert_close(selective_scan(**inputs, backend="torch"), selective_scan_torch(**inputs))
+    inputs["B"] = inputs["B"][:, :2]
+    with pytest.raises(ValueError, match="B has shape"):
+        selective_scan(**inputs)
+    bad = ssd_inputs(1, 8, 3, 2, 2, 4)  # 3 heads cannot share 2 groups
+    with pytest.raises(ValueError, match="groups"):
+        ssd(**bad)
+
+
+# ---------------------------------------------------------------- Triton kernels on the CPU interpreter
+
+_INTERPRETER_SCRIPT = textwrap.dedent("""
+    import functools, json, sys
+    import torch
+    from flowhn.kernels import selective_scan, ssd
+    from flowhn.kernels.testing import compare, reference_fn, scan_inputs, ssd_inputs
+    from flowhn.kernels.triton_scan import selective_scan_triton
+
+    results = {}
+    cases = [  # shape, (D, z, bias, softplus), tile override (block_d, chunk)
+        ((2, 5, 19, 3), (True, True, True, True), (2, 8)),      # 3 chunks, last one partial
+        ((1, 3, 16, 4), (False, False, False, False), (4, 4)),  # exact chunks, a masked channel row
+        ((2, 6, 33, 5), (True, False, True, False), (None, None)),
+        ((1, 4, 7, 16), (False, True, False, True), (None, None)),
+    ]
+    for shape, (D, z, bias, softplus), (block_d, chunk) in cases:
+        inputs = scan_inputs(*shape, D=D, z=z, delta_bias=bias, delta_softplus=softplus, seed=sum(shape))
+        fn = functools.partial(selective_scan_triton, block_d=block_d, chunk=chunk)
+        results[f"scan{shape}"] = compare(fn, reference_fn("selective_scan"), inputs)
+    inputs = scan_inputs(2, 4, 10, 4, seed=9)
+    results["dispatch"] = compare(functools.partial(selective_scan, backend="triton"),
+                                  reference_fn("selective_scan"), inputs)
+    inputs = ssd_inputs(1, 20, 4, 4, 2, 8, seed=3)
+    results["ssd"] = compare(functools.partial(ssd, chunk_size=8, backend="triton"), reference_fn("ssd"), inputs)
+    json.dump(results, sys.stdout)
+""")
+
+
+@pytest.mark.skipif(not has_triton, reason="triton is not installed")
+def test_triton_kernels_in_interpreter():
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, "-c", _INTERPRETER_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for case, errors in json.loads(proc.stdout).items():
+        assert set(errors) >= {"out", "du", "ddelta", "dA", "dB", "dC"} or case == "ssd", case
+        _assert_close({f"{case}:{k}": v for k, v in errors.items()}, 2e-5)
+
+
+# ---------------------------------------------------------------- GPU (compiled kernels, realistic sizes)
+
+GPU_TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.skipif(not has_triton, reason="triton is not installed")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_triton_selective_scan_gpu(dtype):
+    inputs = _scan_case((2, 1536, 1024, 16), "all", dtype=dtype, device="cuda", seed=11)
+    errors = compare(functools.partial(selective_scan, backend="triton"), reference_fn("selective_scan"), inputs)
+    _assert_close(errors, GPU_TOL[dtype])
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.skipif(not has_triton, reason="triton is not installed")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_triton_ssd_gpu(dtype):
+    inputs = ssd_inputs(2, 1000, 8, 64, 2, 64, dtype=dtype, device="cuda", seed=12)
+    errors = compare(functools.partial(ssd, backend="triton"), reference_fn("ssd"), inputs)
+    _assert_close(errors, GPU_TOL[dtype])
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.skipif(not has_mamba_ssm, reason="mamba_ssm is not installed")
+@pytest.mark.parametrize("kind", ["selective_scan", "ssd"])
+def test_mamba_ssm_backend_gpu(kind):
+    if kind == "selective_scan":
+        inputs = _scan_case((2, 512, 512, 16), "all", dtype=torch.float32, device="cuda", seed=13)
+        fn = functools.partial(selective_scan, backend="mamba_ssm")
+    else:
+        inputs = ssd_inputs(2, 512, 8, 64, 2, 64, dtype=torch.float32, device="cuda", seed=14)
+        fn = functools.partial(ssd, backend="mamba_ssm")
+    _assert_close(compare(fn, reference_fn(kind), inputs), 1e-3)
