@@ -215,6 +215,25 @@ def test_position_dependent_models_are_scored_at_the_fixed_length(tokenizer):
     assert [lp for lp, _ in ragged.loglikelihood(requests, disable_tqdm=True)] != pytest.approx(reference, abs=1e-4)
 
 
+def test_real_split_model_scores_do_not_depend_on_batching(tokenizer):
+    """The same check on the project's FlowHN block with fac_split, whose routing follows T."""
+    from conftest import small_cfg
+
+    from flowhn import build_model
+
+    model = build_model(small_cfg("flowhn", "split=fac_split", seq_len=64)).eval()
+    assert model.split_ratio is not None
+    pairs = [p for p in PAIRS if len(tokenizer.encode(p[1])) <= 64]
+    requests = [request(c, x) for c, x in pairs]
+    batched = [lp for lp, _ in FlowHNLM(model, tokenizer, max_length=64, batch_size=4, device="cpu")
+               .loglikelihood(requests, disable_tqdm=True)]
+    alone = [lp for lp, _ in FlowHNLM(model, tokenizer, max_length=64, batch_size=1, device="cpu")
+             .loglikelihood(requests, disable_tqdm=True)]
+    reference = [by_hand(model, tokenizer, c, x, max_length=64, width=64)[0] for c, x in pairs]
+    assert batched == pytest.approx(reference, abs=1e-3)
+    assert alone == pytest.approx(reference, abs=1e-3)
+
+
 def test_generation_is_refused_clearly(model, tokenizer):
     lm = FlowHNLM(model, tokenizer, max_length=64, device="cpu")
     with pytest.raises(NotImplementedError, match="generate_until"):

@@ -204,7 +204,7 @@ def expected_windows(batches, warmup, window, accumulate=1, n_steps=None):
     return out
 
 
-def fit(tmp_path, batches, monitor, *, max_steps, accumulate=1, val_every=None, val_dt=0.0, **trainer_kw):
+def fit(tmp_path, batches, monitor, *, max_steps, accumulate=1, val_every=None, val_dt=0.0, logger=None, **trainer_kw):
     clock = monitor.clock
     model = TinyLM(clock, val_dt=val_dt)
     kw = dict(limit_val_batches=0)
@@ -212,7 +212,7 @@ def fit(tmp_path, batches, monitor, *, max_steps, accumulate=1, val_every=None, 
         kw = dict(val_check_interval=val_every, limit_val_batches=1, check_val_every_n_epoch=None)
     trainer = L.Trainer(
         accelerator="cpu", devices=1, max_steps=max_steps, accumulate_grad_batches=accumulate,
-        logger=L.pytorch.loggers.CSVLogger(tmp_path, name="csv", version=""), log_every_n_steps=50,
+        logger=logger or L.pytorch.loggers.CSVLogger(tmp_path, name="csv", version=""), log_every_n_steps=50,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, callbacks=[monitor], **kw, **trainer_kw)
     loader = DataLoader(Batches(batches), batch_size=None)
@@ -274,6 +274,21 @@ def test_windows_count_optimizer_steps_under_accumulation(tmp_path):
     assert "perf/mfu" not in trainer.callback_metrics
     assert monitor.final["mfu"] is None
     assert all(torch.isfinite(v).all() for k, v in trainer.callback_metrics.items() if k.startswith("perf/"))
+
+
+def test_summary_reaches_wandb_offline(tmp_path):
+    import wandb
+
+    logger = L.pytorch.loggers.WandbLogger(save_dir=str(tmp_path), offline=True, project="flowhn-tests")
+    monitor = ThroughputMonitor(window=2, warmup_steps=1, peak_tflops=1.0, clock=StepClock())
+    try:
+        fit(tmp_path, make_batches(8, seed=6), monitor, max_steps=7, logger=logger)
+        summary = logger.experiment.summary
+        for key in ("tps", "tps_per_device", "mfu", "step_time_ms", "max_mem_gib", "windows"):
+            assert summary[f"perf/{key}"] == pytest.approx(monitor.final[key]), key
+        assert monitor.final["windows"] == 3
+    finally:
+        wandb.finish()
 
 
 def test_short_run_falls_back_to_all_post_warmup_steps(tmp_path):

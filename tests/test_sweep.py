@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -163,9 +164,17 @@ def test_slurm_launcher_gets_one_task_per_gpu(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def first_sweep(tmp_path_factory):
+def workdir():
+    # Not pytest's tmp_path: a pytest session started meanwhile (the suite runs in parallel on a
+    # shared machine) prunes older basetemp folders, and these runs span minutes.
+    with tempfile.TemporaryDirectory(prefix="flowhn-sweep-test-") as tmp:
+        yield Path(tmp)
+
+
+@pytest.fixture(scope="module")
+def first_sweep(workdir):
     """Four jobs from two grids into one sweep folder; the fa_split job raises at step 2."""
-    tmp = tmp_path_factory.mktemp("sweeps")
+    tmp = workdir
     grid = tmp / "grid.yaml"
     grid.write_text(textwrap.dedent("""
         grids:
@@ -218,7 +227,7 @@ def test_rerun_skips_finished_jobs_and_reruns_the_failed_one(first_sweep, second
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out[-3000:]
     for name in ("split=no_split", "split=ae_split", "split=fac_split"):
-        assert f"skipped {name} (completed)" in out
+        assert f"skipped {name} (completed)" in out, out[-4000:]
         for f in ("summary.json", "job.log"):
             path = sweep_dir / name / f
             assert path.stat().st_mtime_ns == before[path], path

@@ -112,6 +112,8 @@ def format_table(report: dict[str, Any]) -> str:
 @hydra.main(config_path="../../conf", config_name="eval", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     try:
+        if OmegaConf.is_missing(cfg, "ckpt"):
+            raise ConfigError("ckpt: missing; pass ckpt=<run_dir>/checkpoints/<name>.ckpt")
         evaluate_checkpoint(cfg.ckpt, tasks=OmegaConf.to_container(cfg.eval.tasks), limit=cfg.eval.limit,
                             batch_size=cfg.eval.batch_size, max_length=cfg.eval.max_length, device=cfg.device,
                             add_bos_token=cfg.eval.add_bos_token, precision=cfg.eval.precision, out=cfg.out)

@@ -91,7 +91,7 @@ def _full_task_manager():
 
 def check_tasks(tasks, manager=None):
     """Validate ``eval.tasks`` before any work starts; returns ``(tasks as a list, TaskManager)``."""
-    if isinstance(tasks, str) or not all(isinstance(t, str) for t in tasks):
+    if tasks is None or isinstance(tasks, str) or not all(isinstance(t, str) for t in tasks):
         raise ConfigError(f"eval.tasks: must be a list of lm-eval task names, got {tasks!r}")
     tasks = list(tasks)
     if not tasks:

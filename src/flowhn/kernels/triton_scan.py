@@ -1,18 +1,26 @@
 """Mamba-1 selective scan as Triton kernels (forward and backward), for CUDA GPUs.
 
-Each program owns one batch row and a block of channels and walks the sequence in chunks. Within a
-chunk the (channels × states × steps) tile of the recurrence ``h_t = a_t h_{t-1} + x_t`` lives in
-registers and is solved with ``tl.associative_scan``; the state is carried to the next chunk in
-registers. The only state written to global memory is the state at each chunk end, (B, D, L/chunk, N)
-floats, which the backward uses to recompute each chunk instead of storing the (B, D, L, N) states.
+The sequence is cut into chunks and every (batch, channel block, chunk) is its own program, so even a
+small batch fills the GPU. A chunk only needs the state entering it, which comes from three steps:
 
-softplus(delta + bias) on the way in, and the D skip and silu(z) gate on the way out, are fused in, so a
-forward reads u, delta, z, B, C once and writes y once; the backward also reads dy once and writes du,
-ddelta, dz once, with dB/dC accumulated by atomics (they sum over channel blocks) and dA/dD/dbias summed
-per batch row and reduced afterwards.
+1. summary (parallel over chunks): each chunk's end state from a zero start,
+   X_c = Σ_t exp(A·Σ_{s>t} Δ_s) Δ_t u_t B_t, plus its total step Σ_t Δ_t (so its decay is exp(A·ΣΔ));
+   exponents are sums of steps *after* t, taken as a reverse cumulative sum, so they are ≤ 0 and
+   carry a rounding error proportional to their own size (a decay near 1 stays accurate);
+2. pass (sequential over chunks, parallel over batch × channel × state): h_c = X_c + exp(A·ΣΔ_c) h_{c-1};
+3. main (parallel over chunks): the chunk's (channels × steps) tile is solved for one state index n at a
+   time with ``tl.associative_scan`` in registers, starting from h_{c-1}, and y accumulates over n.
+The states at chunk ends, (B, D, L/chunk, N) floats, are all that is kept for the backward, which
+recomputes each chunk's states. Nothing of size B·D·L·N is ever written to memory.
 
-The backward's adjoint ``g_t = C_t dy_t + a_{t+1} g_{t+1}`` needs the decay one step ahead, which a
-register tile cannot shift; it is recomputed from delta loaded at t + 1 (an L1 hit) instead.
+The backward mirrors this for the adjoint g_t = C_t dy_t + a_{t+1} g_{t+1}, which runs backwards: a
+summary K_c = Σ_t exp(A·Σ_{s≤t} Δ_s) C_t dy_t per chunk, a reverse pass for what each chunk receives
+from the chunks after it, then the main kernel. a_{t+1} cannot be shifted inside a register tile, so it
+is recomputed from delta loaded at t + 1 (an L1 hit).
+
+softplus(delta + bias) on the way in, and the D skip and silu(z) gate on the way out, are fused in. dB
+and dC sum over channels, so channel blocks add into them with atomics; dA, dD and dbias are summed
+over batch and chunks by atomics or afterwards.
 """
 
 from __future__ import annotations
@@ -72,14 +80,85 @@ def _delta(delta_ptr, offs, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.con
 
 
 @triton.jit
-def _take(tile, offs_n, n):
-    """Column n of a (BLOCK_D, BLOCK_N) register tile (registers cannot be indexed by a runtime n)."""
-    return tl.sum(tl.where(offs_n[None, :] == n, tile, 0.0), axis=1)
+def _chunk_tile(ptr, row, t, m):
+    return tl.load(ptr + row[:, None] + t[None, :], mask=m, other=0.0).to(tl.float32)
 
 
 @triton.jit
-def _put(tile, offs_n, n, column):
-    return tl.where(offs_n[None, :] == n, column[:, None], tile)
+def _summary_fwd_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, X_ptr, total_ptr,
+    DIM, L, N, n_chunks,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
+):
+    """X[b, d, c, n]: state at the end of chunk c from a zero start; total[b, d, c] = Σ Δ over the chunk."""
+    pid_b = tl.program_id(0).to(tl.int64)
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    c = tl.program_id(2)
+    mask_d = offs_d < DIM
+    t = c * CHUNK + tl.arange(0, CHUNK)
+    mask_t = t < L
+    m = mask_d[:, None] & mask_t[None, :]
+    row = (pid_b * DIM + offs_d) * L
+    bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32) if HAS_BIAS else None
+    _, step = _delta(delta_ptr, row[:, None] + t[None, :], m, bias, HAS_BIAS, SOFTPLUS)
+    stepu = step * _chunk_tile(u_ptr, row, t, m)
+    after = tl.cumsum(step, axis=1, reverse=True) - step  # Σ_{s>t} Δ_s
+    summary_at = ((pid_b * DIM + offs_d) * n_chunks + c) * N
+    tl.store(total_ptr + (pid_b * DIM + offs_d) * n_chunks + c, tl.sum(step, axis=1), mask=mask_d)
+    for n in range(N):
+        A2n = tl.load(A_ptr + offs_d * N + n, mask=mask_d, other=0.0).to(tl.float32) * LOG2E
+        Bn = tl.load(B_ptr + (pid_b * N + n) * L + t, mask=mask_t, other=0.0).to(tl.float32)
+        X = tl.sum(tl.exp2(A2n[:, None] * after) * stepu * Bn[None, :], axis=1)
+        tl.store(X_ptr + summary_at + n, X, mask=mask_d)
+
+
+@triton.jit
+def _summary_bwd_kernel(
+    delta_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, dout_ptr, K_ptr,
+    DIM, L, N, n_chunks,
+    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
+):
+    """K[b, d, c, n] = a_first g_first of chunk c with nothing coming from later chunks."""
+    pid_b = tl.program_id(0).to(tl.int64)
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    c = tl.program_id(2)
+    mask_d = offs_d < DIM
+    t = c * CHUNK + tl.arange(0, CHUNK)
+    mask_t = t < L
+    m = mask_d[:, None] & mask_t[None, :]
+    row = (pid_b * DIM + offs_d) * L
+    bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32) if HAS_BIAS else None
+    _, step = _delta(delta_ptr, row[:, None] + t[None, :], m, bias, HAS_BIAS, SOFTPLUS)
+    dy = _chunk_tile(dout_ptr, row, t, m)
+    if HAS_Z:
+        z = _chunk_tile(z_ptr, row, t, m)
+        dy = dy * z * tl.sigmoid(z)
+    upto = tl.cumsum(step, axis=1)  # Σ_{s≤t} Δ_s
+    summary_at = ((pid_b * DIM + offs_d) * n_chunks + c) * N
+    for n in range(N):
+        A2n = tl.load(A_ptr + offs_d * N + n, mask=mask_d, other=0.0).to(tl.float32) * LOG2E
+        Cn = tl.load(C_ptr + (pid_b * N + n) * L + t, mask=mask_t, other=0.0).to(tl.float32)
+        K = tl.sum(tl.exp2(A2n[:, None] * upto) * dy * Cn[None, :], axis=1)
+        tl.store(K_ptr + summary_at + n, K, mask=mask_d)
+
+
+@triton.jit
+def _chunk_pass_kernel(A_ptr, total_ptr, X_ptr, DIM, N, n_chunks, TOTAL, REVERSE: tl.constexpr,
+                       BLOCK: tl.constexpr):
+    """In place over X (B, D, chunks, N): X[c] += exp(A·total[c]) X[c ∓ 1], chunks in (reverse) order."""
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = i < TOTAL
+    i = i.to(tl.int64)
+    bd, n = i // N, i % N
+    A2 = tl.load(A_ptr + (bd % DIM) * N + n, mask=mask, other=0.0).to(tl.float32) * LOG2E
+    h = tl.zeros((BLOCK,), dtype=tl.float32)
+    for k in range(n_chunks):
+        c = n_chunks - 1 - k if REVERSE else k
+        total = tl.load(total_ptr + bd * n_chunks + c, mask=mask, other=0.0)
+        at = (bd * n_chunks + c) * N + n
+        h = tl.load(X_ptr + at, mask=mask, other=0.0) + tl.exp2(A2 * total) * h
+        tl.store(X_ptr + at, h, mask=mask)
 
 
 @triton.jit
@@ -96,150 +175,126 @@ def _scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, states_ptr,
     DIM, L, N, n_chunks,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+    BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
 ):
     pid_b = tl.program_id(0).to(tl.int64)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
+    c = tl.program_id(2)
     offs_t = tl.arange(0, CHUNK)
     mask_d = offs_d < DIM
-    bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32) if HAS_BIAS else None
-    skip = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32) if HAS_D else None
+    t = c * CHUNK + offs_t
+    mask_t = t < L
+    m = mask_d[:, None] & mask_t[None, :]
     row = (pid_b * DIM + offs_d) * L
-    bc_row = pid_b * N * L
-    state_at = (pid_b * DIM + offs_d) * n_chunks * N
+    bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32) if HAS_BIAS else None
+    u = _chunk_tile(u_ptr, row, t, m)
+    _, step = _delta(delta_ptr, row[:, None] + t[None, :], m, bias, HAS_BIAS, SOFTPLUS)
+    stepu = step * u
     first = (offs_t == 0)[None, :]
-    last = (offs_t == CHUNK - 1)[None, :]
-
-    h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
-    for c in range(n_chunks):
-        t = c * CHUNK + offs_t
-        mask_t = t < L
-        m = mask_d[:, None] & mask_t[None, :]
-        at = row[:, None] + t[None, :]
-        u = tl.load(u_ptr + at, mask=m, other=0.0).to(tl.float32)
-        _, step = _delta(delta_ptr, at, m, bias, HAS_BIAS, SOFTPLUS)
-        stepu = step * u
-        y = tl.zeros((BLOCK_D, CHUNK), dtype=tl.float32)
-        for n in range(N):
-            A2n = tl.load(A_ptr + offs_d * N + n, mask=mask_d, other=0.0).to(tl.float32) * LOG2E
-            Bn = tl.load(B_ptr + bc_row + n * L + t, mask=mask_t, other=0.0).to(tl.float32)
-            Cn = tl.load(C_ptr + bc_row + n * L + t, mask=mask_t, other=0.0).to(tl.float32)
-            _, _, hs = _states_n(step, stepu, A2n, Bn, _take(h, offs_n, n), first)
-            y += hs * Cn[None, :]
-            # Past the end of the sequence a = 1 and x = 0, so the last column is the state after step L-1.
-            h_end = tl.sum(tl.where(last, hs, 0.0), axis=1)
-            h = _put(h, offs_n, n, h_end)
-            tl.store(states_ptr + state_at + c * N + n, h_end, mask=mask_d)
-        if HAS_D:
-            y += skip[:, None] * u
-        if HAS_Z:
-            z = tl.load(z_ptr + at, mask=m, other=0.0).to(tl.float32)
-            y *= z * tl.sigmoid(z)
-        tl.store(out_ptr + at, y.to(out_ptr.dtype.element_ty), mask=m)
+    entering_at = ((pid_b * DIM + offs_d) * n_chunks + c - 1) * N
+    y = tl.zeros((BLOCK_D, CHUNK), dtype=tl.float32)
+    for n in range(N):
+        A2n = tl.load(A_ptr + offs_d * N + n, mask=mask_d, other=0.0).to(tl.float32) * LOG2E
+        Bn = tl.load(B_ptr + (pid_b * N + n) * L + t, mask=mask_t, other=0.0).to(tl.float32)
+        Cn = tl.load(C_ptr + (pid_b * N + n) * L + t, mask=mask_t, other=0.0).to(tl.float32)
+        h0 = tl.load(states_ptr + entering_at + n, mask=mask_d & (c > 0), other=0.0)
+        _, _, hs = _states_n(step, stepu, A2n, Bn, h0, first)
+        y += hs * Cn[None, :]
+    if HAS_D:
+        y += tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[:, None] * u
+    if HAS_Z:
+        z = _chunk_tile(z_ptr, row, t, m)
+        y *= z * tl.sigmoid(z)
+    tl.store(out_ptr + row[:, None] + t[None, :], y.to(out_ptr.dtype.element_ty), mask=m)
 
 
 @triton.jit
 def _scan_bwd_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, states_ptr,
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, states_ptr, later_ptr,
     du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
     DIM, L, N, n_chunks,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+    BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
 ):
     pid_b = tl.program_id(0).to(tl.int64)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
+    c = tl.program_id(2)
     offs_t = tl.arange(0, CHUNK)
     mask_d = offs_d < DIM
-    bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32) if HAS_BIAS else None
-    skip = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32) if HAS_D else None
+    t = c * CHUNK + offs_t
+    mask_t = t < L
+    m = mask_d[:, None] & mask_t[None, :]
+    m_next = mask_d[:, None] & (t + 1 < L)[None, :]
     row = (pid_b * DIM + offs_d) * L
-    bc_row = pid_b * N * L
-    state_at = (pid_b * DIM + offs_d) * n_chunks * N
+    at = row[:, None] + t[None, :]
+    bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32) if HAS_BIAS else None
+    u = _chunk_tile(u_ptr, row, t, m)
+    pre, step = _delta(delta_ptr, at, m, bias, HAS_BIAS, SOFTPLUS)
+    _, step_next = _delta(delta_ptr, at + 1, m_next, bias, HAS_BIAS, SOFTPLUS)
+    stepu = step * u
+    dy = _chunk_tile(dout_ptr, row, t, m)
+    if HAS_Z:
+        z = _chunk_tile(z_ptr, row, t, m)
+        sig = tl.sigmoid(z)
+        dout = dy
+        dy = dout * z * sig
     first = (offs_t == 0)[None, :]
     last = (offs_t == CHUNK - 1)[None, :]
-
-    # carry[:, n] = a_s g_s for s the first step of the chunk after the current one.
-    carry = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
-    dA_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
-    dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    dbias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    for i in range(n_chunks):
-        c = n_chunks - 1 - i
-        t = c * CHUNK + offs_t
-        mask_t = t < L
-        m = mask_d[:, None] & mask_t[None, :]
-        m_next = mask_d[:, None] & (t + 1 < L)[None, :]
-        at = row[:, None] + t[None, :]
-        u = tl.load(u_ptr + at, mask=m, other=0.0).to(tl.float32)
-        pre, step = _delta(delta_ptr, at, m, bias, HAS_BIAS, SOFTPLUS)
-        _, step_next = _delta(delta_ptr, at + 1, m_next, bias, HAS_BIAS, SOFTPLUS)
-        stepu = step * u
-        dy = tl.load(dout_ptr + at, mask=m, other=0.0).to(tl.float32)
+    chunk_at = ((pid_b * DIM + offs_d) * n_chunks + c) * N
+    y = tl.zeros((BLOCK_D, CHUNK), dtype=tl.float32)
+    gB = tl.zeros((BLOCK_D, CHUNK), dtype=tl.float32)
+    dstep = tl.zeros((BLOCK_D, CHUNK), dtype=tl.float32)
+    for n in range(N):
+        An = tl.load(A_ptr + offs_d * N + n, mask=mask_d, other=0.0).to(tl.float32)
+        A2n = An * LOG2E
+        Bn = tl.load(B_ptr + (pid_b * N + n) * L + t, mask=mask_t, other=0.0).to(tl.float32)
+        Cn = tl.load(C_ptr + (pid_b * N + n) * L + t, mask=mask_t, other=0.0).to(tl.float32)
+        h0 = tl.load(states_ptr + chunk_at - N + n, mask=mask_d & (c > 0), other=0.0)
+        a, x, hs = _states_n(step, stepu, A2n, Bn, h0, first)
         if HAS_Z:
-            z = tl.load(z_ptr + at, mask=m, other=0.0).to(tl.float32)
-            sig = tl.sigmoid(z)
-            dout = dy
-            dy = dout * z * sig
-        y = tl.zeros((BLOCK_D, CHUNK), dtype=tl.float32)
-        gB = tl.zeros((BLOCK_D, CHUNK), dtype=tl.float32)
-        dstep = tl.zeros((BLOCK_D, CHUNK), dtype=tl.float32)
-        for n in range(N):
-            An = tl.load(A_ptr + offs_d * N + n, mask=mask_d, other=0.0).to(tl.float32)
-            A2n = An * LOG2E
-            Bn = tl.load(B_ptr + bc_row + n * L + t, mask=mask_t, other=0.0).to(tl.float32)
-            Cn = tl.load(C_ptr + bc_row + n * L + t, mask=mask_t, other=0.0).to(tl.float32)
-            h0 = tl.load(states_ptr + state_at + (c - 1) * N + n, mask=mask_d & (c > 0), other=0.0)
-            a, x, hs = _states_n(step, stepu, A2n, Bn, h0, first)
-            if HAS_Z:
-                y += hs * Cn[None, :]
-            # Adjoint g_t = C_t dy_t + a_{t+1} g_{t+1}, run backwards through the chunk.
-            a_next = tl.exp2(step_next * A2n[:, None])
-            gy = dy * Cn[None, :]
-            gy = tl.where(last, gy + _take(carry, offs_n, n)[:, None], gy)
-            _, g = tl.associative_scan((a_next, gy), 1, _compose, reverse=True)
-            carry = _put(carry, offs_n, n, tl.sum(tl.where(first, a * g, 0.0), axis=1))
-            # a_t h_{t-1} = h_t - x_t, so g (h - x) = dL/da_t * a_t without keeping h_{t-1}.
-            ga = g * (hs - x)
-            dA_acc = _put(dA_acc, offs_n, n, _take(dA_acc, offs_n, n) + tl.sum(ga * step, axis=1))
-            gB += g * Bn[None, :]
-            dstep += ga * An[:, None]
-            tl.atomic_add(dB_ptr + bc_row + n * L + t, tl.sum(g * stepu, axis=0), mask=mask_t)
-            tl.atomic_add(dC_ptr + bc_row + n * L + t, tl.sum(hs * dy, axis=0), mask=mask_t)
+            y += hs * Cn[None, :]
+        # What dL/dh at this chunk's last step receives from all later chunks: a_s g_s, s = next chunk's first step.
+        carry = tl.load(later_ptr + chunk_at + N + n, mask=mask_d & (c + 1 < n_chunks), other=0.0)
+        gy = dy * Cn[None, :]
+        gy = tl.where(last, gy + carry[:, None], gy)
+        _, g = tl.associative_scan((tl.exp2(step_next * A2n[:, None]), gy), 1, _compose, reverse=True)
+        # a_t h_{t-1} = h_t - x_t, so g (h - x) = dL/da_t * a_t without keeping h_{t-1}.
+        ga = g * (hs - x)
+        tl.atomic_add(dA_ptr + offs_d * N + n, tl.sum(ga * step, axis=1), mask=mask_d)
+        gB += g * Bn[None, :]
+        dstep += ga * An[:, None]
+        tl.atomic_add(dB_ptr + (pid_b * N + n) * L + t, tl.sum(g * stepu, axis=0), mask=mask_t)
+        tl.atomic_add(dC_ptr + (pid_b * N + n) * L + t, tl.sum(hs * dy, axis=0), mask=mask_t)
 
-        du = step * gB
-        if HAS_D:
-            dD_acc += tl.sum(dy * u, axis=1)
-            du += dy * skip[:, None]
-        if HAS_Z:
-            if HAS_D:
-                y += skip[:, None] * u
-            tl.store(dz_ptr + at, (dout * y * sig * (1.0 + z * (1.0 - sig))).to(dz_ptr.dtype.element_ty), mask=m)
-        dstep += u * gB
-        if SOFTPLUS:
-            dstep = tl.where(pre <= 20.0, dstep * tl.sigmoid(pre), dstep)
-        dstep = tl.where(m, dstep, 0.0)
-        if HAS_BIAS:
-            dbias_acc += tl.sum(dstep, axis=1)
-        tl.store(du_ptr + at, du.to(du_ptr.dtype.element_ty), mask=m)
-        tl.store(ddelta_ptr + at, dstep.to(ddelta_ptr.dtype.element_ty), mask=m)
-
-    tl.store(dA_ptr + (pid_b * DIM + offs_d[:, None]) * N + offs_n[None, :], dA_acc,
-             mask=mask_d[:, None] & (offs_n < N)[None, :])
+    du = step * gB
     if HAS_D:
-        tl.store(dD_ptr + pid_b * DIM + offs_d, dD_acc, mask=mask_d)
+        skip = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        tl.atomic_add(dD_ptr + offs_d, tl.sum(dy * u, axis=1), mask=mask_d)
+        du += dy * skip[:, None]
+        y += skip[:, None] * u
+    if HAS_Z:
+        tl.store(dz_ptr + at, (dout * y * sig * (1.0 + z * (1.0 - sig))).to(dz_ptr.dtype.element_ty), mask=m)
+    dstep += u * gB
+    if SOFTPLUS:
+        dstep = tl.where(pre <= 20.0, dstep * tl.sigmoid(pre), dstep)
+    dstep = tl.where(m, dstep, 0.0)
     if HAS_BIAS:
-        tl.store(dbias_ptr + pid_b * DIM + offs_d, dbias_acc, mask=mask_d)
+        tl.atomic_add(dbias_ptr + offs_d, tl.sum(dstep, axis=1), mask=mask_d)
+    tl.store(du_ptr + at, du.to(du_ptr.dtype.element_ty), mask=m)
+    tl.store(ddelta_ptr + at, dstep.to(ddelta_ptr.dtype.element_ty), mask=m)
 
 
-def launch_config(length: int, state: int, block_d: int | None = None, chunk: int | None = None,
-                  num_warps: int | None = None):
-    """Tiles of (channels × steps), one state index at a time."""
-    block_n = max(triton.next_power_of_2(state), 2)
+def launch_config(length: int, block_d: int | None = None, chunk: int | None = None, num_warps: int | None = None):
+    """(channels, steps) per program tile and warps; defaults from a sweep on an H100."""
     chunk = chunk or min(32, max(triton.next_power_of_2(length), 2))
-    block_d = block_d or 32
-    return block_d, block_n, chunk, num_warps or 4
+    return block_d or 8, chunk, num_warps or 1
+
+
+def _chunk_pass(A, totals, summaries, reverse):
+    total = summaries.numel()
+    block = 256
+    _chunk_pass_kernel[(triton.cdiv(total, block),)](
+        A, totals, summaries, A.shape[0], A.shape[1], summaries.shape[2], total, REVERSE=reverse, BLOCK=block)
 
 
 class _TritonSelectiveScan(torch.autograd.Function):
@@ -249,45 +304,53 @@ class _TritonSelectiveScan(torch.autograd.Function):
         D, z, delta_bias = (None if t is None else t.contiguous() for t in (D, z, delta_bias))
         batch, dim, length = u.shape
         state = A.shape[1]
-        block_d, block_n, chunk, warps = launch_config(length, state, *tiles)
+        block_d, chunk, warps = launch_config(length, *tiles)
         n_chunks = triton.cdiv(length, chunk)
+        f32 = dict(device=u.device, dtype=torch.float32)
+        states = torch.empty(batch, dim, n_chunks, state, **f32)
+        totals = torch.empty(batch, dim, n_chunks, **f32)
+        grid = (batch, triton.cdiv(dim, block_d), n_chunks)
+        flags = dict(HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, BLOCK_D=block_d, CHUNK=chunk,
+                     num_warps=warps)
+        _summary_fwd_kernel[grid](u, delta, A, B, _or(delta_bias, u), states, totals,
+                                  dim, length, state, n_chunks, **flags)
+        _chunk_pass(A, totals, states, reverse=False)
         out = torch.empty_like(u)
-        states = torch.empty(batch, dim, n_chunks, state, device=u.device, dtype=torch.float32)
-        grid = (batch, triton.cdiv(dim, block_d))
         _scan_fwd_kernel[grid](
             u, delta, A, B, C, _or(D, u), _or(z, u), _or(delta_bias, u), out, states,
-            dim, length, state, n_chunks,
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
-            BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk, num_warps=warps,
-        )
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
-        ctx.softplus, ctx.config = softplus, (block_d, block_n, chunk, warps)
+            dim, length, state, n_chunks, HAS_D=D is not None, HAS_Z=z is not None, **flags)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states, totals)
+        ctx.softplus, ctx.tiles = softplus, (block_d, chunk, warps)
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        u, delta, A, B, C, D, z, delta_bias, states = ctx.saved_tensors
-        block_d, block_n, chunk, warps = ctx.config
+        u, delta, A, B, C, D, z, delta_bias, states, totals = ctx.saved_tensors
+        block_d, chunk, warps = ctx.tiles
         batch, dim, length = u.shape
-        state = A.shape[1]
+        state, n_chunks = A.shape[1], states.shape[2]
+        dout = dout.contiguous()
         f32 = dict(device=u.device, dtype=torch.float32)
+        grid = (batch, triton.cdiv(dim, block_d), n_chunks)
+        flags = dict(HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.softplus,
+                     BLOCK_D=block_d, CHUNK=chunk, num_warps=warps)
+        later = torch.empty_like(states)
+        _summary_bwd_kernel[grid](delta, A, C, _or(z, u), _or(delta_bias, u), dout, later,
+                                  dim, length, state, n_chunks, **flags)
+        _chunk_pass(A, totals, later, reverse=True)
         du, ddelta = torch.empty_like(u), torch.empty_like(delta)
         dz = torch.empty_like(z) if z is not None else None
-        dA = torch.empty(batch, dim, state, **f32)
+        dA = torch.zeros(A.shape, **f32)
         dB, dC = torch.zeros(B.shape, **f32), torch.zeros(C.shape, **f32)
-        dD = torch.empty(batch, dim, **f32) if D is not None else None
-        dbias = torch.empty(batch, dim, **f32) if delta_bias is not None else None
-        grid = (batch, triton.cdiv(dim, block_d))
+        dD = torch.zeros(dim, **f32) if D is not None else None
+        dbias = torch.zeros(dim, **f32) if delta_bias is not None else None
         _scan_bwd_kernel[grid](
-            u, delta, A, B, C, _or(D, u), _or(z, u), _or(delta_bias, u), dout.contiguous(), states,
+            u, delta, A, B, C, _or(D, u), _or(z, u), _or(delta_bias, u), dout, states, later,
             du, ddelta, _or(dz, du), dA, dB, dC, _or(dD, dA), _or(dbias, dA),
-            dim, length, state, states.shape[2],
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.softplus,
-            BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk, num_warps=warps,
-        )
-        dD = dD.sum(0).to(D.dtype) if D is not None else None
-        dbias = dbias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None
-        return du, ddelta, dA.sum(0).to(A.dtype), dB.to(B.dtype), dC.to(C.dtype), dD, dz, dbias, None, None
+            dim, length, state, n_chunks, HAS_D=D is not None, **flags)
+        dD = dD.to(D.dtype) if D is not None else None
+        dbias = dbias.to(delta_bias.dtype) if delta_bias is not None else None
+        return du, ddelta, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype), dD, dz, dbias, None, None
 
 
 def _or(tensor, placeholder):

@@ -140,6 +140,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     started = time.time()
     resolve_trainer_settings(cfg)
     check_model(cfg)
+    from flowhn.evaluation import check_eval_config
+
+    check_eval_config(cfg.eval)
     ckpt = resume_path(cfg, run_dir)
     datamodule = instantiate_checked(cfg.data)
     tokenizer = datamodule.prepare()  # data errors (missing/empty/corrupt files) surface here
