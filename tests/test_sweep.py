@@ -285,3 +285,36 @@ def test_two_device_job_runs_under_torchrun_without_hanging(tmp_path):
     command = json.loads((tmp_path / "split=fac_split" / "job.json").read_text())["command"]
     assert command[1:4] == ["-m", "torch.distributed.run", "--standalone"]
     assert "--nproc_per_node=2" in command
+
+
+@pytest.mark.slow
+def test_job_past_its_time_limit_is_stopped_with_its_workers(tmp_path):
+    """A job that runs too long (here: torchrun and two DDP workers) is ended as a whole
+    process group and recorded as failed; the sweep itself returns."""
+    proc = run(["train.py", "-m", "hydra/launcher=torchrun", f"hydra.sweep.dir={tmp_path}",
+                "hydra.launcher.timeout_min=0.1", "trainer.devices=2", "split=choice(no_split)",
+                *TINY, "trainer.max_steps=100000"], cwd=ROOT, timeout=300)  # fmt: skip
+    assert proc.returncode != 0
+    row = read_results(tmp_path)["split=no_split"]
+    assert row["status"] == "failed" and "timeout_min=0.1" in row["error"]
+    leftovers = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if str(tmp_path).encode() in cmdline.read_bytes():
+                leftovers.append(cmdline.parent.name)
+        except OSError:
+            pass  # the process ended while we looked
+    assert leftovers == []
+
+
+@pytest.mark.slow
+def test_slurm_code_path_runs_with_submitit_local_executor(tmp_path):
+    """The SLURM launcher's own code (planning, submitit pickling, Hydra's run_job in the job,
+    results) on submitit's local executor: what runs on a cluster, minus sbatch."""
+    proc = run(["train.py", "-m", "hydra/launcher=slurm_local", f"hydra.sweep.dir={tmp_path}",
+                "split=choice(fac_split)", *TINY], cwd=ROOT, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    row = read_results(tmp_path)["split=fac_split"]
+    assert row["status"] == "completed" and 0 < float(row["val_loss"]) < 20
+    assert row["run_dir"] == str(tmp_path / "split=fac_split")
+    assert "local job" in proc.stdout + proc.stderr

@@ -291,7 +291,7 @@ def launch_config(length: int, block_d: int | None = None, chunk: int | None = N
 
 
 def _chunk_pass(A, totals, summaries, reverse):
-    total = summaries.numel()
+    total = summaries.numel() // summaries.shape[2]  # one sequential walk per (batch, channel, state)
     block = 256
     _chunk_pass_kernel[(triton.cdiv(total, block),)](
         A, totals, summaries, A.shape[0], A.shape[1], summaries.shape[2], total, REVERSE=reverse, BLOCK=block)

@@ -12,6 +12,7 @@ from flowhn.sweeping.jobs import (
     job_name,
     override_key,
     read_json,
+    update_record,
     write_json,
 )
 from flowhn.sweeping.results import (
@@ -40,6 +41,7 @@ __all__ = [
     "load_job",
     "override_key",
     "read_json",
+    "update_record",
     "write_json",
     "write_results",
 ]

@@ -82,6 +82,12 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
     tmp.replace(path)
 
 
+def update_record(job_dir: Path, **fields: Any) -> None:
+    """Add or change fields of a job's ``job.json``, keeping the rest."""
+    path = Path(job_dir) / JOB_FILE
+    write_json(path, {**(read_json(path) or {}), **fields})
+
+
 @dataclass(frozen=True)
 class Decision:
     action: str  # "run" | "resume" | "skip" | "conflict"

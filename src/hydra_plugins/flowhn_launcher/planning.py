@@ -18,7 +18,7 @@ from hydra.types import HydraContext
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from flowhn.errors import ConfigError
-from flowhn.sweeping import SUMMARY_FILE, Decision, decide, identity, job_name, override_key, read_json, write_json
+from flowhn.sweeping import JOB_FILE, LOG_FILE, SUMMARY_FILE, Decision, decide, identity, job_name, override_key, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,16 @@ class Job:
             **extra,
         }
 
+    def outcome(self, summary: dict[str, Any]) -> JobReturn:
+        """Log how the job ended and hand Hydra its result; a failure becomes the exception
+        Hydra's sweeper raises once every job of the batch is done."""
+        if summary.get("status") == "completed":
+            log.info(f"  done   {self.name}  val_loss={summary.get('val_loss')}  tps={summary.get('tps')}")
+            return self.job_return(JobStatus.COMPLETED, summary)
+        log.error(f"  FAILED {self.name}: {summary.get('error')}")
+        error = RuntimeError(f"sweep job {self.name} failed: {summary.get('error')} (log: {self.dir / LOG_FILE})")
+        return self.job_return(JobStatus.FAILED, error)
+
     def job_return(self, status: JobStatus, value: Any) -> JobReturn:
         return JobReturn(
             overrides=self.overrides,
@@ -57,6 +67,28 @@ class Job:
             status=status,
             _return_value=value,
         )
+
+
+def set_aside_skipped(jobs: list[Job]) -> tuple[list[Job], dict[int, JobReturn]]:
+    """The jobs still to run, and Hydra's results for the finished ones (logged as skipped)."""
+    todo, returns = [], {}
+    for job in jobs:
+        if job.decision.action == "skip":
+            log.info(f"  skipped {job.name} ({job.decision.reason})")
+            returns[job.index] = job.job_return(JobStatus.COMPLETED, read_json(job.dir / SUMMARY_FILE))
+        else:
+            todo.append(job)
+    return todo, returns
+
+
+def begin_attempt(job: Job, **record: Any) -> None:
+    """Make the job's folder ready for a new attempt: the previous attempt's log and verdict
+    move aside (so they cannot pass for this one's), and ``job.json`` starts afresh."""
+    job.dir.mkdir(parents=True, exist_ok=True)
+    for name, kept in ((LOG_FILE, "job.prev.log"), (SUMMARY_FILE, "summary.prev.json")):
+        if (job.dir / name).exists():
+            (job.dir / name).replace(job.dir / kept)
+    write_json(job.dir / JOB_FILE, job.record(**record))
 
 
 def quoted(text: str) -> str:

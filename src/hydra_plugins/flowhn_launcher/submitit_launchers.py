@@ -24,8 +24,16 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmitit
 from omegaconf import OmegaConf
 
 from flowhn.errors import ConfigError
-from flowhn.sweeping import JOB_FILE, LOG_FILE, finish_job, write_json, write_results
-from hydra_plugins.flowhn_launcher.planning import Job, plan, quoted, sweep_dir, write_plan
+from flowhn.sweeping import LOG_FILE, finish_job, update_record, write_results
+from hydra_plugins.flowhn_launcher.planning import (
+    Job,
+    begin_attempt,
+    plan,
+    quoted,
+    set_aside_skipped,
+    sweep_dir,
+    write_plan,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,14 +81,7 @@ class _PlannedSubmititLauncher(BaseSubmititLauncher):
         if self.plan_file:
             return write_plan(self.plan_file, root, jobs, {})
         root.mkdir(parents=True, exist_ok=True)
-        returns: dict[int, JobReturn] = {}
-        todo = []
-        for job in jobs:
-            if job.decision.action == "skip":
-                log.info(f"  skipped {job.name} ({job.decision.reason})")
-                returns[job.index] = job.job_return(JobStatus.COMPLETED, finish_job(job.dir, 0))
-            else:
-                todo.append(job)
+        todo, returns = set_aside_skipped(jobs)
         try:
             if todo:
                 self._submit_and_wait(todo, returns)
@@ -90,8 +91,7 @@ class _PlannedSubmititLauncher(BaseSubmititLauncher):
 
     def _submit_and_wait(self, jobs: list[Job], returns: dict[int, JobReturn]) -> None:
         for job in jobs:
-            job.dir.mkdir(parents=True, exist_ok=True)
-            write_json(job.dir / JOB_FILE, job.record(status="submitted"))
+            begin_attempt(job, status="submitted")
         args = [
             (
                 [*job.overrides, f"hydra.sweep.subdir={quoted(job.name)}"],
@@ -105,7 +105,7 @@ class _PlannedSubmititLauncher(BaseSubmititLauncher):
         submitted = self.executor().map_array(self, *zip(*args))
         for job, handle in zip(jobs, submitted):
             log.info(f"  submitted {job.name} as {self._EXECUTOR} job {handle.job_id}")
-            write_json(job.dir / JOB_FILE, job.record(status="submitted", scheduler_id=handle.job_id))
+            update_record(job.dir, scheduler_id=handle.job_id)
         for job, handle in zip(jobs, submitted):
             note = None
             try:
@@ -115,19 +115,8 @@ class _PlannedSubmititLauncher(BaseSubmititLauncher):
                 code, note = None, f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}"
             self._copy_logs(handle, job.dir / LOG_FILE)
             summary = finish_job(job.dir, code, note)
-            ok = summary.get("status") == "completed"
-            write_json(
-                job.dir / JOB_FILE,
-                job.record(status=summary.get("status"), error=summary.get("error"),
-                           scheduler_id=handle.job_id),
-            )  # fmt: skip
-            if ok:
-                returns[job.index] = job.job_return(JobStatus.COMPLETED, summary)
-            else:
-                log.error(f"  FAILED {job.name}: {summary.get('error')}")
-                returns[job.index] = job.job_return(
-                    JobStatus.FAILED, RuntimeError(f"sweep job {job.name} failed: {summary.get('error')}")
-                )
+            update_record(job.dir, status=summary.get("status"), error=summary.get("error"))
+            returns[job.index] = job.outcome(summary)
 
     @staticmethod
     def _copy_logs(handle: Any, dest: Path) -> None:

@@ -28,19 +28,21 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from hydra.core.utils import JobReturn, JobStatus, configure_log
+from hydra.core.utils import JobReturn, configure_log
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from flowhn.errors import ConfigError
-from flowhn.sweeping import JOB_FILE, LOG_FILE, SUMMARY_FILE, finish_job, write_json, write_results
+from flowhn.sweeping import LOG_FILE, finish_job, update_record, write_results
 from hydra_plugins.flowhn_launcher.planning import (
     Job,
+    begin_attempt,
     config_flags,
     hydra_passthrough,
     plan,
     quoted,
+    set_aside_skipped,
     sweep_dir,
     write_plan,
 )
@@ -156,19 +158,11 @@ class TorchrunLauncher(Launcher):
 
     def _start(self, job: Job, nproc: int, gpus: list[str]) -> _Running:
         assert self.config is not None
-        job.dir.mkdir(parents=True, exist_ok=True)
-        # Keep the previous attempt's log and verdict aside so they cannot pass for this one's.
-        for name, kept in ((LOG_FILE, "job.prev.log"), (SUMMARY_FILE, "summary.prev.json")):
-            if (job.dir / name).exists():
-                (job.dir / name).replace(job.dir / kept)
         cmd = self._command(job, nproc)
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "1"}
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
-        write_json(
-            job.dir / JOB_FILE,
-            job.record(status="running", command=cmd, gpus=gpus, started=_now()),
-        )
+        begin_attempt(job, status="running", command=cmd, gpus=gpus, started=_now())
         log_file = (job.dir / LOG_FILE).open("w")
         proc = subprocess.Popen(
             cmd,
@@ -200,25 +194,15 @@ class TorchrunLauncher(Launcher):
         job = run.job
         code = None if note else run.proc.returncode
         summary = finish_job(job.dir, code, note)
-        ok = summary.get("status") == "completed"
-        write_json(
-            job.dir / JOB_FILE,
-            {
-                **(job.record()),
-                "status": summary.get("status"),
-                "error": summary.get("error"),
-                "returncode": run.proc.returncode,
-                "gpus": run.gpus,
-                "wall_s": round(time.monotonic() - run.started, 1),
-                "ended": _now(),
-            },
+        update_record(
+            job.dir,
+            status=summary.get("status"),
+            error=summary.get("error"),
+            returncode=run.proc.returncode,
+            wall_s=round(time.monotonic() - run.started, 1),
+            ended=_now(),
         )
-        if ok:
-            log.info(f"  done   {job.name}  val_loss={summary.get('val_loss')}  tps={summary.get('tps')}")
-            return job.job_return(JobStatus.COMPLETED, summary)
-        log.error(f"  FAILED {job.name}: {summary.get('error')}")
-        err = RuntimeError(f"sweep job {job.name} failed: {summary.get('error')} (log: {job.dir / LOG_FILE})")
-        return job.job_return(JobStatus.FAILED, err)
+        return job.outcome(summary)
 
     # -- the sweep -------------------------------------------------------------------------
 
@@ -243,14 +227,8 @@ class TorchrunLauncher(Launcher):
             }  # fmt: skip
             return write_plan(self.plan_file, root, jobs, details)
 
-        returns: dict[int, JobReturn] = {}
-        pending: deque[Job] = deque()
-        for job in jobs:
-            if job.decision.action == "skip":
-                log.info(f"  skipped {job.name} ({job.decision.reason})")
-                returns[job.index] = job.job_return(JobStatus.COMPLETED, finish_job(job.dir, 0))
-            else:
-                pending.append(job)
+        todo, returns = set_aside_skipped(jobs)
+        pending = deque(todo)
         slots = self._slots([shapes[j.index] for j in pending])
         log.info(f"Sweep {root}: {len(pending)} to run, {len(jobs) - len(pending)} skipped, {slots} at a time")
         try:
