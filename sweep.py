@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", default=None, help="where sweep folders go (default: $PROJECT_ROOT or cwd, then logs/sweeps)")
     parser.add_argument("--dry-run", action="store_true", help="plan and check every job, run none")
     args = parser.parse_intermixed_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # keep our lines in order with train.py's
 
     names = [n for o in args.overrides if override_key(o) == "sweep" for n in o.split("=", 1)[1].split(",") if n]
     user = [o for o in args.overrides if override_key(o) != "sweep"]
@@ -181,13 +182,13 @@ def main(argv: list[str] | None = None) -> int:
     runs = grid_runs(names, user)
 
     given = {override_key(o): o.split("=", 1)[1] for o in user}
+    common = []
     if "hydra.sweep.dir" in given:
-        sweep_dir = Path(given["hydra.sweep.dir"].strip("'\""))
+        sweep_dir = Path(given["hydra.sweep.dir"].strip("'\"")).resolve()
     else:
         root = Path(args.root or Path(os.environ.get("PROJECT_ROOT", os.getcwd())) / "logs" / "sweeps")
-        sweep_dir = root / sweep_name(args, names, user)
-    sweep_dir = sweep_dir.resolve()
-    common = [f"hydra.sweep.dir={hydra_value(str(sweep_dir))}"]
+        sweep_dir = (root / sweep_name(args, names, user)).resolve()
+        common.append(f"hydra.sweep.dir={hydra_value(str(sweep_dir))}")
     if "hydra/launcher" not in given:
         common.append("hydra/launcher=torchrun")
     print(f"Sweep {sweep_dir}: {len(runs)} grid(s)")
@@ -200,9 +201,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             return 0
     codes = [train_multirun(run, common) for run in runs]
-    if not (sweep_dir / "results.csv").exists():
-        return max(codes) or 1
-    return print_outcome(sweep_dir)
+    outcome = print_outcome(sweep_dir)
+    if outcome == 0 and any(codes):
+        # Every recorded job completed, yet a multirun failed: it stopped before launching.
+        print(f"sweep.py: train.py -m exited with status {max(codes)} (see above)", file=sys.stderr)
+        return max(codes)
+    return outcome
 
 
 if __name__ == "__main__":

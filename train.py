@@ -4,11 +4,13 @@ Hydra composes ``conf/train.yaml``; ``flowhn.training.run`` does the work. A con
 error exits with status 2 and one line naming the key or file, before anything is written.
 """
 
+import os
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from flowhn.errors import ConfigError
@@ -16,9 +18,14 @@ from flowhn.errors import ConfigError
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> None:
-    from flowhn.training.run import run
+    from flowhn.training.run import run, world_size
 
     try:
+        # Lightning DDP inside a multirun process hangs or re-runs the sweep (Lightning #11300):
+        # several devices per job need a launcher that gives each job its own process group.
+        in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
+        if in_sweep and world_size(cfg) > 1 and not {"TORCHELASTIC_RUN_ID", "SLURM_NTASKS"} & set(os.environ):
+            raise ConfigError("trainer.devices: multi-device jobs in a sweep need hydra/launcher=torchrun or slurm")
         run(cfg, Path(HydraConfig.get().runtime.output_dir))
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)

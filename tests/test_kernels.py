@@ -158,8 +158,8 @@ _INTERPRETER_SCRIPT = textwrap.dedent("""
     cases = [  # shape, (D, z, bias, softplus), tile override (block_d, chunk)
         ((2, 5, 19, 3), (True, True, True, True), (2, 8)),      # 3 chunks, last one partial
         ((1, 3, 16, 4), (False, False, False, False), (4, 4)),  # exact chunks, a masked channel row
-        ((2, 6, 33, 5), (True, False, True, False), (None, None)),
-        ((1, 4, 7, 16), (False, True, False, True), (None, None)),
+        ((2, 6, 33, 5), (True, False, True, False), (4, 16)),
+        ((1, 4, 7, 16), (False, True, False, True), (None, None)),  # default tiles, one short chunk
     ]
     for shape, (D, z, bias, softplus), (block_d, chunk) in cases:
         inputs = scan_inputs(*shape, D=D, z=z, delta_bias=bias, delta_softplus=softplus, seed=sum(shape))

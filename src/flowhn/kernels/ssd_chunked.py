@@ -69,7 +69,7 @@ def ssd_chunked(x, dt, A, B, C, D=None, chunk_size=64, matmul_dtype=None):
     passing = torch.exp(segment_sum(chunk_log_a.permute(0, 2, 3, 1)))  # (b, g, r, c+1, c+1)
     entering = torch.einsum("bgrzc,bcgrpn->bzgrpn", passing[..., :-1, 1:], states)
 
-    # 4. inter-chunk output
+    # 4. inter-chunk output: the entering state, decayed to each step, read out by C
     y = y + torch.einsum("bclgn,bcgrpn,bcgrl->bclgrp", Cc, entering.to(mm), torch.exp(log_a_cum).to(mm)).to(acc)
 
     y = y.reshape(batch, chunks * T, heads, head_dim)[:, :length]

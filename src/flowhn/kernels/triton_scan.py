@@ -19,8 +19,10 @@ from the chunks after it, then the main kernel. a_{t+1} cannot be shifted inside
 is recomputed from delta loaded at t + 1 (an L1 hit).
 
 softplus(delta + bias) on the way in, and the D skip and silu(z) gate on the way out, are fused in. dB
-and dC sum over channels, so channel blocks add into them with atomics; dA, dD and dbias are summed
-over batch and chunks by atomics or afterwards.
+and dC sum over channels: each backward program accumulates several channel blocks in registers and
+adds its share with atomics. dA, dD and dbias are written per (batch, chunk) and summed afterwards.
+Default tiles (8 channels × 32 steps, 1 warp, 4 channel blocks per backward program) come from a
+sweep on an H100 at B=8, D=1536, L=1024, N=16 (scripts/gpu_check_kernels.py --sweep).
 """
 
 from __future__ import annotations
@@ -214,78 +216,98 @@ def _scan_bwd_kernel(
     du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
     DIM, L, N, n_chunks,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
+    BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, BLOCK_N: tl.constexpr, SUB_BLOCKS: tl.constexpr,
 ):
+    """One chunk of SUB_BLOCKS × BLOCK_D channels. dA, dD, dbias are written per (batch, chunk) and
+    summed afterwards; dB, dC sum over channels: this program's share is accumulated over its
+    sub-blocks in registers, then added with one atomic per (state, step)."""
     pid_b = tl.program_id(0).to(tl.int64)
-    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     c = tl.program_id(2)
     offs_t = tl.arange(0, CHUNK)
-    mask_d = offs_d < DIM
+    offs_n = tl.arange(0, BLOCK_N)
     t = c * CHUNK + offs_t
     mask_t = t < L
-    m = mask_d[:, None] & mask_t[None, :]
-    m_next = mask_d[:, None] & (t + 1 < L)[None, :]
-    row = (pid_b * DIM + offs_d) * L
-    at = row[:, None] + t[None, :]
-    bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32) if HAS_BIAS else None
-    u = _chunk_tile(u_ptr, row, t, m)
-    pre, step = _delta(delta_ptr, at, m, bias, HAS_BIAS, SOFTPLUS)
-    _, step_next = _delta(delta_ptr, at + 1, m_next, bias, HAS_BIAS, SOFTPLUS)
-    stepu = step * u
-    dy = _chunk_tile(dout_ptr, row, t, m)
-    if HAS_Z:
-        z = _chunk_tile(z_ptr, row, t, m)
-        sig = tl.sigmoid(z)
-        dout = dy
-        dy = dout * z * sig
     first = (offs_t == 0)[None, :]
     last = (offs_t == CHUNK - 1)[None, :]
-    chunk_at = ((pid_b * DIM + offs_d) * n_chunks + c) * N
-    y = tl.zeros((BLOCK_D, CHUNK), dtype=tl.float32)
-    gB = tl.zeros((BLOCK_D, CHUNK), dtype=tl.float32)
-    dstep = tl.zeros((BLOCK_D, CHUNK), dtype=tl.float32)
-    for n in range(N):
-        An = tl.load(A_ptr + offs_d * N + n, mask=mask_d, other=0.0).to(tl.float32)
-        A2n = An * LOG2E
-        Bn = tl.load(B_ptr + (pid_b * N + n) * L + t, mask=mask_t, other=0.0).to(tl.float32)
-        Cn = tl.load(C_ptr + (pid_b * N + n) * L + t, mask=mask_t, other=0.0).to(tl.float32)
-        h0 = tl.load(states_ptr + chunk_at - N + n, mask=mask_d & (c > 0), other=0.0)
-        a, x, hs = _states_n(step, stepu, A2n, Bn, h0, first)
+    dB_acc = tl.zeros((BLOCK_N, CHUNK), dtype=tl.float32)
+    dC_acc = tl.zeros((BLOCK_N, CHUNK), dtype=tl.float32)
+    for sub in range(SUB_BLOCKS):
+        offs_d = (tl.program_id(1) * SUB_BLOCKS + sub) * BLOCK_D + tl.arange(0, BLOCK_D)
+        mask_d = offs_d < DIM
+        m = mask_d[:, None] & mask_t[None, :]
+        m_next = mask_d[:, None] & (t + 1 < L)[None, :]
+        row = (pid_b * DIM + offs_d) * L
+        at = row[:, None] + t[None, :]
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32) if HAS_BIAS else None
+        u = _chunk_tile(u_ptr, row, t, m)
+        pre, step = _delta(delta_ptr, at, m, bias, HAS_BIAS, SOFTPLUS)
+        _, step_next = _delta(delta_ptr, at + 1, m_next, bias, HAS_BIAS, SOFTPLUS)
+        stepu = step * u
+        dy = _chunk_tile(dout_ptr, row, t, m)
         if HAS_Z:
-            y += hs * Cn[None, :]
-        # What dL/dh at this chunk's last step receives from all later chunks: a_s g_s, s = next chunk's first step.
-        carry = tl.load(later_ptr + chunk_at + N + n, mask=mask_d & (c + 1 < n_chunks), other=0.0)
-        gy = dy * Cn[None, :]
-        gy = tl.where(last, gy + carry[:, None], gy)
-        _, g = tl.associative_scan((tl.exp2(step_next * A2n[:, None]), gy), 1, _compose, reverse=True)
-        # a_t h_{t-1} = h_t - x_t, so g (h - x) = dL/da_t * a_t without keeping h_{t-1}.
-        ga = g * (hs - x)
-        tl.atomic_add(dA_ptr + offs_d * N + n, tl.sum(ga * step, axis=1), mask=mask_d)
-        gB += g * Bn[None, :]
-        dstep += ga * An[:, None]
-        tl.atomic_add(dB_ptr + (pid_b * N + n) * L + t, tl.sum(g * stepu, axis=0), mask=mask_t)
-        tl.atomic_add(dC_ptr + (pid_b * N + n) * L + t, tl.sum(hs * dy, axis=0), mask=mask_t)
+            z = _chunk_tile(z_ptr, row, t, m)
+            sig = tl.sigmoid(z)
+            dout = dy
+            dy = dout * z * sig
+        chunk_at = ((pid_b * DIM + offs_d) * n_chunks + c) * N
+        y = tl.zeros((BLOCK_D, CHUNK), dtype=tl.float32)
+        gB = tl.zeros((BLOCK_D, CHUNK), dtype=tl.float32)
+        dstep = tl.zeros((BLOCK_D, CHUNK), dtype=tl.float32)
+        for n in range(N):
+            An = tl.load(A_ptr + offs_d * N + n, mask=mask_d, other=0.0).to(tl.float32)
+            A2n = An * LOG2E
+            Bn = tl.load(B_ptr + (pid_b * N + n) * L + t, mask=mask_t, other=0.0).to(tl.float32)
+            Cn = tl.load(C_ptr + (pid_b * N + n) * L + t, mask=mask_t, other=0.0).to(tl.float32)
+            h0 = tl.load(states_ptr + chunk_at - N + n, mask=mask_d & (c > 0), other=0.0)
+            a, x, hs = _states_n(step, stepu, A2n, Bn, h0, first)
+            if HAS_Z:
+                y += hs * Cn[None, :]
+            # What dL/dh at this chunk's last step gets from later chunks: a_s g_s, s = next chunk's first step.
+            carry = tl.load(later_ptr + chunk_at + N + n, mask=mask_d & (c + 1 < n_chunks), other=0.0)
+            gy = dy * Cn[None, :]
+            gy = tl.where(last, gy + carry[:, None], gy)
+            _, g = tl.associative_scan((tl.exp2(step_next * A2n[:, None]), gy), 1, _compose, reverse=True)
+            # a_t h_{t-1} = h_t - x_t, so g (h - x) = dL/da_t * a_t without keeping h_{t-1}.
+            ga = g * (hs - x)
+            tl.store(dA_ptr + chunk_at + n, tl.sum(ga * step, axis=1), mask=mask_d)
+            gB += g * Bn[None, :]
+            dstep += ga * An[:, None]
+            this_n = (offs_n == n)[:, None]
+            dB_acc += tl.where(this_n, tl.sum(g * stepu, axis=0)[None, :], 0.0)
+            dC_acc += tl.where(this_n, tl.sum(hs * dy, axis=0)[None, :], 0.0)
 
-    du = step * gB
-    if HAS_D:
-        skip = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-        tl.atomic_add(dD_ptr + offs_d, tl.sum(dy * u, axis=1), mask=mask_d)
-        du += dy * skip[:, None]
-        y += skip[:, None] * u
-    if HAS_Z:
-        tl.store(dz_ptr + at, (dout * y * sig * (1.0 + z * (1.0 - sig))).to(dz_ptr.dtype.element_ty), mask=m)
-    dstep += u * gB
-    if SOFTPLUS:
-        dstep = tl.where(pre <= 20.0, dstep * tl.sigmoid(pre), dstep)
-    dstep = tl.where(m, dstep, 0.0)
-    if HAS_BIAS:
-        tl.atomic_add(dbias_ptr + offs_d, tl.sum(dstep, axis=1), mask=mask_d)
-    tl.store(du_ptr + at, du.to(du_ptr.dtype.element_ty), mask=m)
-    tl.store(ddelta_ptr + at, dstep.to(ddelta_ptr.dtype.element_ty), mask=m)
+        du = step * gB
+        partial_at = (pid_b * DIM + offs_d) * n_chunks + c
+        if HAS_D:
+            skip = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+            tl.store(dD_ptr + partial_at, tl.sum(dy * u, axis=1), mask=mask_d)
+            du += dy * skip[:, None]
+            y += skip[:, None] * u
+        if HAS_Z:
+            dz = dout * y * sig * (1.0 + z * (1.0 - sig))
+            tl.store(dz_ptr + at, dz.to(dz_ptr.dtype.element_ty), mask=m)
+        dstep += u * gB
+        if SOFTPLUS:
+            dstep = tl.where(pre <= 20.0, dstep * tl.sigmoid(pre), dstep)
+        dstep = tl.where(m, dstep, 0.0)
+        if HAS_BIAS:
+            tl.store(dbias_ptr + partial_at, tl.sum(dstep, axis=1), mask=mask_d)
+        tl.store(du_ptr + at, du.to(du_ptr.dtype.element_ty), mask=m)
+        tl.store(ddelta_ptr + at, dstep.to(ddelta_ptr.dtype.element_ty), mask=m)
+
+    bc_at = (pid_b * N + offs_n[:, None]) * L + t[None, :]
+    m_bc = (offs_n < N)[:, None] & mask_t[None, :]
+    tl.atomic_add(dB_ptr + bc_at, dB_acc, mask=m_bc)
+    tl.atomic_add(dC_ptr + bc_at, dC_acc, mask=m_bc)
 
 
-def launch_config(length: int, block_d: int | None = None, chunk: int | None = None, num_warps: int | None = None):
-    """(channels, steps) per program tile and warps; defaults from a sweep on an H100."""
+# Backward programs walk this many channel blocks so that fewer of them add into dB/dC atomically.
+BWD_SUB_BLOCKS = 4
+
+
+def launch_config(length: int, block_d: int | None = None, chunk: int | None = None,
+                  num_warps: int | None = None):
+    """(channels, steps) per program tile, and warps per program; defaults from a sweep on an H100."""
     chunk = chunk or min(32, max(triton.next_power_of_2(length), 2))
     return block_d or 8, chunk, num_warps or 1
 
@@ -340,17 +362,22 @@ class _TritonSelectiveScan(torch.autograd.Function):
         _chunk_pass(A, totals, later, reverse=True)
         du, ddelta = torch.empty_like(u), torch.empty_like(delta)
         dz = torch.empty_like(z) if z is not None else None
-        dA = torch.zeros(A.shape, **f32)
+        # Per-(batch, chunk) partial sums of dA, dD, dbias; dB, dC are accumulated by atomics.
+        dA = torch.empty_like(states)
+        dD = torch.empty_like(totals) if D is not None else None
+        dbias = torch.empty_like(totals) if delta_bias is not None else None
         dB, dC = torch.zeros(B.shape, **f32), torch.zeros(C.shape, **f32)
-        dD = torch.zeros(dim, **f32) if D is not None else None
-        dbias = torch.zeros(dim, **f32) if delta_bias is not None else None
+        block_n = max(triton.next_power_of_2(state), 2)
+        grid = (batch, triton.cdiv(dim, block_d * BWD_SUB_BLOCKS), n_chunks)
         _scan_bwd_kernel[grid](
             u, delta, A, B, C, _or(D, u), _or(z, u), _or(delta_bias, u), dout, states, later,
             du, ddelta, _or(dz, du), dA, dB, dC, _or(dD, dA), _or(dbias, dA),
-            dim, length, state, n_chunks, HAS_D=D is not None, **flags)
-        dD = dD.to(D.dtype) if D is not None else None
-        dbias = dbias.to(delta_bias.dtype) if delta_bias is not None else None
-        return du, ddelta, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype), dD, dz, dbias, None, None
+            dim, length, state, n_chunks, HAS_D=D is not None, BLOCK_N=block_n, SUB_BLOCKS=BWD_SUB_BLOCKS,
+            **flags)
+        dA = dA.sum((0, 2)).to(A.dtype)
+        dD = dD.sum((0, 2)).to(D.dtype) if D is not None else None
+        dbias = dbias.sum((0, 2)).to(delta_bias.dtype) if delta_bias is not None else None
+        return du, ddelta, dA, dB.to(B.dtype), dC.to(C.dtype), dD, dz, dbias, None, None
 
 
 def _or(tensor, placeholder):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import re
+import signal
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +29,15 @@ SUMMARY_COLUMNS = (
 )  # fmt: skip
 TAIL_COLUMNS = ("steps", "tokens", "device", "num_devices", "wall_time_s", "config_hash", "run_dir")
 
-# A line that names what went wrong: "ValueError: ...", "torch.OutOfMemoryError: ...", "Killed".
+# A line that names what went wrong: "ValueError: ...", "torch.OutOfMemoryError: ...", "Killed",
+# or train.py's one-line "config error: <key>: ...".
 _HEADLINE = re.compile(
-    r"^(?:[\w.]+(?:Error|Exception|Interrupt|Exit)\b.*|.*out of memory.*|Killed.*|Segmentation fault.*)$",
+    r"^(?:[\w.]+(?:Error|Exception|Interrupt|Exit)\b.*|config error:.*|.*out of memory.*|Killed.*"
+    r"|Segmentation fault.*)$",
     re.IGNORECASE,
 )
+# Errors that only report another process's failure.
+_WRAPPER = re.compile(r"ChildFailedError")
 _ERROR_CHARS = 500
 
 
@@ -49,12 +54,25 @@ def eval_scores(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def failure_headline(log_text: str, tail_lines: int = 3) -> str:
-    """One line saying why a job failed: its last exception line, else the log's last lines."""
+    """One line saying why a job failed: its last exception line (torchrun's own ChildFailedError
+    only when the worker's is missing), else the log's last lines."""
     lines = [ln.strip() for ln in log_text.splitlines() if ln.strip()]
-    for line in reversed(lines):
-        if _HEADLINE.match(line):
-            return line[:_ERROR_CHARS]
+    found = [ln for ln in lines if _HEADLINE.match(ln)]
+    causes = [ln for ln in found if not _WRAPPER.search(ln)]
+    if found:
+        return (causes or found)[-1][:_ERROR_CHARS]
     return " | ".join(lines[-tail_lines:])[-_ERROR_CHARS:] or "no output"
+
+
+def _exit_reason(returncode: int | None) -> str:
+    if not returncode:
+        return "exited without a completed summary.json"
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            pass
+    return f"exit code {returncode}"
 
 
 def finish_job(job_dir: Path, returncode: int | None, note: str | None = None) -> dict[str, Any]:
@@ -66,17 +84,16 @@ def finish_job(job_dir: Path, returncode: int | None, note: str | None = None) -
     summary = read_json(job_dir / SUMMARY_FILE) or {}
     if returncode == 0 and summary.get("status") == "completed":
         return summary
-    log_path = job_dir / LOG_FILE
-    log_text = log_path.read_text(errors="replace") if log_path.exists() else ""
-    reason = note or (
-        f"exit code {returncode}" if returncode else "exited without a completed summary.json"
-    )
-    error = summary.get("error") if summary.get("status") == "failed" else None
-    summary.update(
-        status="failed",
-        error=error or f"{failure_headline(log_text)} ({reason}; see {LOG_FILE})",
-        run_dir=str(job_dir),
-    )
+    if note:
+        error = f"{note} (see {LOG_FILE})"
+    elif summary.get("status") == "failed" and summary.get("error"):
+        error = summary["error"]
+    else:
+        log_path = job_dir / LOG_FILE
+        log_text = log_path.read_text(errors="replace") if log_path.exists() else ""
+        reason = _exit_reason(returncode)
+        error = f"{failure_headline(log_text)} ({reason}; see {LOG_FILE})"
+    summary.update(status="failed", error=error, run_dir=str(job_dir))
     write_json(job_dir / SUMMARY_FILE, summary)
     return summary
 

@@ -22,6 +22,10 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or inf; the message names the step."""
 
 
+class NonFiniteWeightsError(FloatingPointError):
+    """A checkpoint was about to be written with NaN or inf weights; it is not written."""
+
+
 def cosine_with_warmup(step: int, total: int, warmup: int, min_ratio: float) -> float:
     """LR multiplier: linear warm-up to 1, then cosine decay to ``min_ratio`` at ``total``."""
     if step < warmup:
@@ -43,7 +47,6 @@ class CausalLMModule(L.LightningModule):
         vocab = self.cfg.scale.vocab_size
         self.val_loss = MeanMetric()
         self.val_token_acc = MulticlassAccuracy(num_classes=vocab, average="micro", ignore_index=IGNORE, validate_args=False)
-        self.fail_at_step = self.cfg.get("debug", {}).get("fail_at_step")
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids)
@@ -52,8 +55,6 @@ class CausalLMModule(L.LightningModule):
         return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE)
 
     def training_step(self, batch, batch_idx):
-        if self.fail_at_step is not None and self.global_step >= self.fail_at_step:
-            raise RuntimeError(f"debug.fail_at_step={self.fail_at_step}: failing on purpose at step {self.global_step}")
         loss = self.loss(self(batch["input_ids"]), batch["labels"])
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
@@ -78,6 +79,12 @@ class CausalLMModule(L.LightningModule):
         self.val_loss.reset()
         self.val_token_acc.reset()
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Clip by global norm ourselves: Lightning's AMP plugin refuses to clip for a fused AdamW,
+        but under bf16 there is no loss scaler, so the gradients are already unscaled."""
+        if gradient_clip_val:
+            torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val, foreach=True)
+
     def configure_optimizers(self):
         o = self.cfg.optim
         decay, no_decay = [], []
@@ -100,10 +107,24 @@ class CausalLMModule(L.LightningModule):
     # Exact resume: Lightning restores model, optimizer, scheduler and loop counters; the RNG
     # streams are ours to carry.
     def on_save_checkpoint(self, checkpoint):
+        # A bad update (inf gradients) poisons the weights one step before the loss shows it;
+        # refusing to save then keeps the previous last.ckpt, the last good state, on disk.
+        params = dict(self.named_parameters())
+        if not torch.stack([torch.isfinite(p).all() for p in params.values()]).all():  # one sync
+            name = next(n for n, p in params.items() if not torch.isfinite(p).all())
+            raise NonFiniteWeightsError(
+                f"parameter {name} is not finite at step {self.global_step}; checkpoint not written "
+                "(the last good checkpoint is kept)"
+            )
+        # Loggers buffer rows (CSV: 100 steps); flushing with each checkpoint means a killed run's
+        # files hold every step up to the checkpoint it will resume from.
+        if self._trainer is not None:
+            for logger in self.trainer.loggers:
+                logger.save()
         checkpoint["rng"] = {
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "numpy": np.random.get_state(),
+            "numpy": _numpy_state_to_safe(np.random.get_state()),
             "python": random.getstate(),
         }
 
@@ -113,5 +134,18 @@ class CausalLMModule(L.LightningModule):
             torch.set_rng_state(rng["torch"])
             if rng["cuda"] is not None and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng["cuda"])
-            np.random.set_state(rng["numpy"])
+            np.random.set_state(_numpy_state_from_safe(rng["numpy"]))
             random.setstate(rng["python"])
+
+
+# Checkpoints hold only tensors and plain Python values so that they load with torch.load's
+# default weights_only=True (as Lightning loads them); numpy's RNG state holds an ndarray.
+def _numpy_state_to_safe(state: tuple) -> dict:
+    kind, keys, pos, has_gauss, cached = state
+    return {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+
+
+def _numpy_state_from_safe(state: dict) -> tuple:
+    keys = state["keys"].numpy().astype(np.uint32)
+    return state["kind"], keys, state["pos"], state["has_gauss"], state["cached_gaussian"]

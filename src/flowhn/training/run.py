@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import signal
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -20,16 +21,26 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from flowhn import build_model
 from flowhn.errors import ConfigError, require
+from flowhn.training.callbacks import FaultInjection
+from flowhn.training.checkpointing import AtomicCheckpointIO
 from flowhn.training.module import CausalLMModule
 
 log = logging.getLogger(__name__)
 
 # Keys that say where or how a run is logged, not what it computes: left out of config_hash.
 UNHASHED_KEYS = ("paths", "logger", "meta", "hydra", "ckpt_path", "callbacks", "debug")
+# Keys a resumed run may change: they steer validation, evaluation, logging or which kernel
+# computes the same function, never the training trajectory.
+RESUME_MAY_CHANGE = (
+    "eval", "hardware", "compile", "model.ssm_backend", "data.num_workers", "data.eval_batch_size",
+    "data.cache_dir", "trainer.val_check_interval", "trainer.limit_val_batches", "trainer.log_every_n_steps",
+    "trainer.enable_model_summary", "trainer.ddp_timeout_s",
+)
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -37,6 +48,25 @@ def config_hash(cfg: DictConfig) -> str:
     for key in UNHASHED_KEYS:
         container.pop(key, None)
     return hashlib.sha256(json.dumps(container, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _flatten(node, prefix: str = "") -> dict:
+    if not isinstance(node, dict) or not node:
+        return {prefix: node}
+    out = {}
+    for key, value in node.items():
+        out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def config_differences(old: dict, new: dict, ignore: tuple[str, ...]) -> list[str]:
+    """``"key: old -> new"`` for every leaf that differs, leaving out the ``ignore`` subtrees."""
+    def kept(key: str) -> bool:
+        return not any(key == p or key.startswith(p + ".") for p in ignore)
+
+    a, b = _flatten(old), _flatten(new)
+    return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
+            for k in sorted(set(a) | set(b)) if kept(k) and a.get(k, "<absent>") != b.get(k, "<absent>")]
 
 
 def world_size(cfg: DictConfig) -> int:
@@ -86,6 +116,43 @@ def resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
     return str(cfg.ckpt_path)
 
 
+def check_resume(cfg: DictConfig, ckpt: str) -> None:
+    """A resume must continue the same experiment: refuse unreadable checkpoints and checkpoints
+    trained with a config that differs in anything that shapes training."""
+    from flowhn.data.sources import error_line
+
+    try:
+        saved = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:
+        raise ConfigError(f"ckpt_path: cannot read checkpoint {ckpt}: {error_line(exc)}") from None
+    old = (saved.get("hyper_parameters") or {}).get("cfg") if isinstance(saved, dict) else None
+    require(isinstance(old, dict), "ckpt_path", f"{ckpt} is not a flowhn training checkpoint (no hyper_parameters.cfg)")
+    diffs = config_differences(old, OmegaConf.to_container(cfg, resolve=True), UNHASHED_KEYS + RESUME_MAY_CHANGE)
+    require(not diffs, "ckpt_path",
+            f"{ckpt} was trained with another config ({'; '.join(diffs[:5])}{'; ...' if len(diffs) > 5 else ''}); "
+            "resume with the same config, or start a new run dir")
+
+
+def completed_summary(cfg: DictConfig, run_dir: Path) -> dict | None:
+    """The summary of a run already completed in ``run_dir`` with this config, which is then
+    not run again; a completed run of another config there is an error, not something to overwrite."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(summary, dict) or summary.get("status") != "completed":
+        return None
+    if summary.get("config_hash") != config_hash(cfg):
+        differing = "config_hash differs"
+        if (run_dir / "config.yaml").is_file():
+            old = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
+            diffs = config_differences(old, OmegaConf.to_container(cfg, resolve=True), UNHASHED_KEYS)
+            differing = "; ".join(diffs[:5]) + ("; ..." if len(diffs) > 5 else "") or differing
+        raise ConfigError(f"hydra.run.dir: {run_dir} holds a completed run of another config ({differing}); "
+                          "choose a new run dir")
+    return summary
+
+
 def instantiate_checked(node):
     """``instantiate`` that lets our one-line ``ConfigError`` through instead of Hydra's wrapper."""
     try:
@@ -125,7 +192,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, loggers: list
     t.pop("ddp_timeout_s", None)
     return L.Trainer(
         **t, strategy=make_strategy(cfg), callbacks=callbacks, logger=loggers or False,
-        default_root_dir=str(run_dir), enable_progress_bar=True,
+        default_root_dir=str(run_dir), enable_progress_bar=True, plugins=[AtomicCheckpointIO()],
     )
 
 
@@ -140,22 +207,38 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     started = time.time()
     resolve_trainer_settings(cfg)
     check_model(cfg)
-    from flowhn.evaluation import check_eval_config
+    if cfg.eval.get("tasks"):  # lm-eval is imported only by runs that evaluate
+        from flowhn.evaluation import check_eval_config
 
-    check_eval_config(cfg.eval)
-    ckpt = resume_path(cfg, run_dir)
+        check_eval_config(cfg.eval)
     datamodule = instantiate_checked(cfg.data)
     tokenizer = datamodule.prepare()  # data errors (missing/empty/corrupt files) surface here
     from flowhn.data import check_vocab
 
     check_vocab(tokenizer, cfg.scale.vocab_size)
+    if not datamodule.spec.is_hub:
+        # Too few examples for one batch per device is found when the loader is built; build it
+        # now, while nothing has been written. (setup is idempotent; fit reuses the datasets.)
+        datamodule.setup("fit")
+        datamodule.train_loader(0, world_size(cfg))
+    callbacks = [instantiate_checked(c) for c in (cfg.get("callbacks") or {}).values()]
+    faults = FaultInjection.from_config(cfg.get("debug"))
+    if faults is not None:
+        callbacks.append(faults)
+    # After every input check, so a bad input is reported as itself, not as a config mismatch.
+    done = completed_summary(cfg, run_dir)
+    if done is not None:
+        log.info("%s already holds a completed run of this config; nothing to do", run_dir)
+        return done
+    ckpt = resume_path(cfg, run_dir)
+    if ckpt is not None:
+        check_resume(cfg, ckpt)
 
     L.seed_everything(cfg.seed, workers=True)
     module = CausalLMModule(OmegaConf.to_container(cfg, resolve=True))
     if cfg.compile:
         for block in module.model.layers:
             block.compile()
-    callbacks = [instantiate_checked(c) for c in (cfg.get("callbacks") or {}).values()]
     throughput = next((c for c in callbacks if hasattr(c, "summary")), None)
     base = {
         "status": "running", "error": None, "arch": cfg.model.name, "scale": cfg.scale.name,
@@ -170,6 +253,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     if is_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         tokenizer.save_pretrained(str(run_dir / "tokenizer"))
+        # .hydra/config.yaml keeps the interpolations; this is the config with every value as trained.
+        OmegaConf.save(module.hparams["cfg"], run_dir / "config.yaml")
         write_summary(run_dir, base)
         log.info("%s: %.2fM parameters, %.3f GFLOPs/token (train), split ratio %s",
                  cfg.meta.name, base["params"] / 1e6, base["flops_per_token"] / 1e9, base["split_ratio"])
@@ -205,8 +290,16 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         return summary
     except BaseException as exc:
         if is_zero:
-            write_summary(run_dir, {**base, "status": "failed", "error": f"{type(exc).__name__}: {exc}",
+            error = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, SIGTERMException):
+                error = (f"SIGTERMException: stopped by SIGTERM at step {trainer.global_step}; checkpoints/last.ckpt "
+                         "holds that step and the same command resumes from it")
+            write_summary(run_dir, {**base, "status": "failed", "error": error,
                                     "steps": trainer.global_step, "wall_time_s": time.time() - started})
+        if isinstance(exc, SIGTERMException):
+            # Lightning's SIGTERMException is a SystemExit with status 0, which would tell a scheduler
+            # the job finished; 128 + SIGTERM is the status of a process the signal ended.
+            raise SystemExit(128 + signal.SIGTERM) from exc
         raise
     finally:
         finish_wandb(loggers)

@@ -18,7 +18,18 @@ from hydra.types import HydraContext
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from flowhn.errors import ConfigError
-from flowhn.sweeping import JOB_FILE, LOG_FILE, SUMMARY_FILE, Decision, decide, identity, job_name, override_key, read_json, write_json
+from flowhn.sweeping import (
+    JOB_FILE,
+    LOG_FILE,
+    SUMMARY_FILE,
+    Decision,
+    decide,
+    identity,
+    job_name,
+    override_key,
+    read_json,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +163,7 @@ def plan(
         runs_with = [o for o in overrides if override_key(o) != "meta.tags"]
         runs_with += _meta_overrides(cfg, group, axes, given)
         decision = decide(root / name, ident)
-        if decision.action == "skip":
+        if decision.action in ("skip", "resume"):
             decision = _check_unchanged(root / name, cfg, decision)
         if decision.action == "skip" and not skip_completed:
             decision = Decision("run", "completed, but hydra.launcher.skip_completed=false")
@@ -187,8 +198,8 @@ def expected_config_hash(cfg: DictConfig, job_dir: Path) -> str:
 
 
 def _check_unchanged(job_dir: Path, cfg: DictConfig, decision: Decision) -> Decision:
-    """A finished job with the same overrides is only reusable if the yaml behind them is the
-    same too: its recorded config_hash must match the one this config gives now."""
+    """Same overrides are not enough to reuse a finished job or resume a checkpoint: the yaml
+    behind them must be the same too, i.e. the recorded config_hash must match today's."""
     recorded = (read_json(job_dir / SUMMARY_FILE) or {}).get("config_hash")
     if recorded is None:
         return decision
@@ -197,7 +208,7 @@ def _check_unchanged(job_dir: Path, cfg: DictConfig, decision: Decision) -> Deci
         return decision
     return Decision(
         "conflict",
-        f"{job_dir} finished with config_hash {recorded[:12]}, but the same overrides now give "
+        f"{job_dir} ran with config_hash {recorded[:12]}, but the same overrides now give "
         f"{expected[:12]} (a config file changed)",
     )
 

@@ -50,7 +50,40 @@ from hydra_plugins.flowhn_launcher.planning import (
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.2
-_GRACE_S = 30.0
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, grandchildren, ...), read from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # "pid (comm) state ppid ...": comm may hold spaces, so split after its last ")".
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended while we looked
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _signal_all(pids: list[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
 
 
 def _now() -> str:
@@ -73,6 +106,7 @@ class TorchrunLauncher(Launcher):
         gpus: Sequence[int | str] | None = None,
         skip_completed: bool = True,
         timeout_min: float | None = None,
+        stop_grace_s: float = 30.0,
         plan_file: str | None = None,
         env: dict[str, Any] | None = None,
         torchrun_args: Sequence[str] | None = None,
@@ -85,6 +119,7 @@ class TorchrunLauncher(Launcher):
         self.gpu_ids = None if gpus is None else [str(g) for g in gpus]
         self.skip_completed = bool(skip_completed)
         self.timeout_s = None if timeout_min is None else 60.0 * float(timeout_min)
+        self.stop_grace_s = float(stop_grace_s)
         self.plan_file = plan_file
         self.env = {str(k): str(v) for k, v in (env or {}).items()}
         self.torchrun_args = [str(a) for a in (torchrun_args or [])]
@@ -122,15 +157,9 @@ class TorchrunLauncher(Launcher):
                 f"trainer.num_nodes={nodes}: this launcher runs jobs on one machine; "
                 "use hydra/launcher=slurm for several nodes"
             )
-        on_gpu = accel in ("gpu", "cuda") or (accel == "auto" and bool(self._visible_gpus()))
-        if devices in ("auto", -1, "-1"):
-            devices = len(self._visible_gpus()) if on_gpu else 1
-        if isinstance(devices, str) and devices.isdigit():
-            devices = int(devices)
         if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
-            raise ConfigError(
-                f"trainer.devices: a device count (int >= 1 or 'auto') is needed, got {devices!r}"
-            )
+            raise ConfigError(f"trainer.devices: must be a positive integer, got {devices!r}")
+        on_gpu = accel in ("gpu", "cuda") or (accel == "auto" and bool(self._visible_gpus()))
         return devices, on_gpu
 
     def _slots(self, shapes: list[tuple[int, bool]]) -> int:
@@ -171,23 +200,22 @@ class TorchrunLauncher(Launcher):
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: a stop reaches torchrun's workers
+            start_new_session=True,  # out of the terminal's group: Ctrl-C reaches the sweep only
         )
         return _Running(job, proc, gpus, time.monotonic(), log_file)
 
-    @staticmethod
-    def _stop(run: _Running) -> None:
-        """End a job's whole process group: SIGTERM, then SIGKILL after a grace period."""
-        for sig, wait_s in ((signal.SIGTERM, _GRACE_S), (signal.SIGKILL, None)):
-            try:
-                os.killpg(run.proc.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                run.proc.wait(timeout=wait_s)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+    def _stop(self, run: _Running) -> None:
+        """End a job and every process under it: SIGTERM (train.py may checkpoint), then
+        SIGKILL after ``stop_grace_s``. torchrun starts each worker in a session of its own,
+        so the workers are found through the process tree, not the process group."""
+        tree = [run.proc.pid, *_descendants(run.proc.pid)]
+        _signal_all(tree, signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_grace_s
+        while time.monotonic() < deadline and any(_alive(p) for p in tree):
+            run.proc.poll()  # reap the job's own process so it does not linger as a zombie
+            time.sleep(_POLL_S)
+        _signal_all([*tree, *_descendants(run.proc.pid)], signal.SIGKILL)
+        run.proc.wait()
 
     def _finish(self, run: _Running, note: str | None = None) -> JobReturn:
         run.log_file.close()

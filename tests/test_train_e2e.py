@@ -1,0 +1,72 @@
+"""End to end: ``python train.py`` with the default config writes every artifact it promises,
+logs to W&B offline when there is no key, and every split strategy learns."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from conftest import ARCHS, ROOT, SPLITS, small_cfg
+from test_reliability import metric, train_cfg
+
+import flowhn
+from flowhn.training.run import run
+
+STEPS, SEQ_LEN, BATCH = 30, 64, 8
+SHORT = (f"trainer.max_steps={STEPS}", f"data.seq_len={SEQ_LEN}", f"data.batch_size={BATCH}",
+         "callbacks.throughput.warmup_steps=2", "callbacks.throughput.window=5", "trainer.val_check_interval=15",
+         "trainer.limit_val_batches=2")
+
+
+@pytest.mark.slow
+def test_default_train_py_run_writes_every_artifact(tmp_path):
+    # No key and no WANDB_MODE: the W&B logger must go offline by itself and never wait on a login.
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "WANDB_MODE")}
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={tmp_path}", *SHORT],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    assert (tmp_path / ".hydra" / "config.yaml").is_file()
+    resolved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert "${" not in (tmp_path / "config.yaml").read_text()
+    assert resolved["model"]["name"] == "flowhn" and resolved["data"]["seq_len"] == SEQ_LEN
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == STEPS and last["hyper_parameters"]["cfg"] == resolved
+    header = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"train/loss", "val/loss", "perf/tps"} <= set(header)
+    assert len(metric(tmp_path)) == STEPS // 10  # the default log_every_n_steps is 10
+    offline = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1 and list(offline[0].glob("run-*.wandb"))
+
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["status"] == "completed" and s["error"] is None
+    assert s["steps"] == STEPS and s["tokens"] == STEPS * BATCH * SEQ_LEN  # packed: every token is real
+    assert s["device"] == "cpu" and s["num_devices"] == 1 and s["mfu"] is None
+    assert s["params"] > 0 and s["flops_per_token"] > 0 and s["tps"] > 0
+    assert 0 < s["val_loss"] < 9 and s["val_ppl"] == pytest.approx(float(torch.tensor(s["val_loss"]).exp()), rel=1e-5)
+    assert 0 <= s["val_token_acc"] <= 1
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_every_split_lowers_the_training_loss(split, tmp_path):
+    cfg = train_cfg(tmp_path, f"split={split}", *SHORT, "data.batch_size=4", "trainer.val_check_interval=30")
+    summary = run(cfg, tmp_path)
+    losses = [v for _, v in sorted(metric(tmp_path).items())]
+    assert summary["split"] == split and len(losses) == STEPS
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert last < first - 0.3, f"{split}: loss {first:.3f} -> {last:.3f}"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_build_model_returns_logits(arch):
+    cfg = small_cfg(arch)
+    model = flowhn.build_model(cfg)
+    ids = torch.randint(0, cfg.scale.vocab_size, (2, cfg.data.seq_len))
+    logits = model(ids)
+    assert logits.shape == (2, cfg.data.seq_len, cfg.scale.vocab_size) and logits.is_floating_point()
+    assert torch.isfinite(logits).all()
