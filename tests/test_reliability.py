@@ -23,9 +23,9 @@ import torch
 from conftest import ROOT, compose_train
 from omegaconf import OmegaConf
 
-from flowhn.training.checkpointing import atomic_torch_save
+from flowhn.training.checkpointing import AtomicCheckpointIO, atomic_torch_save
 from flowhn.training.module import CausalLMModule, NonFiniteLossError, NonFiniteWeightsError
-from flowhn.training.run import run
+from flowhn.training.run import build_trainer, resolve_trainer_settings, run
 
 MAX_STEPS = 12
 # Keeps the rows of a resumed run's metrics.csv; redundant once conf/logger/csv.yaml targets it.
@@ -187,6 +187,13 @@ def test_atomic_save_replaces_whole_files_only(tmp_path):
     assert path.read_bytes() == before
     assert torch.load(path, weights_only=True)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_runs_save_through_the_atomic_checkpoint_io(tmp_path):
+    cfg = train_cfg(tmp_path)
+    resolve_trainer_settings(cfg)
+    trainer = build_trainer(cfg, tmp_path, callbacks=[], loggers=[])
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
 
 
 _SAVE_FOREVER = """

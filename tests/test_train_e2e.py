@@ -10,8 +10,8 @@ import sys
 
 import pytest
 import torch
-import yaml
 from conftest import ARCHS, ROOT, SPLITS, small_cfg
+from omegaconf import OmegaConf
 from test_reliability import metric, train_cfg
 
 import flowhn
@@ -32,7 +32,7 @@ def test_default_train_py_run_writes_every_artifact(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     assert (tmp_path / ".hydra" / "config.yaml").is_file()
-    resolved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    resolved = OmegaConf.to_container(OmegaConf.load(tmp_path / "config.yaml"))
     assert "${" not in (tmp_path / "config.yaml").read_text()
     assert resolved["model"]["name"] == "flowhn" and resolved["data"]["seq_len"] == SEQ_LEN
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
@@ -54,7 +54,9 @@ def test_default_train_py_run_writes_every_artifact(tmp_path):
 
 @pytest.mark.parametrize("split", SPLITS)
 def test_every_split_lowers_the_training_loss(split, tmp_path):
-    cfg = train_cfg(tmp_path, f"split={split}", *SHORT, "data.batch_size=4", "trainer.val_check_interval=30")
+    cfg = train_cfg(tmp_path, f"split={split}", *SHORT, "data.batch_size=4", "data.seq_len=32",
+                    "trainer.val_check_interval=30", "trainer.limit_val_batches=1",
+                    "callbacks.checkpoint.every_n_train_steps=30")
     summary = run(cfg, tmp_path)
     losses = [v for _, v in sorted(metric(tmp_path).items())]
     assert summary["split"] == split and len(losses) == STEPS

@@ -104,8 +104,6 @@ class CausalLMModule(L.LightningModule):
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
-    # Exact resume: Lightning restores model, optimizer, scheduler and loop counters; the RNG
-    # streams are ours to carry.
     def on_save_checkpoint(self, checkpoint):
         # A bad update (inf gradients) poisons the weights one step before the loss shows it;
         # refusing to save then keeps the previous last.ckpt, the last good state, on disk.
@@ -121,6 +119,8 @@ class CausalLMModule(L.LightningModule):
         if self._trainer is not None:
             for logger in self.trainer.loggers:
                 logger.save()
+        # Exact resume: Lightning restores model, optimizer, scheduler and loop counters; the RNG
+        # streams are ours to carry.
         checkpoint["rng"] = {
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
