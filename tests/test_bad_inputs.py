@@ -2,7 +2,7 @@
 
 Every case runs against a copy of a completed run's directory (or an interrupted or empty one
 where the case is about resuming) and checks that no file there changed. A few cases go through
-``train.py`` to check the exit status 2 and the single stderr line. docs/guarantees.md lists them.
+``train.py`` to check the exit status 2 and the single stderr line. The README's "Guarantees" section lists them.
 """
 
 from __future__ import annotations
