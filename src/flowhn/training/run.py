@@ -275,8 +275,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             "step_time_ms": perf.get("step_time_ms"), "max_mem_gib": perf.get("max_mem_gib"),
             "val_loss": val.get("val/loss"), "val_ppl": val.get("val/ppl"), "val_token_acc": val.get("val/token_acc"),
             "steps": trainer.global_step,
-            "tokens": int(trainer.global_step * cfg.data.batch_size * cfg.data.seq_len * trainer.world_size
-                          * cfg.trainer.accumulate_grad_batches) if perf.get("tokens") is None else perf["tokens"],
+            # Positions trained on (packing: all real tokens; pad mode counts the pads too).
+            "tokens": trainer.global_step * cfg.data.batch_size * cfg.data.seq_len * trainer.world_size
+            * cfg.trainer.accumulate_grad_batches,
             "device": torch.cuda.get_device_name() if cfg.trainer.accelerator == "gpu" else "cpu",
             "num_devices": trainer.world_size,
             "eval": {k: v for k, v in evaluation.items() if k != "avg"}, "eval_avg": evaluation.get("avg"),
