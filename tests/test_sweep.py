@@ -297,6 +297,13 @@ def test_two_device_job_runs_under_torchrun_without_hanging(tmp_path):
     command = json.loads((tmp_path / "split=fac_split" / "job.json").read_text())["command"]
     assert command[1:4] == ["-m", "torch.distributed.run", "--standalone"]
     assert "--nproc_per_node=2" in command
+    # Metrics are reduced across the ranks: global TPS is the sum over the two devices.
+    summary = json.loads((tmp_path / "split=fac_split" / "summary.json").read_text())
+    assert summary["num_devices"] == 2 and summary["tps"] == pytest.approx(2 * summary["tps_per_device"])
+    assert summary["tokens"] == 4 * 2 * 32 * 2  # steps × batch × seq_len × ranks
+    # Checkpoints are written once, by rank 0 (4 steps: no periodic file yet), no per-rank copies.
+    checkpoints = sorted(p.name for p in (tmp_path / "split=fac_split" / "checkpoints").iterdir())
+    assert checkpoints == ["last.ckpt"], checkpoints
 
 
 @pytest.mark.slow
