@@ -20,12 +20,14 @@ import lightning as L
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from flowhn import build_model
 from flowhn.errors import ConfigError, require
+from flowhn.perf.throughput import ThroughputMonitor
 from flowhn.training.callbacks import FaultInjection
 from flowhn.training.checkpointing import AtomicCheckpointIO
 from flowhn.training.module import CausalLMModule
@@ -239,7 +241,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     if cfg.compile:
         for block in module.model.layers:
             block.compile()
-    throughput = next((c for c in callbacks if hasattr(c, "summary")), None)
+    throughput = next((c for c in callbacks if isinstance(c, ThroughputMonitor)), None)
     base = {
         "status": "running", "error": None, "arch": cfg.model.name, "scale": cfg.scale.name,
         "split": cfg.split.name if module.model.config.get("split") else None,
@@ -283,8 +285,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             "eval": {k: v for k, v in evaluation.items() if k != "avg"}, "eval_avg": evaluation.get("avg"),
             "wall_time_s": time.time() - started,
         }
-        for lg in loggers:
-            if hasattr(lg, "experiment") and lg.__class__.__name__ == "WandbLogger" and is_zero:
+        for lg in wandb_loggers(loggers):
+            if is_zero:
                 lg.experiment.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None})
         if is_zero:
             write_summary(run_dir, summary)
@@ -306,9 +308,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         finish_wandb(loggers)
 
 
+def wandb_loggers(loggers: list) -> list:
+    return [lg for lg in loggers if isinstance(lg, WandbLogger)]
+
+
 def finish_wandb(loggers: list) -> None:
     """One W&B run per job: close it so the next job in the same process starts a new one."""
-    if any(lg.__class__.__name__ == "WandbLogger" for lg in loggers):
+    if wandb_loggers(loggers):
         import wandb
 
         wandb.finish()
