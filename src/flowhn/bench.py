@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 import flowhn
 from flowhn.perf.hardware import device_peak_tflops
+from flowhn.perf.profile import profile_steps
 
 log = logging.getLogger(__name__)
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -40,6 +41,7 @@ class Row:
     step_ms: float | None = None
     mem_gib: float | None = None
     params_m: float | None = None
+    gpu_busy: float | None = None  # profiled kernel time / step time: below 1 the host holds the GPU back
 
 
 class LogitsOnly(torch.nn.Module):
@@ -53,10 +55,15 @@ class LogitsOnly(torch.nn.Module):
         return self.model(ids).logits
 
 
-def train_step_time(model, vocab: int, batch: int, seq_len: int, steps: int, warmup: int) -> tuple[float, float]:
-    """(mean ms per step over ``steps`` after ``warmup``, peak GiB): one event pair around all
-    timed steps, so no host sync sits inside the timed loop."""
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
+
+
+def make_train_step(model, vocab: int, batch: int, seq_len: int, compiled: bool):
+    """One training step (forward, loss, backward, fused AdamW) on fixed random tokens. A compiled
+    row compiles its loss too: the fp32 log-softmax over the vocabulary is then fused, not eager."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
+    loss_fn = torch.compile(cross_entropy) if compiled else cross_entropy
     gen = torch.Generator(device="cuda").manual_seed(0)
     ids = torch.randint(0, vocab, (batch, seq_len + 1), device="cuda", generator=gen)
     inputs, labels = ids[:, :-1], ids[:, 1:]
@@ -64,11 +71,16 @@ def train_step_time(model, vocab: int, batch: int, seq_len: int, steps: int, war
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16):
             logits = model(inputs)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
-        loss.backward()
+        loss_fn(logits, labels).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    return step
+
+
+def time_steps(step, steps: int, warmup: int) -> tuple[float, float]:
+    """(mean ms per step over ``steps`` after ``warmup``, peak GiB): one event pair around all
+    timed steps, so no host sync sits inside the timed loop."""
     for _ in range(warmup):
         step()
     torch.cuda.synchronize()
@@ -89,13 +101,30 @@ def train_config(entry: dict, scale: str, seq_len: int) -> DictConfig:
 
 
 def ours(entry: dict, bench: DictConfig):
+    """Our model for one entry: {model, split?, compile?, any other train-config override}."""
+    entry = dict(entry)
+    compiled = entry.pop("compile", bench.compile)  # True (whole model), "blocks" (as train.py does), False
+    # cuDNN's fused attention is one of SDPA's backends (PyTorch picks it first on Hopper); an entry
+    # can switch it off to compare with the flash kernel. The switch is global: set it per row.
+    cudnn = bool(entry.pop("cudnn_attention", True))
+    torch.backends.cuda.enable_cudnn_sdp(cudnn)
     cfg = train_config(entry, bench.scale.name, bench.seq_len)
     with open_dict(cfg):
         cfg.model.ssm_backend = entry.get("ssm_backend", "auto")
     with torch.device("cuda"):
         model = flowhn.build_model(cfg)
-    name = entry["model"] + (f"/{entry['split']}" if "split" in entry else "")
-    return name, model, model.flops_per_token(bench.seq_len), cfg.scale.vocab_size
+    extras = [f"{k}={v}" for k, v in entry.items() if k not in ("model", "split")] + ([] if cudnn else ["no cuDNN SDPA"])
+    name = "/".join([entry["model"]] + ([entry["split"]] if "split" in entry else []) + extras)
+    if bench.compile and not compiled:
+        name += " (eager)"
+    flops = model.flops_per_token(bench.seq_len)
+    if compiled == "blocks":
+        name += " (blocks compiled)"
+        for block in model.layers:
+            block.compile()
+    elif compiled:
+        model = torch.compile(model)
+    return name, model, flops, cfg.scale.vocab_size, bool(compiled)
 
 
 def hf_llama(bench: DictConfig, compiled: bool):
@@ -114,7 +143,7 @@ def hf_llama(bench: DictConfig, compiled: bool):
         flops = flowhn.build_model(cfg).flops_per_token(bench.seq_len)
     if compiled:
         model = torch.compile(model)
-    return ("hf_llama (compiled)" if compiled else "hf_llama (eager)"), model, flops, cfg.scale.vocab_size
+    return ("hf_llama (compiled)" if compiled else "hf_llama (eager)"), model, flops, cfg.scale.vocab_size, compiled
 
 
 def hf_mamba(bench: DictConfig, version: int):
@@ -137,7 +166,7 @@ def hf_mamba(bench: DictConfig, version: int):
         model = LogitsOnly(cls(hf_cfg))
     with torch.device("meta"):
         flops = flowhn.build_model(cfg).flops_per_token(bench.seq_len)
-    return f"hf_{arch} (torch path)", model, flops, cfg.scale.vocab_size
+    return f"hf_{arch} (torch path)", model, flops, cfg.scale.vocab_size, False
 
 
 def mamba_ssm_lm(bench: DictConfig):
@@ -151,7 +180,7 @@ def mamba_ssm_lm(bench: DictConfig):
                                              ssm_cfg={"layer": "Mamba1"}, tie_embeddings=cfg.scale.tie_embeddings)))
     with torch.device("meta"):
         flops = flowhn.build_model(cfg).flops_per_token(bench.seq_len)
-    return "mamba_ssm MambaLMHeadModel", model, flops, cfg.scale.vocab_size
+    return "mamba_ssm MambaLMHeadModel", model, flops, cfg.scale.vocab_size, False
 
 
 PEERS = {
@@ -163,35 +192,43 @@ PEERS = {
 }
 
 
-def measure(make, bench: DictConfig, peak: float | None, compile_ours: bool) -> Row:
+def measure(make, bench: DictConfig, peak: float | None) -> tuple[Row, str | None]:
+    """The row for one model, and its kernel-time breakdown (Markdown) when ``bench.profile``."""
     name = "?"
     try:
-        name, model, flops_per_token, vocab = make()
-        if compile_ours:
-            model = torch.compile(model)
-        ms, mem = train_step_time(model, vocab, bench.batch_size, bench.seq_len, bench.steps, bench.warmup)
+        name, model, flops_per_token, vocab, compiled = make()
+        step = make_train_step(model, vocab, bench.batch_size, bench.seq_len, compiled)
+        ms, mem = time_steps(step, bench.steps, bench.warmup)
         tok_s = bench.batch_size * bench.seq_len / (ms / 1e3)
         params = sum(p.numel() for p in model.parameters())
         mfu = tok_s * flops_per_token / (peak * 1e12) if peak else None
-        return Row(name, "ok", tok_s, mfu, ms, mem, params / 1e6)
+        row = Row(name, "ok", tok_s, mfu, ms, mem, params / 1e6)
+        if not bench.profile:
+            return row, None
+        breakdown = profile_steps(step, bench.profile_steps)
+        row.gpu_busy = breakdown.total_ms / ms
+        return row, breakdown.markdown(name)
     except torch.OutOfMemoryError:
-        return Row(name, "OOM")
+        return Row(name, "OOM"), None
     except ImportError as exc:
-        return Row(name, f"skipped: {exc}".splitlines()[0][:60])
+        return Row(name, f"skipped: {exc}".splitlines()[0][:60]), None
     except Exception as exc:  # one broken row must not lose the others
         log.exception("%s failed", name)
-        return Row(name, f"error: {type(exc).__name__}: {exc}".splitlines()[0][:80])
+        return Row(name, f"error: {type(exc).__name__}: {exc}".splitlines()[0][:80]), None
     finally:
+        torch.backends.cuda.enable_cudnn_sdp(True)
         gc.collect()
         torch.cuda.empty_cache()
 
 
 def table(rows: list[Row], header: str) -> str:
     fmt = lambda v, f: "—" if v is None else format(v, f)
-    lines = [header, "", "| model | tok/s | MFU % | step ms | peak GiB | params M | status |", "|---|---:|---:|---:|---:|---:|---|"]
+    pct = lambda v: None if v is None else 100 * v
+    lines = [header, "", "| model | tok/s | MFU % | step ms | GPU busy % | peak GiB | params M | status |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
-        lines.append(f"| {r.name} | {fmt(r.tok_s, ',.0f')} | {fmt(None if r.mfu is None else 100 * r.mfu, '.1f')} | "
-                     f"{fmt(r.step_ms, '.1f')} | {fmt(r.mem_gib, '.1f')} | {fmt(r.params_m, '.1f')} | {r.status} |")
+        lines.append(f"| {r.name} | {fmt(r.tok_s, ',.0f')} | {fmt(pct(r.mfu), '.1f')} | {fmt(r.step_ms, '.1f')} | "
+                     f"{fmt(pct(r.gpu_busy), '.0f')} | {fmt(r.mem_gib, '.1f')} | {fmt(r.params_m, '.1f')} | {r.status} |")
     return "\n".join(lines)
 
 
@@ -202,18 +239,20 @@ def main(bench: DictConfig) -> None:
     gpu = torch.cuda.get_device_name()
     peak = device_peak_tflops("cuda", "bf16-mixed", bench.hardware.peak_tflops)
     torch.backends.cuda.matmul.allow_tf32 = True
-    rows = []
-    for entry in bench.entries:
-        entry = OmegaConf.to_container(entry)
-        rows.append(measure(lambda: ours(entry, bench), bench, peak, bench.compile))
-        log.info("%s", rows[-1])
-    for peer in bench.peers:
-        rows.append(measure(lambda: PEERS[peer](bench), bench, peak, False))
-        log.info("%s", rows[-1])
+    rows, breakdowns = [], []
+    makers = [lambda entry=OmegaConf.to_container(e): ours(entry, bench) for e in bench.entries]
+    makers += [lambda peer=p: PEERS[peer](bench) for p in bench.peers]
+    for make in makers:
+        row, breakdown = measure(make, bench, peak)
+        rows.append(row)
+        breakdowns += [breakdown] if breakdown else []
+        log.info("%s%s", row, f"\n{breakdown}" if breakdown else "")  # survives a run cut short
     header = (f"### {gpu}, scale {bench.scale.name}, batch {bench.batch_size} × seq {bench.seq_len}, bf16 autocast, "
               f"fused AdamW, torch {torch.__version__}, peak {peak} TFLOP/s\n\n"
               f"`python -m flowhn.bench {' '.join(sys.argv[1:])}`")
     text = table(rows, header)
+    if breakdowns:
+        text += "\n\n#### Where the time goes (torch.profiler, kernel time per step)\n\n" + "\n\n".join(breakdowns)
     print(text)
     if bench.output:
         Path(bench.output).parent.mkdir(parents=True, exist_ok=True)

@@ -189,6 +189,7 @@ def build_lm(cfg: DictConfig, specs: list[LayerSpec]) -> CausalLM:
                 ParallelBlock(
                     d, make_attention(m, d, spec), make_ssm(m, d), FUSIONS[fusion_name](d, m.norm_eps), mlp,
                     split, layer, m.norm_eps, shared_norm=m.get("shared_branch_norm", False),
+                    branch_streams=m.get("branch_streams", False),
                 )
             )
         elif spec.mixer == "attention":

@@ -40,6 +40,17 @@ class SequenceContext:
         return full[0][positions], full[1][positions]
 
 
+_side_streams: dict[int, torch.cuda.Stream] = {}
+
+
+def side_stream(device: torch.device) -> torch.cuda.Stream:
+    """The one side stream of a CUDA device, made on first use (blocks may be built on meta/CPU)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _side_streams:
+        _side_streams[index] = torch.cuda.Stream(device=index)
+    return _side_streams[index]
+
+
 class SequentialBlock(nn.Module):
     def __init__(self, d_model: int, mixer: nn.Module, mlp: nn.Module | None, norm_eps: float):
         super().__init__()
@@ -70,6 +81,7 @@ class ParallelBlock(nn.Module):
         layer: int,
         norm_eps: float,
         shared_norm: bool = False,
+        branch_streams: bool = False,
     ):
         super().__init__()
         self.layer, self.split = layer, split
@@ -78,24 +90,58 @@ class ParallelBlock(nn.Module):
         self.attention, self.ssm, self.fusion = attention, ssm, fusion
         self.mlp_norm = RMSNorm(d_model, norm_eps) if mlp is not None else None
         self.mlp = mlp
+        # Run the SSM branch on a side CUDA stream, concurrent with attention (eager CUDA only).
+        self.branch_streams = branch_streams
 
     def forward(self, x: torch.Tensor, ctx: SequenceContext) -> torch.Tensor:
-        h_attn = self.attn_norm(x)
-        h_ssm = h_attn if self.ssm_norm is None else self.ssm_norm(x)
         owned = self.split.indices(self.layer, x.shape[1], x.device)
-        if owned is None:
-            mixed = self.fusion.both(self.attention(h_attn, ctx.positions, ctx), self.ssm(h_ssm))
+        if self.branch_streams and x.is_cuda and not torch.compiler.is_compiling():
+            a, s = self._branches_on_two_streams(x, ctx, owned)
         else:
-            attn_pos, ssm_pos = owned
-            a = self.attention(h_attn.index_select(1, attn_pos), attn_pos, ctx)
-            s = self.ssm(h_ssm.index_select(1, ssm_pos))
-            mixed = torch.empty_like(x)
-            mixed.index_copy_(1, attn_pos, self.fusion.attn_only(a).to(x.dtype))
-            mixed.index_copy_(1, ssm_pos, self.fusion.ssm_only(s).to(x.dtype))
-        x = x + mixed
+            h_attn = self.attn_norm(x)
+            a = self._attention_branch(h_attn, ctx, owned)
+            s = self._ssm_branch(x, h_attn, owned)
+        x = x + self._fuse(x, a, s, owned)
         if self.mlp is not None:
             x = x + self.mlp(self.mlp_norm(x))
         return x
+
+    def _attention_branch(self, h_attn: torch.Tensor, ctx: SequenceContext, owned) -> torch.Tensor:
+        if owned is None:
+            return self.attention(h_attn, ctx.positions, ctx)
+        attn_pos = owned[0]
+        return self.attention(h_attn.index_select(1, attn_pos), attn_pos, ctx)
+
+    def _ssm_branch(self, x: torch.Tensor, h_attn: torch.Tensor, owned) -> torch.Tensor:
+        h_ssm = h_attn if self.ssm_norm is None else self.ssm_norm(x)
+        return self.ssm(h_ssm if owned is None else h_ssm.index_select(1, owned[1]))
+
+    def _fuse(self, x: torch.Tensor, a: torch.Tensor, s: torch.Tensor, owned) -> torch.Tensor:
+        if owned is None:
+            return self.fusion.both(a, s)
+        attn_pos, ssm_pos = owned
+        mixed = torch.empty_like(x)
+        mixed.index_copy_(1, attn_pos, self.fusion.attn_only(a).to(x.dtype))
+        mixed.index_copy_(1, ssm_pos, self.fusion.ssm_only(s).to(x.dtype))
+        return mixed
+
+    def _branches_on_two_streams(self, x: torch.Tensor, ctx: SequenceContext, owned):
+        """Attention on the current stream, the SSM (its norm and gather included) on a side stream.
+        Autograd runs each backward op on its forward op's stream and syncs between them, so the
+        backward pass overlaps the same way."""
+        main, side = torch.cuda.current_stream(x.device), side_stream(x.device)
+        side.wait_stream(main)  # x and the split's index tensors are ready
+        h_attn = self.attn_norm(x)
+        if self.ssm_norm is None:
+            side.wait_stream(main)  # shared norm (Hymba): the SSM reads attention's normed input
+            h_attn.record_stream(side)
+        x.record_stream(side)  # made on main, read on side (forward and backward): no early reuse
+        with torch.cuda.stream(side):
+            s = self._ssm_branch(x, h_attn, owned)
+        a = self._attention_branch(h_attn, ctx, owned)
+        main.wait_stream(side)
+        s.record_stream(main)  # made on side, read by the fusion on main
+        return a, s
 
     def flops(self, seq_len: int) -> Flops:
         share = self.split.attention_share(self.layer, seq_len)

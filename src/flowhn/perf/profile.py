@@ -1,0 +1,104 @@
+"""Where a training step's GPU time goes: kernel time per category, from ``torch.profiler``.
+
+The benchmark (``python -m flowhn.bench profile=true``) attaches this table to every row, so a
+missed throughput target comes with the evidence of what limits it: GEMMs near their peak leave the
+gap to the SSM scan, the elementwise work around it, or the attention kernel.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+# First match wins, so the specific patterns come before the generic ones (inductor names fused
+# kernels after the ops they contain: a fused log-softmax is cross-entropy, not "elementwise").
+CATEGORIES: tuple[tuple[str, re.Pattern], ...] = tuple(
+    (name, re.compile(pattern, re.IGNORECASE))
+    for name, pattern in (
+        ("ssm scan", r"_scan_|_summary_|_chunk_pass|selective_scan|ssd|_chunk_state|_state_passing"),
+        ("attention", r"flash|fmha|attention|_efficient_attention|sdpa"),
+        ("cross-entropy", r"log_softmax|logsoftmax|nll_loss|cross_entropy"),
+        ("optimizer", r"adam|multi_tensor|foreach"),
+        ("gemm", r"gemm|cutlass|xmma|nvjet|cublas|wgmma|sm90_|sm80_|matmul|_mm_|bmm|addmm"),
+        ("conv", r"conv"),
+        ("gather/scatter", r"index|gather|scatter|embedding"),
+        ("copy/cast", r"copy|cast|cat_|memcpy|memset|fill"),
+        ("elementwise/norm", r"triton_|elementwise|reduce|vectorized|unrolled|norm|silu|softplus|mul|add"),
+    )
+)
+
+
+def kernel_category(name: str) -> str:
+    for category, pattern in CATEGORIES:
+        if pattern.search(name):
+            return category
+    return "other"
+
+
+@dataclass
+class Breakdown:
+    """GPU kernel time per training step, by category and by kernel."""
+
+    steps: int
+    device: str = "GPU"
+    by_category: dict[str, float] = field(default_factory=dict)  # ms per step
+    # (name, category, ms per step, launches per step)
+    top_kernels: list[tuple[str, str, float, float]] = field(default_factory=list)
+
+    @property
+    def total_ms(self) -> float:
+        return sum(self.by_category.values())
+
+    def markdown(self, title: str, top: int = 8) -> str:
+        total = self.total_ms or 1.0
+        lines = [f"**{title}**: {self.device} kernel time {self.total_ms:.1f} ms per step", "",
+                 "| category | ms/step | % |", "|---|---:|---:|"]
+        for name, ms in sorted(self.by_category.items(), key=lambda kv: -kv[1]):
+            lines.append(f"| {name} | {ms:.2f} | {100 * ms / total:.1f} |")
+        lines += ["", "| top kernel | category | ms/step | launches/step |", "|---|---|---:|---:|"]
+        for name, category, ms, calls in self.top_kernels[:top]:
+            short = name if len(name) <= 70 else name[:67] + "..."
+            lines.append(f"| `{short.replace('|', '/')}` | {category} | {ms:.2f} | {calls:g} |")
+        return "\n".join(lines)
+
+
+def _kernel_times(prof, device: bool) -> dict[str, list[float]]:
+    """[total µs, launches] per kernel (GPU) or per leaf op (CPU, where there are no kernels)."""
+    times: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    for event in prof.events():
+        if device:
+            # '#' marks the profiler's own ranges mirrored on the GPU timeline (Optimizer.step#...),
+            # which span kernels already counted.
+            if event.device_type == torch.autograd.DeviceType.CUDA and "#" not in event.name:
+                entry = times[event.name]
+                entry[0] += event.device_time_total  # a kernel has no children: total is self
+                entry[1] += 1
+        elif not event.cpu_children:  # leaf CPU ops stand in for kernels
+            entry = times[event.name]
+            entry[0] += event.cpu_time_total
+            entry[1] += 1
+    return times
+
+
+def profile_steps(step: Callable[[], None], steps: int = 3, device: bool | None = None) -> Breakdown:
+    """Run ``step`` ``steps`` times under the profiler (after the caller's warm-up) and sum the time
+    of every GPU kernel (CPU leaf ops on a machine without CUDA) by category."""
+    device = torch.cuda.is_available() if device is None else device
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        if device:
+            torch.cuda.synchronize()
+    by_category: dict[str, float] = defaultdict(float)
+    rows = []
+    for name, (us, launches) in _kernel_times(prof, device).items():
+        category = kernel_category(name)
+        by_category[category] += us / 1e3 / steps
+        rows.append((name, category, us / 1e3 / steps, launches / steps))
+    return Breakdown(steps=steps, device="GPU" if device else "CPU", by_category=dict(by_category), top_kernels=sorted(rows, key=lambda r: -r[2]))
