@@ -76,7 +76,8 @@ class Attention(nn.Module):
         if self.window is None or self.window >= length:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         else:
-            mask = ctx.cached(("window", self.window, id(positions)), lambda: window_mask(positions, self.window, ctx.n_prefix))
+            mask = ctx.cached(("window", self.window), lambda: window_mask(positions, self.window, ctx.n_prefix),
+                              per=positions)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
 

@@ -28,7 +28,14 @@ class SequenceContext:
         self.shared_kv: list = []
         self._cache: dict = {}
 
-    def cached(self, key, make):
+    def cached(self, key, make, per: torch.Tensor | None = None):
+        """``make()`` once per forward for ``key`` (and per tensor object ``per``, e.g. a block's
+        positions). Under torch.compile the tables are traced, not cached, and the compiler dedupes
+        them: reading the dict, or a tensor's id, would make dynamo guard on them, and both change
+        from block to block or call to call once a graph break splits the model (a recompile each)."""
+        if torch.compiler.is_compiling():
+            return make()
+        key = key if per is None else (*key, id(per))
         if key not in self._cache:
             self._cache[key] = make()
         return self._cache[key]

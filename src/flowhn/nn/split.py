@@ -87,12 +87,17 @@ class TokenSplit:
         span = self.span(layer, seq_len)
         if span is None:
             return None
+        # Built from aranges, not a boolean mask: a mask's nonzero has a data-dependent size, which
+        # breaks a torch.compile graph at every split block. Under compile they are traced, not
+        # cached: a cache read would make dynamo guard on the dict and recompile once it fills.
+        start, end = span
+        arange = lambda a, b: torch.arange(a, b, device=device)
+        build = lambda: (arange(start, end), torch.cat([arange(0, start), arange(end, seq_len)]))
+        if torch.compiler.is_compiling():
+            return build()
         key = (span, seq_len, str(device))
         if key not in self._cache:
-            owned = torch.zeros(seq_len, dtype=torch.bool)
-            owned[span[0] : span[1]] = True
-            positions = torch.arange(seq_len)
-            self._cache[key] = (positions[owned].to(device), positions[~owned].to(device))
+            self._cache[key] = build()
         return self._cache[key]
 
     def attention_share(self, layer: int, seq_len: int) -> float:
