@@ -88,9 +88,10 @@ def _chunk_tile(ptr, row, t, m):
 
 
 @triton.jit
-def _summary_tile(delta_ptr, bias_ptr, DIM, L, PITCH, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                  BLOCK_D: tl.constexpr, CHUNK: tl.constexpr):
-    """A summary program's (channels × steps) tile: its indices, masks, row offsets and step sizes."""
+def _chunk_steps(delta_ptr, bias_ptr, DIM, L, PITCH, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                 BLOCK_D: tl.constexpr, CHUNK: tl.constexpr):
+    """The (channels × steps) tile of a program on grid (batch, channel block, chunk): its indices,
+    masks, row offsets and step sizes."""
     pid_b = tl.program_id(0).to(tl.int64)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     c = tl.program_id(2)
@@ -111,7 +112,7 @@ def _summary_fwd_kernel(
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
 ):
     """X[b, d, c, n]: state at the end of chunk c from a zero start; total[b, d, c] = Σ Δ over the chunk."""
-    pid_b, offs_d, c, mask_d, t, mask_t, m, row, step = _summary_tile(
+    pid_b, offs_d, c, mask_d, t, mask_t, m, row, step = _chunk_steps(
         delta_ptr, bias_ptr, DIM, L, PITCH, HAS_BIAS, SOFTPLUS, BLOCK_D, CHUNK)
     stepu = step * _chunk_tile(u_ptr, row, t, m)
     after = tl.cumsum(step, axis=1, reverse=True) - step  # Σ_{s>t} Δ_s
@@ -132,7 +133,7 @@ def _summary_bwd_kernel(
     BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
 ):
     """K[b, d, c, n] = a_first g_first of chunk c with nothing coming from later chunks."""
-    pid_b, offs_d, c, mask_d, t, mask_t, m, row, step = _summary_tile(
+    pid_b, offs_d, c, mask_d, t, mask_t, m, row, step = _chunk_steps(
         delta_ptr, bias_ptr, DIM, L, PITCH, HAS_BIAS, SOFTPLUS, BLOCK_D, CHUNK)
     dy = _chunk_tile(dout_ptr, row, t, m)
     if HAS_Z:
@@ -181,20 +182,11 @@ def _scan_fwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
 ):
-    pid_b = tl.program_id(0).to(tl.int64)
-    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    c = tl.program_id(2)
-    offs_t = tl.arange(0, CHUNK)
-    mask_d = offs_d < DIM
-    t = c * CHUNK + offs_t
-    mask_t = t < L
-    m = mask_d[:, None] & mask_t[None, :]
-    row = (pid_b * DIM + offs_d) * PITCH
-    bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32) if HAS_BIAS else None
+    pid_b, offs_d, c, mask_d, t, mask_t, m, row, step = _chunk_steps(
+        delta_ptr, bias_ptr, DIM, L, PITCH, HAS_BIAS, SOFTPLUS, BLOCK_D, CHUNK)
     u = _chunk_tile(u_ptr, row, t, m)
-    _, step = _delta(delta_ptr, row[:, None] + t[None, :], m, bias, HAS_BIAS, SOFTPLUS)
     stepu = step * u
-    first = (offs_t == 0)[None, :]
+    first = (t == c * CHUNK)[None, :]
     entering_at = ((pid_b * DIM + offs_d) * n_chunks + c - 1) * N
     y = tl.zeros((BLOCK_D, CHUNK), dtype=tl.float32)
     for n in range(N):
