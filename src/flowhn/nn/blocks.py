@@ -15,7 +15,7 @@ from torch import nn
 from flowhn.nn.attention import rope_tables
 from flowhn.nn.flops import Flops
 from flowhn.nn.norm import RMSNorm
-from flowhn.nn.split import TokenSplit
+from flowhn.nn.split import TokenSplit, cached_when_eager
 
 
 class SequenceContext:
@@ -30,15 +30,11 @@ class SequenceContext:
 
     def cached(self, key, make, per: torch.Tensor | None = None):
         """``make()`` once per forward for ``key`` (and per tensor object ``per``, e.g. a block's
-        positions). Under torch.compile the tables are traced, not cached, and the compiler dedupes
-        them: reading the dict, or a tensor's id, would make dynamo guard on them, and both change
-        from block to block or call to call once a graph break splits the model (a recompile each)."""
-        if torch.compiler.is_compiling():
-            return make()
-        key = key if per is None else (*key, id(per))
-        if key not in self._cache:
-            self._cache[key] = make()
-        return self._cache[key]
+        positions). Under torch.compile the tables are traced and the compiler dedupes them; the
+        tensor's id is only read in eager, as dynamo would guard on it (a new one every call)."""
+        if per is not None and not torch.compiler.is_compiling():
+            key = (*key, id(per))
+        return cached_when_eager(self._cache, key, make)
 
     def rope(self, positions: torch.Tensor, head_dim: int, theta: float):
         full = self.cached(("rope", head_dim, theta), lambda: rope_tables(self.positions, head_dim, theta))

@@ -67,6 +67,17 @@ def attention_span(strategy: str, layer: int, seq_len: int, ratio: float | None)
     raise ConfigError(f"split.name: unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
 
 
+def cached_when_eager(cache: dict, key, make):
+    """``cache[key]``, made by ``make()`` on first use; under torch.compile, ``make()`` is traced
+    instead. Reading the dict there would make dynamo guard on its contents, which fill up over
+    calls and differ from block to block once a graph break splits the model: a recompile each."""
+    if torch.compiler.is_compiling():
+        return make()
+    if key not in cache:
+        cache[key] = make()
+    return cache[key]
+
+
 class TokenSplit:
     """A strategy bound to its ratio; hands blocks cached index tensors for their positions."""
 
@@ -88,17 +99,11 @@ class TokenSplit:
         if span is None:
             return None
         # Built from aranges, not a boolean mask: a mask's nonzero has a data-dependent size, which
-        # breaks a torch.compile graph at every split block. Under compile they are traced, not
-        # cached: a cache read would make dynamo guard on the dict and recompile once it fills.
+        # breaks a torch.compile graph at every split block.
         start, end = span
         arange = lambda a, b: torch.arange(a, b, device=device)
         build = lambda: (arange(start, end), torch.cat([arange(0, start), arange(end, seq_len)]))
-        if torch.compiler.is_compiling():
-            return build()
-        key = (span, seq_len, str(device))
-        if key not in self._cache:
-            self._cache[key] = build()
-        return self._cache[key]
+        return cached_when_eager(self._cache, (span, seq_len, str(device)), build)
 
     def attention_share(self, layer: int, seq_len: int) -> float:
         span = self.span(layer, seq_len)
