@@ -46,13 +46,20 @@ class Breakdown:
 
     steps: int
     device: str = "GPU"
-    by_category: dict[str, float] = field(default_factory=dict)  # ms per step
-    # (name, category, ms per step, launches per step)
+    # (name, category, ms per step, launches per step), slowest first
     top_kernels: list[tuple[str, str, float, float]] = field(default_factory=list)
 
     @property
+    def by_category(self) -> dict[str, float]:
+        """ms per step in each category."""
+        totals: dict[str, float] = defaultdict(float)
+        for _, category, ms, _ in self.top_kernels:
+            totals[category] += ms
+        return dict(totals)
+
+    @property
     def total_ms(self) -> float:
-        return sum(self.by_category.values())
+        return sum(ms for _, _, ms, _ in self.top_kernels)
 
     def markdown(self, title: str, top: int = 8) -> str:
         total = self.total_ms or 1.0
@@ -73,15 +80,17 @@ def _kernel_times(prof, device: bool) -> dict[str, list[float]]:
     for event in prof.events():
         if device:
             # '#' marks the profiler's own ranges mirrored on the GPU timeline (Optimizer.step#...),
-            # which span kernels already counted.
-            if event.device_type == torch.autograd.DeviceType.CUDA and "#" not in event.name:
-                entry = times[event.name]
-                entry[0] += event.device_time_total  # a kernel has no children: total is self
-                entry[1] += 1
-        elif not event.cpu_children:  # leaf CPU ops stand in for kernels
-            entry = times[event.name]
-            entry[0] += event.cpu_time_total
-            entry[1] += 1
+            # which span kernels already counted. A kernel has no children: its total is its own.
+            if event.device_type != torch.autograd.DeviceType.CUDA or "#" in event.name:
+                continue
+            us = event.device_time_total
+        elif event.cpu_children:  # leaf CPU ops stand in for kernels
+            continue
+        else:
+            us = event.cpu_time_total
+        entry = times[event.name]
+        entry[0] += us
+        entry[1] += 1
     return times
 
 
@@ -95,10 +104,6 @@ def profile_steps(step: Callable[[], None], steps: int = 3, device: bool | None 
             step()
         if device:
             torch.cuda.synchronize()
-    by_category: dict[str, float] = defaultdict(float)
-    rows = []
-    for name, (us, launches) in _kernel_times(prof, device).items():
-        category = kernel_category(name)
-        by_category[category] += us / 1e3 / steps
-        rows.append((name, category, us / 1e3 / steps, launches / steps))
-    return Breakdown(steps=steps, device="GPU" if device else "CPU", by_category=dict(by_category), top_kernels=sorted(rows, key=lambda r: -r[2]))
+    rows = [(name, kernel_category(name), us / 1e3 / steps, launches / steps)
+            for name, (us, launches) in _kernel_times(prof, device).items()]
+    return Breakdown(steps=steps, device="GPU" if device else "CPU", top_kernels=sorted(rows, key=lambda r: -r[2]))
