@@ -70,11 +70,13 @@ def test_bench_times_and_profiles_a_tiny_model(tmp_path):
         # tiny's own sequence length: at 1024 its 4 blocks are too few for fac_split's window to cover it
         [sys.executable, "-m", "flowhn.bench", "scale=tiny", "seq_len=128", "steps=2", "warmup=1", "profile=true",
          "peers=[]",
-         "entries=[{model: flowhn, split: fac_split, compile: false}, {model: llama}]", f"output={out}",
+         "entries=[{model: flowhn, split: fac_split, compile: false}, {model: llama},"
+         " {model: llama, compile_mode: reduce-overhead}]", f"output={out}",
          f"hydra.run.dir={tmp_path}/run"],
         capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     text = out.read_text()
-    assert text.count("| ok |") == 2, text
+    assert text.count("| ok |") == 3, text
     assert "| flowhn/fac_split (eager) |" in text and "| llama |" in text and "GPU busy %" in text
-    assert text.count("GPU kernel time") == 2 and "| ssm scan |" in text and "| attention |" in text
+    assert "| llama/reduce-overhead |" in text
+    assert text.count("GPU kernel time") == 3 and "| ssm scan |" in text and "| attention |" in text

@@ -3,7 +3,7 @@
 A graph break splits the compiled model into frames with Python and eager kernels between them;
 on the H100 that host time was what held the split strategies back (experiments/bench/H100.md,
 "GPU busy"). The dynamo-level check runs on CPU with the ``eager`` backend (no code generation), on
-the PyTorch scan path; the Triton scan is its own opaque call on GPU.
+the PyTorch scan path; the Triton scan is a torch.library op, checked in test_kernels.py.
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ def test_jamba_breaks_only_at_expert_routing():
 
 @pytest.mark.parametrize(("arch", "split"), [("hymba", None), ("flowhn", "fac_split")], ids=lambda v: v or "")
 def test_a_graph_break_at_the_scan_causes_no_recompiles(arch, split, monkeypatch):
-    """On GPU the Triton scan is a graph break. The frames after it receive the per-forward context;
+    """A graph break at the scan (the Triton scan was one before it became a torch.library op; a
+    mamba-ssm build may still be one) leaves frames after it. The frames after it receive the per-forward context;
     they must not guard on its RoPE/mask cache, whose contents differ from block to block (that
     guard made Hymba hit dynamo's recompile limit on the H100)."""
     from flowhn import kernels
@@ -71,3 +72,33 @@ def test_a_graph_break_at_the_scan_causes_no_recompiles(arch, split, monkeypatch
         for seed in (2, 3):
             ids = torch.randint(0, vocab, (2, 32), generator=torch.Generator().manual_seed(seed))
             torch.testing.assert_close(compiled(ids), model(ids), rtol=1e-5, atol=1e-5)
+
+
+def test_training_module_compiles_whole_model_and_loss_in_place():
+    """train.py's compile_scope=model: one graph for the model, the loss compiled too, and the same
+    parameter names (checkpoints stay loadable without the compiled wrapper), loss and gradients."""
+    import copy
+
+    from omegaconf import OmegaConf
+
+    from flowhn.training.module import CausalLMModule
+
+    from tests.conftest import ROOT
+
+    cfg = small_cfg("flowhn", "split=fac_split", f"paths.root_dir={ROOT}", "paths.output_dir=unused", seq_len=32)
+    torch.manual_seed(0)
+    module = CausalLMModule(OmegaConf.to_container(cfg, resolve=True))
+    eager = copy.deepcopy(module)
+    torch._dynamo.reset()
+    module.compile_for_training("model", backend="eager", fullgraph=True)
+    assert list(module.state_dict()) == list(eager.state_dict())
+    batch = torch.randint(0, cfg.scale.vocab_size, (2, 33), generator=torch.Generator().manual_seed(1))
+    losses = []
+    for m in (module, eager):
+        loss = m.loss(m(batch[:, :-1]), batch[:, 1:])
+        loss.backward()
+        losses.append(loss)
+    torch.testing.assert_close(losses[0], losses[1])
+    for (name, p), q in zip(module.named_parameters(), eager.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+    assert module.model._compiled_call_impl is not None

@@ -59,16 +59,20 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
 
 
-def make_train_step(model, vocab: int, batch: int, seq_len: int, compiled: bool):
+def make_train_step(model, vocab: int, batch: int, seq_len: int, compiled):
     """One training step (forward, loss, backward, fused AdamW) on fixed random tokens. A compiled
-    row compiles its loss too: the fp32 log-softmax over the vocabulary is then fused, not eager."""
+    row (``compiled``: True, or its torch.compile mode) compiles its loss too: the fp32 log-softmax
+    over the vocabulary is then fused, not eager."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
-    loss_fn = torch.compile(cross_entropy) if compiled else cross_entropy
+    mode = compiled if isinstance(compiled, str) else None
+    loss_fn = torch.compile(cross_entropy, mode=mode) if compiled else cross_entropy
     gen = torch.Generator(device="cuda").manual_seed(0)
     ids = torch.randint(0, vocab, (batch, seq_len + 1), device="cuda", generator=gen)
     inputs, labels = ids[:, :-1], ids[:, 1:]
 
     def step():
+        if mode == "reduce-overhead":  # CUDA graph trees: a new step may reuse the last one's buffers
+            torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast("cuda", dtype=torch.bfloat16):
             logits = model(inputs)
         loss_fn(logits, labels).backward()
@@ -103,7 +107,8 @@ def train_config(entry: dict, scale: str, seq_len: int) -> DictConfig:
 def ours(entry: dict, bench: DictConfig):
     """Our model for one entry: {model, split?, compile?, any other train-config override}."""
     entry = dict(entry)
-    compiled = entry.pop("compile", bench.compile)  # True (whole model), "blocks" (as train.py does), False
+    compiled = entry.pop("compile", bench.compile)  # True (whole model), "blocks", False
+    mode = entry.pop("compile_mode", None)  # torch.compile mode, e.g. reduce-overhead (CUDA graphs)
     # cuDNN's fused attention is one of SDPA's backends (PyTorch picks it first on Hopper); an entry
     # can switch it off to compare with the flash kernel. The switch is global: set it per row.
     cudnn = bool(entry.pop("cudnn_attention", True))
@@ -114,6 +119,7 @@ def ours(entry: dict, bench: DictConfig):
     with torch.device("cuda"):
         model = flowhn.build_model(cfg)
     extras = [f"{k}={v}" for k, v in entry.items() if k not in ("model", "split")] + ([] if cudnn else ["no cuDNN SDPA"])
+    extras += [mode] if mode else []
     name = "/".join([entry["model"]] + ([entry["split"]] if "split" in entry else []) + extras)
     if bench.compile and not compiled:
         name += " (eager)"
@@ -121,10 +127,10 @@ def ours(entry: dict, bench: DictConfig):
     if compiled == "blocks":
         name += " (blocks compiled)"
         for block in model.layers:
-            block.compile()
+            block.compile(mode=mode)
     elif compiled:
-        model = torch.compile(model)
-    return name, model, flops, cfg.scale.vocab_size, bool(compiled)
+        model = torch.compile(model, mode=mode)
+    return name, model, flops, cfg.scale.vocab_size, (mode or True) if compiled else False
 
 
 def hf_llama(bench: DictConfig, compiled: bool):

@@ -57,6 +57,9 @@ def _unavailable(name: str, device: torch.device) -> str | None:
     return f"unknown backend; choose one of {', '.join(BACKENDS)}"
 
 
+# Under torch.compile the answer is taken once, at trace time: it depends only on the device and the
+# environment, and tracing the import probe would break the graph at every mixer.
+@torch.compiler.assume_constant_result
 def resolve_backend(name: str, device: torch.device | str) -> str:
     """The concrete backend ``name`` means on ``device``; raises a one-line ValueError if unusable."""
     device = torch.device(device)
@@ -116,11 +119,12 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     return selective_scan_mamba_ssm(*args, **kwargs)
 
 
-def ssd(x, dt, A, B, C, D=None, chunk_size=64, backend="auto"):
+def ssd(x, dt, A, B, C, D=None, chunk_size=64, backend="auto", recompute=True):
     """Mamba-2 SSD. x: (B, L, H, P); dt: (B, L, H), positive; A: (H,), negative; B, C: (B, L, G, N), G | H.
 
     Per head: h_t = exp(dt_t A) h_{t-1} + dt_t x_t ⊗ B_t,  y_t = h_t C_t + D x_t. Returns (B, L, H, P) in
-    x's dtype, differentiable. L need not be a multiple of ``chunk_size``.
+    x's dtype, differentiable. L need not be a multiple of ``chunk_size``. ``recompute`` (the triton
+    backend): keep only the inputs for the backward and recompute the chunked intermediates there.
     """
     batch, length, heads, _ = x.shape
     if B.shape != C.shape or B.shape[:2] != (batch, length) or heads % B.shape[2]:
@@ -134,7 +138,7 @@ def ssd(x, dt, A, B, C, D=None, chunk_size=64, backend="auto"):
     if name == "triton":
         from flowhn.kernels.triton_ssd import ssd_gpu
 
-        return ssd_gpu(x, dt, A, B, C, D, chunk_size=chunk_size)
+        return ssd_gpu(x, dt, A, B, C, D, chunk_size=chunk_size, recompute=recompute)
     from flowhn.kernels.mamba_ssm_ops import ssd_mamba_ssm
 
     return ssd_mamba_ssm(x, dt, A, B, C, D, chunk_size=chunk_size)

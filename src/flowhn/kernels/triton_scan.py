@@ -29,9 +29,11 @@ sweep on an H100 at B=16, D=4096, L=1024 and 384, N=16 in bf16 (scripts/gpu_chec
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -313,69 +315,113 @@ def _chunk_pass(A, totals, summaries, reverse):
         A, totals, summaries, A.shape[0], A.shape[1], summaries.shape[2], total, REVERSE=reverse, BLOCK=block)
 
 
-class _TritonSelectiveScan(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus, tiles):
-        batch, dim, length = u.shape
-        pitch = _row_pitch(length)
-        u, delta, B, C = (_pitched(t, pitch) for t in (u, delta, B, C))
-        z = None if z is None else _pitched(z, pitch)
-        A, D, delta_bias = (None if t is None else t.contiguous() for t in (A, D, delta_bias))
-        state = A.shape[1]
-        block_d, chunk, warps = launch_config(length, *tiles)
-        n_chunks = triton.cdiv(length, chunk)
-        f32 = dict(device=u.device, dtype=torch.float32)
-        states = torch.empty(batch, dim, n_chunks, state, **f32)
-        totals = torch.empty(batch, dim, n_chunks, **f32)
-        grid = (batch, triton.cdiv(dim, block_d), n_chunks)
-        flags = dict(HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, BLOCK_D=block_d, CHUNK=chunk,
-                     num_warps=warps)
-        sizes = (dim, length, pitch, state, n_chunks)
-        _summary_fwd_kernel[grid](u, delta, A, B, _or(delta_bias, u), states, totals, *sizes, **flags)
-        _chunk_pass(A, totals, states, reverse=False)
-        out = torch.empty_like(u)
-        _scan_fwd_kernel[grid](
-            u, delta, A, B, C, _or(D, u), _or(z, u), _or(delta_bias, u), out, states, *sizes,
-            HAS_D=D is not None, HAS_Z=z is not None, **flags)
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states, totals)
-        ctx.softplus, ctx.tiles, ctx.length = softplus, (block_d, chunk, warps), length
-        return out[..., :length]
+# The scan is two torch.library custom ops (forward, backward) joined by register_autograd, so that
+# torch.compile sees one opaque call with known output shapes instead of breaking its graph at the
+# Triton launches, and CUDA graphs can capture it. The ops take (…, pitch) buffers whose first
+# ``length`` columns hold the data; the wrapper pads with F.pad, whose autograd cuts the gradients
+# back, so the backward reuses the padded buffers the forward saved instead of copying again.
+_Tensor = torch.Tensor
+_MaybeTensor = Optional[torch.Tensor]
 
-    @staticmethod
-    def backward(ctx, dout):
-        u, delta, A, B, C, D, z, delta_bias, states, totals = ctx.saved_tensors
-        block_d, chunk, warps = ctx.tiles
-        batch, dim, pitch = u.shape
-        length = ctx.length
-        state, n_chunks = A.shape[1], states.shape[2]
-        dout = _pitched(dout, pitch)
-        f32 = dict(device=u.device, dtype=torch.float32)
-        grid = (batch, triton.cdiv(dim, block_d), n_chunks)
-        flags = dict(HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.softplus,
-                     BLOCK_D=block_d, CHUNK=chunk, num_warps=warps)
-        sizes = (dim, length, pitch, state, n_chunks)
-        later = torch.empty_like(states)
-        _summary_bwd_kernel[grid](delta, A, C, _or(z, u), _or(delta_bias, u), dout, later, *sizes, **flags)
-        _chunk_pass(A, totals, later, reverse=True)
-        du, ddelta = torch.empty_like(u), torch.empty_like(delta)
-        dz = torch.empty_like(z) if z is not None else None
-        # Per-(batch, chunk) partial sums of dA, dD, dbias; dB, dC are accumulated by atomics.
-        dA = torch.empty_like(states)
-        dD = torch.empty_like(totals) if D is not None else None
-        dbias = torch.empty_like(totals) if delta_bias is not None else None
-        dB, dC = torch.zeros(B.shape, **f32), torch.zeros(C.shape, **f32)
-        block_n = max(triton.next_power_of_2(state), 2)
-        grid = (batch, triton.cdiv(dim, block_d * BWD_SUB_BLOCKS), n_chunks)
-        _scan_bwd_kernel[grid](
-            u, delta, A, B, C, _or(D, u), _or(z, u), _or(delta_bias, u), dout, states, later,
-            du, ddelta, _or(dz, du), dA, dB, dC, _or(dD, dA), _or(dbias, dA), *sizes,
-            HAS_D=D is not None, BLOCK_N=block_n, SUB_BLOCKS=BWD_SUB_BLOCKS, **flags)
-        dA = dA.sum((0, 2)).to(A.dtype)
-        dD = dD.sum((0, 2)).to(D.dtype) if D is not None else None
-        dbias = dbias.sum((0, 2)).to(delta_bias.dtype) if delta_bias is not None else None
-        cut = lambda t: None if t is None else t[..., :length]
-        return (cut(du), cut(ddelta), dA, cut(dB).to(B.dtype), cut(dC).to(C.dtype), dD, cut(dz), dbias,
-                None, None)
+
+def _n_chunks(length, chunk):
+    return (length + chunk - 1) // chunk
+
+
+@torch.library.custom_op("flowhn::selective_scan_fwd", mutates_args=())
+def _scan_fwd(u: _Tensor, delta: _Tensor, A: _Tensor, B: _Tensor, C: _Tensor, D: _MaybeTensor, z: _MaybeTensor,
+              delta_bias: _MaybeTensor, length: int, softplus: bool, block_d: int, chunk: int, num_warps: int
+              ) -> tuple[_Tensor, _Tensor, _Tensor]:
+    """(out (B, D, pitch) in u's dtype, chunk-end states (B, D, chunks, N) fp32, chunk step totals (B, D, chunks) fp32)."""
+    batch, dim, pitch = u.shape
+    u, delta, B, C, A = (t.contiguous() for t in (u, delta, B, C, A))
+    D, z, delta_bias = (None if t is None else t.contiguous() for t in (D, z, delta_bias))
+    state, n_chunks = A.shape[1], _n_chunks(length, chunk)
+    f32 = dict(device=u.device, dtype=torch.float32)
+    states = torch.empty(batch, dim, n_chunks, state, **f32)
+    totals = torch.empty(batch, dim, n_chunks, **f32)
+    grid = (batch, triton.cdiv(dim, block_d), n_chunks)
+    flags = dict(HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, BLOCK_D=block_d, CHUNK=chunk,
+                 num_warps=num_warps)
+    sizes = (dim, length, pitch, state, n_chunks)
+    _summary_fwd_kernel[grid](u, delta, A, B, _or(delta_bias, u), states, totals, *sizes, **flags)
+    _chunk_pass(A, totals, states, reverse=False)
+    out = torch.empty_like(u)
+    _scan_fwd_kernel[grid](
+        u, delta, A, B, C, _or(D, u), _or(z, u), _or(delta_bias, u), out, states, *sizes,
+        HAS_D=D is not None, HAS_Z=z is not None, **flags)
+    return _zero_padding(out, length), states, totals
+
+
+@_scan_fwd.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, length, softplus, block_d, chunk, num_warps):
+    batch, dim, _ = u.shape
+    n_chunks = _n_chunks(length, chunk)
+    return (torch.empty_like(u, memory_format=torch.contiguous_format),
+            u.new_empty(batch, dim, n_chunks, A.shape[1], dtype=torch.float32),
+            u.new_empty(batch, dim, n_chunks, dtype=torch.float32))
+
+
+@torch.library.custom_op("flowhn::selective_scan_bwd", mutates_args=())
+def _scan_bwd(dout: _Tensor, u: _Tensor, delta: _Tensor, A: _Tensor, B: _Tensor, C: _Tensor, D: _MaybeTensor,
+              z: _MaybeTensor, delta_bias: _MaybeTensor, states: _Tensor, totals: _Tensor, length: int,
+              softplus: bool, block_d: int, chunk: int, num_warps: int) -> list[_Tensor]:
+    """[du, ddelta, dz, dB, dC] as (…, pitch) buffers (dz empty without z), then dA, dD, dbias (dD and
+    dbias empty without D and delta_bias)."""
+    batch, dim, pitch = u.shape
+    u, delta, B, C, A, dout = (t.contiguous() for t in (u, delta, B, C, A, dout))
+    D, z, delta_bias = (None if t is None else t.contiguous() for t in (D, z, delta_bias))
+    state, n_chunks = A.shape[1], states.shape[2]
+    f32 = dict(device=u.device, dtype=torch.float32)
+    grid = (batch, triton.cdiv(dim, block_d), n_chunks)
+    flags = dict(HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
+                 BLOCK_D=block_d, CHUNK=chunk, num_warps=num_warps)
+    sizes = (dim, length, pitch, state, n_chunks)
+    later = torch.empty_like(states)
+    _summary_bwd_kernel[grid](delta, A, C, _or(z, u), _or(delta_bias, u), dout, later, *sizes, **flags)
+    _chunk_pass(A, totals, later, reverse=True)
+    du, ddelta = torch.empty_like(u), torch.empty_like(delta)
+    dz = torch.empty_like(z) if z is not None else u.new_empty(0)
+    # Per-(batch, chunk) partial sums of dA, dD, dbias; dB, dC are accumulated by atomics.
+    dA = torch.empty_like(states)
+    dD = torch.empty_like(totals) if D is not None else None
+    dbias = torch.empty_like(totals) if delta_bias is not None else None
+    dB, dC = torch.zeros(B.shape, **f32), torch.zeros(C.shape, **f32)
+    block_n = max(triton.next_power_of_2(state), 2)
+    grid = (batch, triton.cdiv(dim, block_d * BWD_SUB_BLOCKS), n_chunks)
+    _scan_bwd_kernel[grid](
+        u, delta, A, B, C, _or(D, u), _or(z, u), _or(delta_bias, u), dout, states, later,
+        du, ddelta, _or(dz, du), dA, dB, dC, _or(dD, dA), _or(dbias, dA), *sizes,
+        HAS_D=D is not None, BLOCK_N=block_n, SUB_BLOCKS=BWD_SUB_BLOCKS, **flags)
+    du, ddelta, dz = (_zero_padding(t, length) for t in (du, ddelta, dz))
+    summed = lambda t, like: u.new_empty(0) if t is None else t.sum((0, 2)).to(like.dtype)
+    return [du, ddelta, dz, dB.to(B.dtype), dC.to(C.dtype), dA.sum((0, 2)).to(A.dtype), summed(dD, D),
+            summed(dbias, delta_bias)]
+
+
+@_scan_bwd.register_fake
+def _(dout, u, delta, A, B, C, D, z, delta_bias, states, totals, length, softplus, block_d, chunk, num_warps):
+    like = lambda t: torch.empty_like(t, memory_format=torch.contiguous_format)
+    return [like(u), like(delta), u.new_empty(0) if z is None else like(z), like(B), like(C), like(A),
+            u.new_empty(0) if D is None else like(D), u.new_empty(0) if delta_bias is None else like(delta_bias)]
+
+
+def _setup_context(ctx, inputs, output):
+    u, delta, A, B, C, D, z, delta_bias, length, softplus, block_d, chunk, num_warps = inputs
+    _, states, totals = output
+    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states, totals)
+    ctx.options = (length, softplus, block_d, chunk, num_warps)
+
+
+def _backward(ctx, dout, _dstates, _dtotals):
+    u, delta, A, B, C, D, z, delta_bias, states, totals = ctx.saved_tensors
+    du, ddelta, dz, dB, dC, dA, dD, dbias = _scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, states, totals,
+                                                      *ctx.options)
+    return (du, ddelta, dA, dB, dC, None if D is None else dD, None if z is None else dz,
+            None if delta_bias is None else dbias, None, None, None, None, None)
+
+
+_scan_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _row_pitch(length: int) -> int:
@@ -386,12 +432,17 @@ def _row_pitch(length: int) -> int:
 
 
 def _pitched(tensor: torch.Tensor, pitch: int) -> torch.Tensor:
-    """``tensor`` (…, L) as a contiguous (…, pitch) buffer, its first L columns holding the data; the
-    kernels mask columns ≥ L, so the padding is never read. No copy when it already is one."""
-    if tensor.is_contiguous() and tensor.shape[-1] == pitch:
-        return tensor
-    buffer = tensor.new_empty(*tensor.shape[:-1], pitch)
-    buffer[..., : tensor.shape[-1]].copy_(tensor)
+    """``tensor`` (…, L) as a contiguous (…, pitch) tensor, zero-padded (the kernels mask columns ≥ L,
+    so the padding is never read); differentiable, and no copy when it already is one."""
+    if tensor.shape[-1] != pitch:
+        return F.pad(tensor, (0, pitch - tensor.shape[-1]))
+    return tensor.contiguous()
+
+
+def _zero_padding(buffer: torch.Tensor, length: int) -> torch.Tensor:
+    # Kernels write columns < L only; an op's outputs must be fully defined (compile checks compare them).
+    if buffer.numel() and buffer.shape[-1] > length:
+        buffer[..., length:].zero_()
     return buffer
 
 
@@ -404,5 +455,10 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
                           block_d=None, chunk=None, num_warps=None):
     """Same contract as ``reference.selective_scan_sequential``; differentiable in every tensor input.
     ``block_d``, ``chunk``, ``num_warps`` override the tile choice (tests, tuning)."""
-    tiles = (block_d, chunk, num_warps)
-    return _TritonSelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), tiles)
+    length = u.shape[-1]
+    block_d, chunk, num_warps = launch_config(length, block_d, chunk, num_warps)
+    pitch = _row_pitch(length)
+    u, delta, B, C = (_pitched(t, pitch) for t in (u, delta, B, C))
+    z = None if z is None else _pitched(z, pitch)
+    out, _, _ = _scan_fwd(u, delta, A, B, C, D, z, delta_bias, length, bool(delta_softplus), block_d, chunk, num_warps)
+    return out[..., :length]

@@ -115,6 +115,7 @@ def make_ssm(m: DictConfig, d_model: int, kind: str | None = None) -> nn.Module:
         return Mamba2Mixer(
             d_model, d_state=m.d_state, d_conv=m.d_conv, expand=m.expand, head_dim=m.ssm_head_dim,
             n_groups=m.ssm_groups, chunk_size=m.ssm_chunk_size, norm_eps=m.norm_eps, backend=m.ssm_backend,
+            recompute=m.ssd_recompute,
         )
     raise ConfigError(f"model.ssm: unknown SSM {kind!r}; choose mamba1 or mamba2")
 

@@ -95,6 +95,7 @@ class Mamba2Mixer(nn.Module):
         chunk_size: int = 64,
         norm_eps: float = 1e-5,
         backend: str = "auto",
+        recompute: bool = True,
     ):
         super().__init__()
         self.d_inner = expand * d_model
@@ -102,7 +103,7 @@ class Mamba2Mixer(nn.Module):
             raise ValueError(f"model.ssm_head_dim: {head_dim} does not divide expand*d_model={self.d_inner}")
         self.n_heads = self.d_inner // head_dim
         self.head_dim, self.n_groups, self.d_state = head_dim, n_groups, d_state
-        self.chunk_size, self.backend = chunk_size, backend
+        self.chunk_size, self.backend, self.recompute = chunk_size, backend, recompute
         conv_dim = self.d_inner + 2 * n_groups * d_state
         self.in_proj = nn.Linear(d_model, self.d_inner + conv_dim + self.n_heads, bias=False)
         self.conv1d = nn.Conv1d(conv_dim, conv_dim, d_conv, groups=conv_dim, padding=d_conv - 1)
@@ -128,6 +129,7 @@ class Mamba2Mixer(nn.Module):
             self.D.float(),
             chunk_size=self.chunk_size,
             backend=self.backend,
+            recompute=self.recompute,
         ).reshape(batch, length, self.d_inner)
         return self.out_proj(self.norm(y.to(x.dtype), gate))
 

@@ -54,6 +54,18 @@ class CausalLMModule(L.LightningModule):
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE)
 
+    def compile_for_training(self, scope: str, **options) -> None:
+        """torch.compile in place, so parameter names and checkpoints are unchanged. ``model``: the
+        whole model as one graph, and the loss, so its fp32 log-softmax over the vocabulary is fused;
+        ``blocks``: each block on its own (shorter compiles, but Python runs between the blocks).
+        ``options`` go to ``torch.compile``."""
+        if scope == "blocks":
+            for block in self.model.layers:
+                block.compile(**options)
+        else:
+            self.model.compile(**options)
+            self.loss = torch.compile(self.loss, **options)
+
     def training_step(self, batch, batch_idx):
         loss = self.loss(self(batch["input_ids"]), batch["labels"])
         if not torch.isfinite(loss):

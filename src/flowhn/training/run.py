@@ -39,7 +39,7 @@ UNHASHED_KEYS = ("paths", "logger", "meta", "hydra", "ckpt_path", "callbacks", "
 # Keys a resumed run may change: they steer validation, evaluation, logging or which kernel
 # computes the same function, never the training trajectory.
 RESUME_MAY_CHANGE = (
-    "eval", "hardware", "compile", "model.ssm_backend", "model.branch_streams", "data.num_workers",
+    "eval", "hardware", "compile", "compile_scope", "model.ssm_backend", "model.ssd_recompute", "model.branch_streams", "data.num_workers",
     "data.eval_batch_size",
     "data.cache_dir", "trainer.val_check_interval", "trainer.limit_val_batches", "trainer.log_every_n_steps",
     "trainer.enable_model_summary", "trainer.ddp_timeout_s",
@@ -94,6 +94,9 @@ def resolve_trainer_settings(cfg: DictConfig) -> None:
             t.precision = "bf16-mixed" if use_gpu else "32-true"
         if cfg.compile == "auto":
             cfg.compile = use_gpu
+        require(cfg.compile in (True, False), "compile", f"must be auto, true or false, got {cfg.compile!r}")
+        require(cfg.compile_scope in ("model", "blocks"), "compile_scope",
+                f"must be model or blocks, got {cfg.compile_scope!r}")
         batch = cfg.data.batch_size
         require(isinstance(batch, int) and batch > 0, "data.batch_size", f"must be a positive integer, got {batch!r}")
         if cfg.train_tokens:
@@ -240,8 +243,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     module = CausalLMModule(OmegaConf.to_container(cfg, resolve=True))
     if cfg.compile:
-        for block in module.model.layers:
-            block.compile()
+        module.compile_for_training(cfg.compile_scope)
     throughput = next((c for c in callbacks if isinstance(c, ThroughputMonitor)), None)
     base = {
         "status": "running", "error": None, "arch": cfg.model.name, "scale": cfg.scale.name,
