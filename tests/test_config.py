@@ -69,6 +69,17 @@ def test_baselines_bring_their_own_split_and_fusion_defaults_and_the_command_lin
     assert compose_resolved("model=hymba", "fusion=gated")["fusion"]["name"] == "gated"
 
 
+def test_per_model_and_per_scale_memory_and_compile_defaults():
+    """Measured choices (experiments/bench/H100.md): Jamba compiles by blocks, the rest whole; Mamba-2
+    recomputes its SSD where keeping the intermediates does not fit (350M, 1B), not at 135M."""
+    assert compose_resolved("model=jamba")["compile_scope"] == "blocks"
+    assert compose_resolved("model=jamba", "compile_scope=model")["compile_scope"] == "model"
+    assert compose_resolved("model=flowhn")["compile_scope"] == "model"
+    recompute = {scale: compose_resolved("model=mamba2", f"scale={scale}")["model"]["ssd_recompute"]
+                 for scale in ("135m", "350m", "1b")}
+    assert recompute == {"135m": False, "350m": True, "1b": True}
+
+
 @pytest.mark.parametrize("group", ["model", "split", "fusion", "scale"])
 def test_unknown_option_lists_the_choices(group):
     with pytest.raises(ConfigCompositionException) as err:
