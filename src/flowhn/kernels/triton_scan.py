@@ -317,7 +317,7 @@ def _chunk_pass(A, totals, summaries, reverse):
 
 # The scan is two torch.library custom ops (forward, backward) joined by register_autograd, so that
 # torch.compile sees one opaque call with known output shapes instead of breaking its graph at the
-# Triton launches, and CUDA graphs can capture it. The ops take (…, pitch) buffers whose first
+# Triton launches. The ops take (…, pitch) buffers whose first
 # ``length`` columns hold the data; the wrapper pads with F.pad, whose autograd cuts the gradients
 # back, so the backward reuses the padded buffers the forward saved instead of copying again.
 _Tensor = torch.Tensor
