@@ -121,15 +121,13 @@ def ours(entry: dict, bench: DictConfig):
     extras = [f"{k}={v}" for k, v in entry.items() if k not in ("model", "split")] + ([] if cudnn else ["no cuDNN SDPA"])
     extras += [mode] if mode else []
     name = "/".join([entry["model"]] + ([entry["split"]] if "split" in entry else []) + extras)
-    if bench.compile and not compiled:
-        name += " (eager)"
-    flops = model.flops_per_token(bench.seq_len)
     if compiled == "blocks":
         name += " (blocks compiled)"
-        for block in model.layers:
-            block.compile(mode=mode)
-    elif compiled:
-        model = torch.compile(model, mode=mode)
+    elif bench.compile and not compiled:
+        name += " (eager)"
+    flops = model.flops_per_token(bench.seq_len)
+    if compiled:
+        model.compile_in_place("blocks" if compiled == "blocks" else "model", mode=mode)
     return name, model, flops, cfg.scale.vocab_size, (mode or True) if compiled else False
 
 

@@ -88,6 +88,13 @@ class CausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.lm_head(self.hidden_states(input_ids))
 
+    def compile_in_place(self, scope: str = "model", **options) -> None:
+        """torch.compile without a wrapper module, so parameter names and checkpoints are unchanged.
+        ``model``: the whole model as one graph; ``blocks``: each block on its own (shorter compiles,
+        but Python runs between the blocks). ``options`` go to ``torch.compile``."""
+        for module in self.layers if scope == "blocks" else [self]:
+            module.compile(**options)
+
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 

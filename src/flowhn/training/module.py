@@ -55,15 +55,10 @@ class CausalLMModule(L.LightningModule):
         return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE)
 
     def compile_for_training(self, scope: str, **options) -> None:
-        """torch.compile in place, so parameter names and checkpoints are unchanged. ``model``: the
-        whole model as one graph, and the loss, so its fp32 log-softmax over the vocabulary is fused;
-        ``blocks``: each block on its own (shorter compiles, but Python runs between the blocks).
-        ``options`` go to ``torch.compile``."""
-        if scope == "blocks":
-            for block in self.model.layers:
-                block.compile(**options)
-        else:
-            self.model.compile(**options)
+        """The model compiled in place (``CausalLM.compile_in_place``); with ``scope="model"`` the loss
+        too, so its fp32 log-softmax over the vocabulary is fused."""
+        self.model.compile_in_place(scope, **options)
+        if scope == "model":
             self.loss = torch.compile(self.loss, **options)
 
     def training_step(self, batch, batch_idx):
