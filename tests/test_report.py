@@ -1,11 +1,17 @@
 """The sweep report and results.csv, on job folders written in train.py's formats."""
 
 import csv
+import html
+import json
+import re
 
 import pandas as pd
+import plotly.graph_objects
+import plotly.offline
 import pytest
 
 from flowhn import report
+from flowhn.report.html import pareto_front
 from flowhn.sweeping import write_json, write_results
 from flowhn.sweeping.paper import table1
 
@@ -114,7 +120,7 @@ def test_metrics_of_a_resumed_run_are_joined(tmp_path):
     first = [{"step": s, "train/loss": 10.0 - s} for s in (1, 2, 3)]
     second = [{"step": s, "train/loss": 10.0 - s} for s in (3, 4, 5)] + [{"step": 5, "val/loss": 4.0}]
     job = make_job(tmp_path, "j", {}, metrics={"version_0": first, "version_1": second})
-    m = report.read_metrics(job)
+    m = report.read_metrics(job, final_step=5)  # val/loss at the final step: train.py's post-fit validation
     assert list(m["step"]) == [1, 2, 3, 4, 5]
     assert list(m["train/loss"]) == [9.0, 8.0, 7.0, 6.0, 5.0] and m["val/loss"].iloc[-1] == 4.0
 
@@ -139,3 +145,258 @@ def test_cli_refuses_bad_input_in_one_line(tmp_path, monkeypatch, capsys):
     assert report.main([str(tmp_path), "--wandb-group", "g"]) == 2
     err = capsys.readouterr().err
     assert "WANDB_MODE=offline" in err and len(err.strip().splitlines()) == 1
+
+
+# -- metrics: validation steps, tokens and time ------------------------------------------------
+
+
+def test_validation_after_the_last_step_is_one_point_at_that_step(tmp_path):
+    """train.py's logging, for real: Lightning fit with in-loop validation every 2 of 4 steps, then
+    the post-fit trainer.validate. Lightning logs the in-loop validations at steps 1 and 3 and the
+    post-fit one at 4, so the last weights were drawn twice (at 3 and 4); the report puts each
+    validation at the steps behind its weights, once."""
+    import lightning as L
+    import torch
+
+    from flowhn.training.loggers import ResumableCSVLogger
+
+    class Tiny(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Linear(1, 1)
+
+        def training_step(self, batch, batch_idx):
+            loss = (self.w(batch) - 3.0).pow(2).mean()
+            self.log("train/loss", loss)
+            return loss
+
+        def validation_step(self, batch, batch_idx):
+            self.log("val/loss", (self.w(batch) - 3.0).pow(2).mean())
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    torch.manual_seed(0)
+    data = torch.utils.data.DataLoader(torch.ones(64, 1), batch_size=4)
+    trainer = L.Trainer(max_steps=4, val_check_interval=2, limit_val_batches=1, log_every_n_steps=1,
+                        logger=ResumableCSVLogger(str(tmp_path), name="csv", version=""), accelerator="cpu",
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    model = Tiny()
+    trainer.fit(model, data, data)
+    final = trainer.validate(model, data, verbose=False)[0]["val/loss"]
+    trainer.loggers[0].save()
+
+    raw = pd.read_csv(tmp_path / "csv" / "metrics.csv")
+    logged = raw[raw["val/loss"].notna()]
+    assert list(logged["step"]) == [1, 3, 4]  # what Lightning does; if this changes, align_steps must too
+    assert logged["val/loss"].iloc[1] == pytest.approx(final)  # steps 3 and 4 hold the same weights
+    m = report.read_metrics(tmp_path, final_step=trainer.global_step)
+    val = m[["step", "val/loss"]].dropna()
+    assert list(val["step"]) == [2, 4]
+    assert val["val/loss"].iloc[-1] == pytest.approx(final)
+    assert list(m[["step", "train/loss"]].dropna()["step"]) == [0, 1, 2, 3]  # training rows stay
+
+
+def test_tokens_and_training_time_axes():
+    metrics = pd.DataFrame({"step": [0, 2, 4, 6, 8], "perf/step_time_ms": [None, None, 1000.0, 2000.0, None]})
+    out = report.runs.with_axes(metrics, per_step=512.0)
+    assert list(out["tokens"]) == [0, 1024, 2048, 3072, 4096]
+    # steps 1-4 at the first window's 1 s, 5-6 at 2 s, after the last window its 2 s
+    assert list(out["time_s"]) == [0.0, 2.0, 4.0, 8.0, 12.0]
+    no_perf = report.runs.with_axes(pd.DataFrame({"step": [1, 2]}), per_step=None)
+    assert no_perf["time_s"].isna().all() and no_perf["tokens"].isna().all()
+
+
+def test_tokens_per_step_from_the_summary_or_the_config():
+    assert report.runs.tokens_per_step({"tokens": 3072, "steps": 12}, {}) == 256
+    config = {"data.batch_size": 4, "data.seq_len": 64, "trainer.devices": 2, "trainer.accumulate_grad_batches": 2}
+    assert report.runs.tokens_per_step({}, config) == 4 * 64 * 2 * 2
+    assert report.runs.tokens_per_step({}, {}) is None
+
+
+# -- per run: config, command, peak, status --------------------------------------------------------
+
+
+def test_run_details_command_differing_keys_and_mfu_peak(tmp_path):
+    import yaml
+
+    for split, lr in (("fac_split", 0.001), ("no_split", 0.002)):
+        job = make_job(tmp_path, f"split={split}", {"split": split}, arch="flowhn", scale="tiny", split=split,
+                       tps=30000.0, flops_per_token=1e9, mfu=0.25, num_devices=2)
+        config = {"split": {"name": split}, "optim": {"lr": lr}, "data": {"seq_len": 64},
+                  "paths": {"output_dir": str(job)}, "callbacks": {"ckpt": {"dirpath": f"{job}/checkpoints"}}}
+        (job / "config.yaml").write_text(yaml.safe_dump(config))
+        write_json(job / "job.json", {"name": job.name, "axes": {"split": split},
+                                      "identity": ["experiment=x", f"split={split}"]})  # fmt: skip
+    runs = {r.name: r for r in report.local_runs(tmp_path)}
+    fac = runs["split=fac_split"]
+    assert fac.command == "python train.py experiment=x split=fac_split"
+    # MFU = TPS × FLOPs/token / (peak × devices), so the peak it used is 30000 × 1e9 / (0.25 × 2) / 1e12
+    assert fac.peak_tflops == pytest.approx(60.0)
+    diff = report.runs.differing_config(runs.values())
+    # the checkpoint folder is each run's own folder: not a difference between them
+    assert diff["split=fac_split"] == {"optim.lr": 0.001, "split.name": "fac_split"}
+
+
+def test_stopped_running_and_unlaunched_jobs_are_listed_not_dropped(sweep_dir):
+    make_job(sweep_dir, "model=hymba,scale=135m", {"model": "hymba", "scale": "135m"}, status="stopped",
+             arch="hymba", scale="135m", error="SIGTERMException: stopped by SIGTERM at step 7")
+    make_job(sweep_dir, "model=shm,scale=135m", {"model": "shm", "scale": "135m"}, status="running",
+             arch="shm", scale="135m")
+    unlaunched = sweep_dir / "model=jamba,scale=135m"
+    unlaunched.mkdir()
+    write_json(unlaunched / "job.json", {"name": unlaunched.name, "axes": {"model": "jamba", "scale": "135m"}})
+    df = report.table(report.local_runs(sweep_dir))
+    assert dict(zip(df["job"], df["status"]))["model=jamba,scale=135m"] == "missing"
+    md = report.markdown(df, "t")
+    for line in ("- `model=hymba,scale=135m` (stopped): SIGTERMException: stopped by SIGTERM at step 7",
+                 "- `model=shm,scale=135m` (running): no error recorded",
+                 "- `model=jamba,scale=135m` (missing): no error recorded"):
+        assert line in md
+
+
+# -- the HTML page ----------------------------------------------------------------------------
+
+
+def figures_of(page: str) -> dict:
+    start = page.index("const FIGURES = ") + len("const FIGURES = ")
+    return json.loads(page[start : page.index(";\n", start)])
+
+
+def test_index_html_is_one_self_contained_page(sweep_dir):
+    make_job(sweep_dir, "model=hymba,scale=135m", {"model": "hymba", "scale": "135m"}, status="stopped",
+             arch="hymba", scale="135m", error="SIGTERMException: stopped by SIGTERM at step 7",
+             metrics={"version_0": [{"step": s, "train/loss": 9.0, "perf/tps": 900.0} for s in (1, 2)]})
+    assert report.main([str(sweep_dir)]) == 0
+    page = (sweep_dir / "report" / "index.html").read_text()
+    # plotly.js inlined, and nothing else to fetch: no external script, stylesheet or image
+    library = plotly.offline.get_plotlyjs()
+    assert f"<script>{library}</script>" in page
+    ours = page.replace(library, "")
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", ours) and "<link" not in ours
+    figs = figures_of(page)
+    assert set(figs) == {"curves", "tradeoff"}
+    for fig in figs.values():
+        plotly.graph_objects.Figure(fig)  # plotly's own schema: raises on any property it does not know
+    curves = figs["curves"]["data"]
+    tps = [t for t in curves if t["yaxis"] == "y"]
+    assert sorted(t["name"] for t in tps) == ["FAC_Split [135m]", "Hymba [135m] (stopped)"]
+    fac = next(t for t in tps if t["name"] == "FAC_Split [135m]")
+    assert fac["x"] == [1, 2, 3, 4] and fac["y"] == [1001.0, 1002.0, 1003.0, 1004.0]
+    # the x-axis buttons carry one x list per trace, in trace order
+    buttons = figs["curves"]["layout"]["updatemenus"][0]["buttons"]
+    assert [b["label"] for b in buttons] == ["x: step", "x: tokens", "x: time"]
+    assert all(len(b["args"][0]["x"]) == len(curves) for b in buttons)
+    # trade-off: every run with a TPS and a quality; the stopped run from its logged windows
+    points = {t["name"]: (t["x"][0], t["y"][0]) for t in figs["tradeoff"]["data"] if t["mode"] == "markers"
+              and t["yaxis"] == "y"}  # fmt: skip
+    assert points["FAC_Split [135m]"] == (30000.0, 3.25) and points["No_Split [135m]"] == (25000.0, 3.0)
+    assert "Hymba [135m] (stopped)" not in points  # no validation yet: named below the chart instead
+    assert "Hymba [135m] (stopped): no validation loss" in page
+    front = next(t for t in figs["tradeoff"]["data"] if t["name"] == "Pareto front" and t["yaxis"] == "y")
+    # LLaMA (20k, 3.5) and tiny FAC (200, 7.7) are beaten by No_Split (25k, 3.0) on both
+    assert list(zip(front["x"], front["y"])) == [(25000.0, 3.0), (30000.0, 3.25)]
+    # table: paper numbers beside ours, every job, unfinished ones marked
+    assert '<td data-sort="34430.0" class="paper">34,430</td>' in page
+    for job in ("model=mamba,scale=1b", "model=hymba,scale=135m"):
+        assert f"<code>{html.escape(job)}</code>" in page
+    assert page.count('<tr class="status-failed">') == 1 and page.count('<tr class="status-stopped">') == 1
+
+
+def test_pareto_front_keeps_the_points_nothing_beats():
+    pts = [(1.0, 3.0), (2.0, 3.5), (3.0, 3.2), (4.0, 4.0)]
+    assert pareto_front(pts, lower_is_better=True) == [(1.0, 3.0), (3.0, 3.2), (4.0, 4.0)]
+    acc = [(1.0, 40.0), (2.0, 38.0), (3.0, 39.0), (4.0, 35.0)]
+    assert pareto_front(acc, lower_is_better=False) == [(1.0, 40.0), (3.0, 39.0), (4.0, 35.0)]
+
+
+# -- the sequence-length ladder -----------------------------------------------------------------
+
+LADDER = """model,seq_len,batch_size,tok_s,mfu,fa_ratio,status
+FAC_Split,512,32,201000.0,0.3100,0.4500,ok
+FAC_Split,1024,16,190000.5,0.3000,0.5500,ok
+FAC_Split,4096,4,120000.0,0.2500,0.3300,ok
+LLaMA,512,32,250000.0,0.4000,,ok
+LLaMA,1024,16,230000.0,0.3900,,ok
+LLaMA,4096,4,,,,OOM
+"""
+
+
+def test_seqlen_ladder_gives_a_png_a_table_and_a_chart(tmp_path, sweep_dir, capsys):
+    ladder = tmp_path / "ladder.csv"
+    ladder.write_text(LADDER)
+    assert report.main(["--seqlen", str(ladder), "--out", str(tmp_path / "out")]) == 0
+    out = tmp_path / "out"
+    assert (out / "seqlen.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "seqlen.md").read_text()
+    assert "| model | 512 | 1,024 | 4,096 |" in md
+    assert "| FAC_Split | 201,000 (31.0 %) | 190,000 (30.0 %) | 120,000 (25.0 %) |" in md
+    assert "| LLaMA | 250,000 (40.0 %) | 230,000 (39.0 %) | OOM |" in md
+    # beside a sweep's jobs it is found by name and drawn in the page, log2 lengths
+    (sweep_dir / "seqlen.csv").write_text(LADDER)
+    assert report.main([str(sweep_dir)]) == 0
+    fig = figures_of((sweep_dir / "report" / "index.html").read_text())["seqlen"]
+    plotly.graph_objects.Figure(fig)
+    assert fig["layout"]["xaxis"]["type"] == "log" and fig["layout"]["xaxis"]["tickvals"] == [512, 1024, 4096]
+    lines = {t["name"]: (t["x"], t["y"]) for t in fig["data"]}
+    assert lines["LLaMA"] == ([512, 1024], [250000.0, 230000.0])  # the OOM length has no point
+    assert (sweep_dir / "report" / "seqlen.png").exists()
+
+
+def test_seqlen_csv_of_other_columns_is_refused_in_one_line(tmp_path, capsys):
+    bad = tmp_path / "seqlen.csv"
+    bad.write_text("model,seq_len,tps\nx,512,1\n")
+    assert report.main(["--seqlen", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(bad) in err and "expected ['model', 'seq_len'" in err
+    assert report.main(["--seqlen", str(tmp_path / "absent.csv")]) == 2
+    assert "absent.csv: no such file" in capsys.readouterr().err
+
+
+def test_run_folders_side_by_side_keep_apart_and_report_into_their_parent(tmp_path, capsys):
+    """train.py's own folders (logs/runs/<name>/<time>): two with the same time stamp stay apart."""
+    a = make_job(tmp_path / "runs" / "flowhn-tiny", "2026-11-28_10-00-00", {}, arch="flowhn", scale="tiny",
+                 split="fac_split", tps=100.0, val_loss=6.0)  # fmt: skip
+    b = make_job(tmp_path / "runs" / "llama-tiny", "2026-11-28_10-00-00", {}, arch="llama", scale="tiny",
+                 tps=120.0, val_loss=6.5)  # fmt: skip
+    runs = report.local_runs([a, b])
+    assert sorted(r.name for r in runs) == ["flowhn-tiny/2026-11-28_10-00-00", "llama-tiny/2026-11-28_10-00-00"]
+    assert report.main([str(a), str(b)]) == 0
+    assert (tmp_path / "runs" / "report" / "index.html").exists()
+    assert "Report of 2 jobs (2 completed)" in capsys.readouterr().out
+    assert report.main([]) == 2
+    assert "give a sweep folder, run folders, or --seqlen" in capsys.readouterr().err
+
+
+def test_the_benchs_ladder_csv_is_the_format_the_report_reads(tmp_path):
+    """The two sides of the CSV agree: what ``python -m flowhn.bench`` writes in ladder mode."""
+    from flowhn.bench import LADDER_COLUMNS, write_ladder_csv
+
+    assert tuple(LADDER_COLUMNS) == report.seqlen.COLUMNS
+    rows = {
+        ("FAC_Split", 1024): {"model": "FAC_Split", "seq_len": 1024, "batch_size": 16, "tok_s": "190000.5",
+                              "mfu": "0.3000", "fa_ratio": "0.5500", "status": "ok"},
+        ("LLaMA", 4096): {"model": "LLaMA", "seq_len": 4096, "batch_size": 4, "tok_s": "", "mfu": "",
+                          "fa_ratio": "", "status": "OOM"},
+    }  # fmt: skip
+    write_ladder_csv(tmp_path / "seqlen_ladder.csv", rows)
+    df = report.seqlen.read(report.seqlen.find(tmp_path))
+    assert list(df["model"]) == ["FAC_Split", "LLaMA"] and list(df["status"]) == ["ok", "OOM"]
+    assert df["tok_s"].iloc[0] == 190000.5 and df["mfu"].iloc[0] == 0.3 and pd.isna(df["tok_s"].iloc[1])
+
+
+def test_long_curves_are_thinned_keeping_the_ends():
+    from flowhn.report.html import thin
+
+    points = pd.DataFrame({"step": range(10_001)})
+    kept = thin(points, limit=2000)
+    assert len(kept) <= 2000 and kept["step"].iloc[0] == 0 and kept["step"].iloc[-1] == 10_000
+    assert thin(points.iloc[:50], limit=2000).equals(points.iloc[:50])
+
+
+def test_a_job_that_has_only_just_started_is_read_without_metrics(tmp_path):
+    job = make_job(tmp_path, "j", {}, status="running", arch="llama", scale="tiny")
+    (job / "csv").mkdir()
+    (job / "csv" / "metrics.csv").write_text("")  # created, nothing written yet
+    (run,) = report.local_runs(tmp_path)
+    assert run.status == "running" and run.metrics.empty

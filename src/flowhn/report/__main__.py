@@ -1,0 +1,5 @@
+import sys
+
+from flowhn.report.cli import main
+
+sys.exit(main())
