@@ -39,8 +39,11 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from flowhn.errors import ConfigError
+from flowhn.quiet import silence_known_noise
 from flowhn.sweeping import collect, override_key
 from flowhn.sweeping.jobs import is_launch_only
+
+silence_known_noise()  # before Lightning or lm-eval is imported
 
 REPO = Path(__file__).resolve().parent
 TRAIN = REPO / "train.py"

@@ -14,10 +14,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from flowhn.errors import ConfigError
+from flowhn.quiet import silence_known_noise
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> None:
+    silence_known_noise()  # first: in the job's own process (a SLURM job does not run this module's top)
     from flowhn.training.run import run, world_size
 
     try:

@@ -22,12 +22,21 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from flowhn.errors import ConfigError
+from flowhn.quiet import silence_known_noise
 
 
 def load_checkpoint_model(ckpt: Path, build_model: Callable[[DictConfig], torch.nn.Module] | None = None):
     """``(model, train_cfg)`` rebuilt from a checkpoint; ``build_model`` defaults to ``flowhn.build_model``."""
-    # Our own training runs wrote this file; Lightning checkpoints hold more than tensors.
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    from flowhn.data.sources import error_line
+    from flowhn.safe_load import load_checkpoint
+
+    # A shared checkpoint must not run code: it loads as tensors and plain values only.
+    try:
+        state = load_checkpoint(ckpt)
+    except Exception as exc:
+        raise ConfigError(f"ckpt: cannot read checkpoint {ckpt}: {error_line(exc)}") from None
+    if not isinstance(state, dict):
+        raise ConfigError(f"ckpt: {ckpt} is not a flowhn training checkpoint (not a dict)")
     hparams = state.get("hyper_parameters") or {}
     if "cfg" not in hparams:
         raise ConfigError(f"ckpt: {ckpt} has no hyper_parameters['cfg'] (the resolved train config); "
@@ -111,6 +120,7 @@ def format_table(report: dict[str, Any]) -> str:
 
 @hydra.main(config_path="../../conf", config_name="eval", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    silence_known_noise()  # before Lightning or lm-eval is imported
     try:
         if OmegaConf.is_missing(cfg, "ckpt"):
             raise ConfigError("ckpt: missing; pass ckpt=<run_dir>/checkpoints/<name>.ckpt")
