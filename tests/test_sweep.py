@@ -295,7 +295,7 @@ def test_two_device_job_runs_under_torchrun_without_hanging(tmp_path):
     assert row["status"] == "completed" and row["num_devices"] == "2"
     assert 0 < float(row["val_loss"]) < 20
     command = json.loads((tmp_path / "split=fac_split" / "job.json").read_text())["command"]
-    assert command[1:4] == ["-m", "torch.distributed.run", "--standalone"]
+    assert command[1:4] == ["-m", "hydra_plugins.flowhn_launcher.torchrun_launcher", "--standalone"]  # torchrun
     assert "--nproc_per_node=2" in command
     # Metrics are reduced across the ranks: global TPS is the sum over the two devices.
     summary = json.loads((tmp_path / "split=fac_split" / "summary.json").read_text())
@@ -316,7 +316,9 @@ def test_job_past_its_time_limit_is_stopped_with_its_workers(tmp_path):
                 *TINY, "trainer.max_steps=100000"], cwd=ROOT, timeout=300)  # fmt: skip
     assert proc.returncode != 0
     row = read_results(tmp_path)["split=no_split"]
-    assert row["status"] == "failed" and row["error"] == "stopped after hydra.launcher.timeout_min=0.3 (see job.log)"
+    # "stopped" when train.py saved last.ckpt within the 2 s grace (resumable), else "failed".
+    assert row["status"] in ("failed", "stopped")
+    assert row["error"].startswith("stopped after hydra.launcher.timeout_min=0.3 (see job.log)")
     leftovers = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:

@@ -78,11 +78,20 @@ def _exit_reason(returncode: int | None) -> str:
 def finish_job(job_dir: Path, returncode: int | None, note: str | None = None) -> dict[str, Any]:
     """Settle a finished process's outcome into its summary and return that summary.
 
-    ``returncode`` None means the launcher stopped the job (``note`` says why).
+    ``returncode`` None means the launcher stopped the job (``note`` says why). A summary that
+    says "stopped" (SIGTERM, checkpoint saved) stays stopped whatever the exit code.
     """
     job_dir = Path(job_dir)
     summary = read_json(job_dir / SUMMARY_FILE) or {}
     if returncode == 0 and summary.get("status") == "completed":
+        return summary
+    if summary.get("status") == "stopped":
+        # train.py stopped on SIGTERM and saved last.ckpt: not completed, not failed; the next
+        # launch resumes it.
+        if note:
+            summary["error"] = f"{note} (see {LOG_FILE}); {summary.get('error') or 'stopped'}"
+        summary["run_dir"] = str(job_dir)
+        write_json(job_dir / SUMMARY_FILE, summary)
         return summary
     if note:
         error = f"{note} (see {LOG_FILE})"

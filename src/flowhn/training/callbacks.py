@@ -5,10 +5,16 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
+import threading
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
 import torch
+import torch.distributed as dist
+from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnector
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from flowhn.errors import ConfigError
@@ -31,6 +37,159 @@ class PreemptionCheckpoint(L.Callback):
             log.info("SIGTERM: saved %s at step %d; rerun the same command to resume", path, trainer.global_step)
 
 
+class AgreedStop(L.Callback):
+    """SIGTERM (SLURM preemption or time limit, ``timeout``, a launcher's stop) under DDP: every rank
+    stops after the same optimizer step, ``last.ckpt`` is written once, and every process exits.
+
+    Why Lightning's own handling (2.6) hangs: its SIGTERM handler issues a ``broadcast`` from
+    inside the signal handler, i.e. at whatever point each rank happens to be, and its loops
+    broadcast rank 0's flag at every batch start; ranks that got the signal at different points
+    end up in collectives that do not match, and wait in them forever. A signal to one rank only
+    never reaches the others unless that rank is 0.
+
+    Here the handler only sets a flag (and starts a watchdog). After every optimizer step the
+    ranks all-reduce their flags (on a CPU gloo group, so no GPU sync); once any rank has been
+    signalled, all of them agree to stop at that step. Lightning's loops then raise
+    ``SIGTERMException`` at the end of that step (after a validation due at it), on every rank
+    together, and ``PreemptionCheckpoint`` saves ``last.ckpt`` there. The watchdog ends the process
+    with 128 + SIGTERM if the stop has not finished within ``grace_s`` (a dead peer, a hung
+    collective, a checkpoint that does not fit in the grace: the atomic save keeps the old file).
+
+    ``install()`` sets the process's SIGTERM handler (call it early, on the main thread: a signal
+    before ``fit`` is remembered and acted on at the first step); ``attach(trainer)`` puts the
+    agreement in place of Lightning's handling.
+    """
+
+    def __init__(self, grace_s: float = 60.0, timeout_s: float = 600.0):
+        if isinstance(grace_s, bool) or not isinstance(grace_s, (int, float)) or grace_s <= 0:
+            raise ConfigError(f"hydra.launcher.stop_grace_s: must be a positive number of seconds, got {grace_s!r}")
+        self.grace_s = float(grace_s)
+        self.timeout_s = float(timeout_s)
+        self.requested = False  # this process got SIGTERM
+        self.agreed = False  # every rank knows that some rank got it, and stops after this step
+        self.signalled_ranks = 0
+        self.stop_step: int | None = None
+        self._watchdog: threading.Timer | None = None
+        self._group = None
+
+    # -- this process -------------------------------------------------------------------
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self.request)
+
+    def uninstall(self) -> None:
+        """Give SIGTERM back to whoever had it (a process that runs several jobs in turn)."""
+        if getattr(self, "_previous", None) is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+    def request(self, signum: int = signal.SIGTERM, frame=None) -> None:
+        """The signal handler: remember the request; never a collective, never blocking."""
+        if self.requested:
+            return
+        self.requested = True
+        # A daemon timer thread runs even while the main thread waits in a collective. It fires a
+        # little before the grace ends, so the launcher's SIGKILL at grace_s finds nothing to kill.
+        self._watchdog = threading.Timer(0.9 * self.grace_s, self._expire)
+        self._watchdog.daemon = True
+        self._watchdog.start()
+        log.info("Received SIGTERM (pid %d): stopping after the step the ranks agree on, within %.0f s",
+                 os.getpid(), self.grace_s)
+
+    def _expire(self) -> None:
+        sys.stderr.write(f"SIGTERM: not stopped within {0.9 * self.grace_s:g} s (a peer is gone or a collective hangs); "
+                         f"exiting with {128 + signal.SIGTERM}\n")
+        sys.stderr.flush()
+        os._exit(128 + signal.SIGTERM)
+
+    # -- the ranks ----------------------------------------------------------------------
+
+    def attach(self, trainer: L.Trainer) -> None:
+        """Lightning's loops read ``trainer.received_sigterm``; make it the agreed stop."""
+        trainer._signal_connector = _AgreedSignalConnector(trainer, self)
+        # Lightning (2.5+) broadcasts rank 0's flag before every batch and waits for it (a GPU sync
+        # per step); with the flag agreed at the previous step's end it would only repeat it.
+        epoch_loop = trainer.fit_loop.epoch_loop
+        if hasattr(epoch_loop, "_broadcast_sigterm_tensor"):
+            epoch_loop._broadcast_sigterm_tensor = lambda: None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._group is None and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # A CPU group of its own: the flag's all-reduce then never waits on the GPU's queue.
+            on_gloo = dist.get_backend() == "gloo"
+            self._group = dist.group.WORLD if on_gloo else dist.new_group(
+                backend="gloo", timeout=timedelta(seconds=self.timeout_s))
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+        if self.agreed or (batch_idx + 1) % trainer.accumulate_grad_batches:
+            return  # only after an optimizer step: a stop mid-accumulation would lose gradients
+        count = torch.tensor([int(self.requested)], dtype=torch.int32)
+        if self._group is not None:
+            dist.all_reduce(count, op=dist.ReduceOp.SUM, group=self._group)
+        self.signalled_ranks = int(count.item())
+        if self.signalled_ranks:
+            self.agreed, self.stop_step = True, trainer.global_step
+            if trainer.is_global_zero:
+                log.info("SIGTERM reached %d of %d rank(s): every rank stops after step %d",
+                         self.signalled_ranks, trainer.world_size, trainer.global_step)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._group is not None and self._group is not dist.group.WORLD and dist.is_initialized():
+            dist.destroy_process_group(self._group)
+        self._group = None
+
+
+class _AgreedSignalConnector(_SignalConnector):
+    """Lightning's signal connector with ``received_sigterm`` = the stop the ranks agreed on.
+
+    Lightning's handler body (a launcher kill and a ``broadcast`` inside the handler) is replaced
+    by ``AgreedStop.request``. The flag stays down during a validation run inside fit so that a
+    validation due at the stopping step completes (its metrics are not in the checkpoint; a
+    validation cut short would be resumed with half its batches).
+    """
+
+    def __init__(self, trainer: L.Trainer, stop: AgreedStop):
+        self._stop = stop
+        super().__init__(trainer)
+
+    @property
+    def received_sigterm(self) -> bool:
+        return self._stop.agreed and not self.trainer.validating and not self.trainer.sanity_checking
+
+    @received_sigterm.setter
+    def received_sigterm(self, value: bool) -> None:
+        pass  # Lightning resets it when it registers its handlers; the agreement is AgreedStop's
+
+    def _sigterm_notifier_fn(self, signum, frame) -> None:
+        self._stop.request(signum, frame)
+
+
+class FirstStepTimer(L.Callback):
+    """Seconds from this process's start to the end of the first optimizer step of the fit
+    (compile included; on GPU the step's kernels have finished): what a user waits for."""
+
+    def __init__(self):
+        self.process_start = _process_start_time()
+        self.seconds: float | None = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+        if self.seconds is None and trainer.global_step >= 1:
+            if pl_module.device.type == "cuda":
+                torch.cuda.synchronize(pl_module.device)
+            self.seconds = time.time() - self.process_start
+
+
+def _process_start_time() -> float:
+    """Wall-clock start of this process (Linux /proc), else now."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.time()
+
+
 class FaultInjection(L.Callback):
     """Deliberate faults for the reliability tests, set in the config's ``debug`` block.
 
@@ -41,16 +200,21 @@ class FaultInjection(L.Callback):
     - ``nan_at_step``: overwrite the first weight with NaN, as a diverging update would.
     - ``kill_at_step``: SIGKILL this process (no handler, no cleanup: a node failure or OOM kill).
       Not again when a resumed fit starts at that step.
+    - ``term_at_step``: send SIGTERM to this process (on ``term_rank`` only, if set), as a
+      scheduler's preemption would; the ranks then stop after step k + 1. Not again on resume.
     """
 
     def __init__(self, fail_at_step: int | None = None, fail_rank: int | None = None,
-                 nan_at_step: int | None = None, kill_at_step: int | None = None):
+                 nan_at_step: int | None = None, kill_at_step: int | None = None,
+                 term_at_step: int | None = None, term_rank: int | None = None):
         for key, value in (("fail_at_step", fail_at_step), ("fail_rank", fail_rank),
-                           ("nan_at_step", nan_at_step), ("kill_at_step", kill_at_step)):
+                           ("nan_at_step", nan_at_step), ("kill_at_step", kill_at_step),
+                           ("term_at_step", term_at_step), ("term_rank", term_rank)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise ConfigError(f"debug.{key}: must be null or an integer >= 0, got {value!r}")
         self.fail_at_step, self.fail_rank = fail_at_step, fail_rank
         self.nan_at_step, self.kill_at_step = nan_at_step, kill_at_step
+        self.term_at_step, self.term_rank = term_at_step, term_rank
         self._fit_start_step = 0
 
     @classmethod
@@ -67,6 +231,10 @@ class FaultInjection(L.Callback):
         if self.kill_at_step == step and step > self._fit_start_step:
             log.warning("debug.kill_at_step=%d: SIGKILL on rank %d", step, trainer.global_rank)
             os.kill(os.getpid(), signal.SIGKILL)
+        if self.term_at_step == step and step > self._fit_start_step:
+            if self.term_rank is None or self.term_rank == trainer.global_rank:
+                log.warning("debug.term_at_step=%d: SIGTERM on rank %d", step, trainer.global_rank)
+                os.kill(os.getpid(), signal.SIGTERM)
         if self.fail_at_step is not None and step >= self.fail_at_step:
             if self.fail_rank is None or self.fail_rank == trainer.global_rank:
                 raise RuntimeError(f"debug.fail_at_step={self.fail_at_step}: failing on purpose at step {step} "

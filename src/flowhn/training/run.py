@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from flowhn import build_model
 from flowhn.errors import ConfigError, require
 from flowhn.perf.throughput import ThroughputMonitor
-from flowhn.training.callbacks import FaultInjection
+from flowhn.training.callbacks import AgreedStop, FaultInjection, FirstStepTimer
 from flowhn.training.checkpointing import AtomicCheckpointIO
 from flowhn.training.module import CausalLMModule
 
@@ -39,10 +39,20 @@ UNHASHED_KEYS = ("paths", "logger", "meta", "hydra", "ckpt_path", "callbacks", "
 # Keys a resumed run may change: they steer validation, evaluation, logging or which kernel
 # computes the same function, never the training trajectory.
 RESUME_MAY_CHANGE = (
-    "eval", "hardware", "compile", "compile_scope", "model.ssm_backend", "model.ssd_recompute", "model.branch_streams",
+    "eval", "hardware", "compile", "compile_scope", "compile_mode", "fused_loss", "model.moe_dispatch", "model.ssm_backend", "model.ssd_recompute", "model.branch_streams",
     "data.num_workers", "data.eval_batch_size", "data.cache_dir", "trainer.val_check_interval", "trainer.limit_val_batches", "trainer.log_every_n_steps",
     "trainer.enable_model_summary", "trainer.ddp_timeout_s",
+    # How DDP reduces the gradients (bucketing, views, static graph, the compiled graph's split), not
+    # their sum; trainer.ddp.comm_hook is not here: bf16/fp16 compression rounds the gradients.
+    "trainer.ddp.bucket_cap_mb", "trainer.ddp.gradient_as_bucket_view", "trainer.ddp.static_graph",
+    "trainer.ddp.optimize_ddp",
 )
+# trainer.ddp.comm_hook -> the torch.distributed.algorithms.ddp_comm_hooks.default_hooks function.
+DDP_COMM_HOOKS = {"none": None, "bf16_compress": "bf16_compress_hook", "fp16_compress": "fp16_compress_hook"}
+# trainer.ddp.optimize_ddp -> torch._dynamo.config.optimize_ddp. "python_reducer" is left out: it needs
+# compiled autograd, which only traces a backward called inside a compiled region (Lightning's is not).
+OPTIMIZE_DDP = {True: "ddp_optimizer", False: "no_optimization", "ddp_optimizer": "ddp_optimizer",
+                "no_optimization": "no_optimization"}
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -96,12 +106,43 @@ def resolve_trainer_settings(cfg: DictConfig) -> None:
         require(cfg.compile in (True, False), "compile", f"must be auto, true or false, got {cfg.compile!r}")
         require(cfg.compile_scope in ("model", "blocks"), "compile_scope",
                 f"must be model or blocks, got {cfg.compile_scope!r}")
+        check_compile_mode_and_fused_loss(cfg)
         batch = cfg.data.batch_size
         require(isinstance(batch, int) and batch > 0, "data.batch_size", f"must be a positive integer, got {batch!r}")
         if cfg.train_tokens:
             per_step = batch * cfg.data.seq_len * world_size(cfg) * t.accumulate_grad_batches
             t.max_steps = math.ceil(cfg.train_tokens / per_step)
         require(isinstance(t.max_steps, int) and t.max_steps > 0, "trainer.max_steps", f"must be positive, got {t.max_steps!r}")
+    check_ddp_settings(cfg)
+
+
+def check_ddp_settings(cfg: DictConfig) -> None:
+    ddp = cfg.trainer.get("ddp") or {}
+    known = {"bucket_cap_mb", "gradient_as_bucket_view", "static_graph", "comm_hook", "optimize_ddp"}
+    unknown = sorted(set(ddp) - known)
+    require(not unknown, f"trainer.ddp.{unknown[0] if unknown else ''}", f"unknown key; the keys are {', '.join(sorted(known))}")
+    cap = ddp.get("bucket_cap_mb", 25)
+    require(not isinstance(cap, bool) and isinstance(cap, (int, float)) and cap > 0, "trainer.ddp.bucket_cap_mb",
+            f"must be a positive number of MiB, got {cap!r}")
+    for key in ("gradient_as_bucket_view", "static_graph"):
+        require(isinstance(ddp.get(key, False), bool), f"trainer.ddp.{key}", f"must be true or false, got {ddp.get(key)!r}")
+    hook = ddp.get("comm_hook", "none")
+    require(hook in DDP_COMM_HOOKS, "trainer.ddp.comm_hook", f"must be one of {', '.join(DDP_COMM_HOOKS)}, got {hook!r}")
+    mode = ddp.get("optimize_ddp", True)
+    require(isinstance(mode, (bool, str)) and mode in OPTIMIZE_DDP, "trainer.ddp.optimize_ddp",
+            f"must be true, false, ddp_optimizer or no_optimization, got {mode!r}")
+
+
+def check_compile_mode_and_fused_loss(cfg: DictConfig) -> None:
+    mode, modes = cfg.get("compile_mode"), ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+    require(mode is None or mode in modes, "compile_mode", f"must be null or one of {', '.join(modes)}, got {mode!r}")
+    require(mode is None or cfg.compile, "compile_mode", f"{mode} needs compile=true (compile is off)")
+    # CUDA graph trees start a new step per micro-batch; gradients accumulated across graph replays
+    # would live in memory the next replay reuses.
+    require(mode not in ("reduce-overhead", "max-autotune") or cfg.trainer.accumulate_grad_batches == 1, "compile_mode",
+            f"{mode} captures CUDA graphs, which do not support trainer.accumulate_grad_batches > 1 here")
+    fused = cfg.get("fused_loss", "auto")
+    require(fused in ("auto", True, False), "fused_loss", f"must be auto, true or false, got {fused!r}")
 
 
 def check_model(cfg: DictConfig) -> None:
@@ -125,9 +166,10 @@ def check_resume(cfg: DictConfig, ckpt: str) -> None:
     """A resume must continue the same experiment: refuse unreadable checkpoints and checkpoints
     trained with a config that differs in anything that shapes training."""
     from flowhn.data.sources import error_line
+    from flowhn.safe_load import load_checkpoint  # weights_only=True, with a one-line refusal of code
 
     try:
-        saved = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+        saved = load_checkpoint(ckpt, mmap=True)
     except Exception as exc:
         raise ConfigError(f"ckpt_path: cannot read checkpoint {ckpt}: {error_line(exc)}") from None
     old = (saved.get("hyper_parameters") or {}).get("cfg") if isinstance(saved, dict) else None
@@ -177,7 +219,11 @@ def make_loggers(cfg: DictConfig) -> list:
             if mode == "auto":
                 mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
             # Offline unless there is a key: a run must never wait on a login or the network.
-            loggers.append(instantiate(spec, offline=mode == "offline", settings={"init_timeout": 60, "silent": True}))
+            logger = instantiate(spec, offline=mode == "offline", settings={"init_timeout": 60, "silent": True})
+            # Lightning passes anonymous=None to wandb.init, and wandb warns about the setting whatever
+            # its value ("The anonymous setting has no effect"); leaving the key out keeps wandb's default.
+            logger._wandb_init.pop("anonymous", None)
+            loggers.append(logger)
         else:
             loggers.append(instantiate(spec))
     return loggers
@@ -188,17 +234,52 @@ def make_strategy(cfg: DictConfig):
     if not multi:
         return "auto"
     backend = "nccl" if cfg.trainer.accelerator == "gpu" else "gloo"
-    return DDPStrategy(process_group_backend=backend, timeout=timedelta(seconds=cfg.trainer.ddp_timeout_s))
+    ddp = cfg.trainer.get("ddp") or {}
+    hook = DDP_COMM_HOOKS[ddp.get("comm_hook", "none")]
+    if hook is not None:
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+        hook = getattr(default_hooks, hook)
+    return DDPStrategy(
+        process_group_backend=backend, timeout=timedelta(seconds=cfg.trainer.ddp_timeout_s),
+        bucket_cap_mb=ddp.get("bucket_cap_mb", 25), gradient_as_bucket_view=ddp.get("gradient_as_bucket_view", False),
+        static_graph=ddp.get("static_graph", False), ddp_comm_hook=hook,
+    )
+
+
+def set_compile_ddp_mode(cfg: DictConfig) -> None:
+    """How torch.compile treats a DDP-wrapped model; read when the model is first traced, so set
+    before the first step. (Each rank compiles on its own; they share the per-user inductor cache,
+    /tmp/torchinductor_<user> by default, on one host, so nothing is to be shared by hand.)"""
+    mode = OPTIMIZE_DDP[(cfg.trainer.get("ddp") or {}).get("optimize_ddp", True)]
+    torch._dynamo.config.optimize_ddp = mode
+
+
+def stop_grace_s() -> float:
+    """Seconds a stopping run has between SIGTERM and its launcher's SIGKILL: the launcher's
+    ``stop_grace_s`` (torchrun, and plain ``python train.py``, whose config names that launcher),
+    SLURM's ``signal_delay_s`` (``--signal=TERM@<s>``), else 60."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        launcher = HydraConfig.get().get("launcher") or {}
+        for key in ("stop_grace_s", "signal_delay_s"):
+            if launcher.get(key) is not None:
+                return float(launcher.get(key))
+    return 60.0
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, loggers: list) -> L.Trainer:
     t = OmegaConf.to_container(cfg.trainer, resolve=True)
-    t.pop("_target_", None)
-    t.pop("ddp_timeout_s", None)
-    return L.Trainer(
+    for key in ("_target_", "ddp_timeout_s", "ddp"):
+        t.pop(key, None)
+    trainer = L.Trainer(
         **t, strategy=make_strategy(cfg), callbacks=callbacks, logger=loggers or False,
         default_root_dir=str(run_dir), enable_progress_bar=True, plugins=[AtomicCheckpointIO()],
     )
+    for stop in (c for c in callbacks if isinstance(c, AgreedStop)):
+        stop.attach(trainer)
+    return trainer
 
 
 def write_summary(run_dir: Path, summary: dict) -> None:
@@ -210,6 +291,9 @@ def write_summary(run_dir: Path, summary: dict) -> None:
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Train and evaluate one configuration; returns the summary written to summary.json."""
     started = time.time()
+    # First: a SIGTERM while the data or the model is being prepared is then acted on at the first step.
+    stop = AgreedStop(grace_s=stop_grace_s(), timeout_s=cfg.trainer.ddp_timeout_s)
+    stop.install()
     resolve_trainer_settings(cfg)
     check_model(cfg)
     if cfg.eval.get("tasks"):  # lm-eval is imported only by runs that evaluate
@@ -230,10 +314,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     faults = FaultInjection.from_config(cfg.get("debug"))
     if faults is not None:
         callbacks.append(faults)
+    first_step = FirstStepTimer()
+    callbacks += [stop, first_step]
     # After every input check, so a bad input is reported as itself, not as a config mismatch.
     done = completed_summary(cfg, run_dir)
     if done is not None:
         log.info("%s already holds a completed run of this config; nothing to do", run_dir)
+        stop.uninstall()
         return done
     ckpt = resume_path(cfg, run_dir)
     if ckpt is not None:
@@ -242,7 +329,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     module = CausalLMModule(OmegaConf.to_container(cfg, resolve=True))
     if cfg.compile:
-        module.compile_for_training(cfg.compile_scope)
+        set_compile_ddp_mode(cfg)
+        module.compile_for_training(cfg.compile_scope, mode=cfg.get("compile_mode"))
     throughput = next((c for c in callbacks if isinstance(c, ThroughputMonitor)), None)
     base = {
         "status": "running", "error": None, "arch": cfg.model.name, "scale": cfg.scale.name,
@@ -285,7 +373,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             "device": torch.cuda.get_device_name() if cfg.trainer.accelerator == "gpu" else "cpu",
             "num_devices": trainer.world_size,
             "eval": {k: v for k, v in evaluation.items() if k != "avg"}, "eval_avg": evaluation.get("avg"),
-            "wall_time_s": time.time() - started,
+            "wall_time_s": time.time() - started, "first_step_s": first_step.seconds,
         }
         for lg in wandb_loggers(loggers):
             if is_zero:
@@ -295,12 +383,18 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         return summary
     except BaseException as exc:
         if is_zero:
-            error = f"{type(exc).__name__}: {exc}"
+            status, error = "failed", f"{type(exc).__name__}: {exc}"
             if isinstance(exc, SIGTERMException):
-                error = (f"SIGTERMException: stopped by SIGTERM at step {trainer.global_step}; checkpoints/last.ckpt "
-                         "holds that step and the same command resumes from it")
-            write_summary(run_dir, {**base, "status": "failed", "error": error,
-                                    "steps": trainer.global_step, "wall_time_s": time.time() - started})
+                # Not a failure and not done: resumable (sweeps re-run it, reports list it as not completed).
+                status, error = "stopped", (
+                    f"SIGTERM: stopped at step {trainer.global_step} ({stop.signalled_ranks or 1} of {trainer.world_size} "
+                    "rank(s) signalled); checkpoints/last.ckpt holds that step and the same command resumes from it")
+            # What the run measured until it stopped (a stop is also how a long run is cut short).
+            perf = throughput.summary() if throughput is not None and status == "stopped" else {}
+            write_summary(run_dir, {**base, "status": status, "error": error, "steps": trainer.global_step,
+                                    **{k: perf.get(k) for k in ("tps", "tps_per_device", "mfu", "step_time_ms", "max_mem_gib")},
+                                    "num_devices": trainer.world_size,
+                                    "wall_time_s": time.time() - started, "first_step_s": first_step.seconds})
         if isinstance(exc, SIGTERMException):
             # Lightning's SIGTERMException is a SystemExit with status 0, which would tell a scheduler
             # the job finished; 128 + SIGTERM is the status of a process the signal ended.
@@ -308,6 +402,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         raise
     finally:
         finish_wandb(loggers)
+        stop.uninstall()
 
 
 def wandb_loggers(loggers: list) -> list:

@@ -64,8 +64,10 @@ class Job:
         if summary.get("status") == "completed":
             log.info(f"  done   {self.name}  val_loss={summary.get('val_loss')}  tps={summary.get('tps')}")
             return self.job_return(JobStatus.COMPLETED, summary)
-        log.error(f"  FAILED {self.name}: {summary.get('error')}")
-        error = RuntimeError(f"sweep job {self.name} failed: {summary.get('error')} (log: {self.dir / LOG_FILE})")
+        # "stopped" (SIGTERM, last.ckpt saved) is not completed either: the next launch resumes it.
+        verdict = "stopped" if summary.get("status") == "stopped" else "failed"
+        log.error(f"  {verdict.upper()} {self.name}: {summary.get('error')}")
+        error = RuntimeError(f"sweep job {self.name} {verdict}: {summary.get('error')} (log: {self.dir / LOG_FILE})")
         return self.job_return(JobStatus.FAILED, error)
 
     def job_return(self, status: JobStatus, value: Any) -> JobReturn:

@@ -19,8 +19,17 @@ from typing import Any
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus
-from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
-from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
+
+try:
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
+except ModuleNotFoundError as missing:
+    # Optional at run time: without it these launchers refuse in one line, and Hydra's plugin
+    # scan does not warn (a module of hydra_plugins whose import fails makes it warn on every run).
+    if not (missing.name or "").startswith(("hydra_plugins.hydra_submitit_launcher", "submitit")):
+        raise
+    from hydra_plugins.flowhn_launcher._submitit_missing import BaseQueueConf, BaseSubmititLauncher
+
 from omegaconf import OmegaConf
 
 from flowhn.errors import ConfigError
@@ -57,6 +66,11 @@ class _PlannedSubmititLauncher(BaseSubmititLauncher):
             k if k in shared else f"{self._EXECUTOR}_{k}": v
             for k, v in self.params.items() if k not in init_keys
         })  # fmt: skip
+        if self._EXECUTOR == "slurm":
+            # SIGTERM (not submitit's USR2, which only its rank 0 acts on) to every task signal_delay_s
+            # before the time limit: train.py's ranks then stop at one step, save last.ckpt and exit 143.
+            signal = {"signal": f"TERM@{int(self.params.get('signal_delay_s') or 120)}"}
+            executor.update_parameters(slurm_additional_parameters={**signal, **(self.params.get("additional_parameters") or {})})
         return executor
 
     def check_shape(self, job: Job) -> None:

@@ -4,12 +4,16 @@ Why processes: Lightning's DDP launches its workers by re-running the script's c
 so DDP inside ``python train.py -m`` re-runs the whole sweep in every worker and hangs
 (Lightning #11300, #11617). Here the sweeping parent never trains: a job with
 ``trainer.devices > 1`` runs as ``python -m torch.distributed.run --standalone
---nproc_per_node=<devices> train.py ...`` (Lightning picks up torchelastic's environment),
-one device as plain ``python train.py ...``. Each job gets ``hydra.run.dir=<sweep dir>/<job>``,
+--nproc_per_node=<devices> train.py ...`` (Lightning picks up torchelastic's environment;
+run through this module's ``torchrun_main``, which exits with 128 + SIGTERM when the job was
+stopped by SIGTERM rather than torchrun's 1), one device as plain ``python train.py ...``.
+Each job gets ``hydra.run.dir=<sweep dir>/<job>``,
 its W&B group/job_type/tags, and its output in ``<job>/job.log``.
 
 ``parallel: N`` runs N jobs at once; GPU jobs each get their own ``trainer.devices`` GPUs through
-``CUDA_VISIBLE_DEVICES``, handed out from ``gpus`` (default: all visible). A failing job is
+``CUDA_VISIBLE_DEVICES``, handed out from ``gpus`` (default: all visible). SIGTERM to the sweep
+process (a scheduler's stop, ``timeout``) stops every running job the same way a time limit does:
+SIGTERM to all its processes, SIGKILL after ``stop_grace_s``; the sweep then exits 143. A failing job is
 recorded (status "failed", the telling line of its log as error) and the others go on; the
 sweep then ends with Hydra's usual error for failed jobs, after ``results.csv`` is written.
 """
@@ -174,14 +178,16 @@ class TorchrunLauncher(Launcher):
         assert self.config is not None
         launcher = [sys.executable]
         if nproc > 1:
-            launcher += ["-m", "torch.distributed.run", "--standalone", "--nnodes=1",
-                         f"--nproc_per_node={nproc}", *self.torchrun_args]  # fmt: skip
+            launcher += ["-m", __name__, "--standalone", "--nnodes=1", f"--nproc_per_node={nproc}",
+                         *_shutdown_timeout_flag(self.stop_grace_s), *self.torchrun_args]  # fmt: skip
         return [
             *launcher,
             str(self.script),
             *config_flags(self.config),
             *hydra_passthrough(self.config),
             f"hydra.run.dir={quoted(str(job.dir))}",
+            # train.py's own stop deadline (flowhn.training.callbacks.AgreedStop) is this launcher's grace.
+            f"hydra.launcher.stop_grace_s={self.stop_grace_s:g}",
             *job.overrides,
         ]
 
@@ -204,18 +210,21 @@ class TorchrunLauncher(Launcher):
         )
         return _Running(job, proc, gpus, time.monotonic(), log_file)
 
-    def _stop(self, run: _Running) -> None:
-        """End a job and every process under it: SIGTERM (train.py may checkpoint), then
-        SIGKILL after ``stop_grace_s``. torchrun starts each worker in a session of its own,
-        so the workers are found through the process tree, not the process group."""
-        tree = [run.proc.pid, *_descendants(run.proc.pid)]
-        _signal_all(tree, signal.SIGTERM)
+    def _stop(self, *runs: _Running) -> None:
+        """End jobs and every process under them: SIGTERM (train.py saves last.ckpt and exits),
+        then SIGKILL after ``stop_grace_s``, one grace for all of them. torchrun starts each worker
+        in a session of its own, so the workers are found through the process tree, not the
+        process group."""
+        trees = {run.proc.pid: [run.proc.pid, *_descendants(run.proc.pid)] for run in runs}
+        _signal_all([p for tree in trees.values() for p in tree], signal.SIGTERM)
         deadline = time.monotonic() + self.stop_grace_s
-        while time.monotonic() < deadline and any(_alive(p) for p in tree):
-            run.proc.poll()  # reap the job's own process so it does not linger as a zombie
+        while time.monotonic() < deadline and any(_alive(p) for tree in trees.values() for p in tree):
+            for run in runs:
+                run.proc.poll()  # reap the job's own process so it does not linger as a zombie
             time.sleep(_POLL_S)
-        _signal_all([*tree, *_descendants(run.proc.pid)], signal.SIGKILL)
-        run.proc.wait()
+        for run in runs:
+            _signal_all([*trees[run.proc.pid], *_descendants(run.proc.pid)], signal.SIGKILL)
+            run.proc.wait()
 
     def _finish(self, run: _Running, note: str | None = None) -> JobReturn:
         run.log_file.close()
@@ -259,9 +268,12 @@ class TorchrunLauncher(Launcher):
         pending = deque(todo)
         slots = self._slots([shapes[j.index] for j in pending])
         log.info(f"Sweep {root}: {len(pending)} to run, {len(jobs) - len(pending)} skipped, {slots} at a time")
+        # SIGTERM's default would end this process alone and leave the jobs (own sessions) running.
+        previous = signal.signal(signal.SIGTERM, _raise_stopped)
         try:
             self._run_all(pending, shapes, slots, returns)
         finally:
+            signal.signal(signal.SIGTERM, previous)
             results = write_results(root)
             log.info(f"Results: {results}")
         return [returns[job.index] for job in jobs]
@@ -300,8 +312,52 @@ class TorchrunLauncher(Launcher):
                     running.remove(run)
                     free += run.gpus
                     returns[run.job.index] = self._finish(run, note)
-        except BaseException:
+        except BaseException as exc:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the stop short
+            self._stop(*running)
+            why = "SIGTERM" if isinstance(exc, _SweepStopped) else type(exc).__name__
             for run in running:
-                self._stop(run)
-                self._finish(run, "interrupted: the sweep was stopped")
+                self._finish(run, f"interrupted: the sweep was stopped ({why})")
             raise
+
+
+class _SweepStopped(SystemExit):
+    """SIGTERM to the sweeping process: stop the jobs, then exit with 128 + SIGTERM."""
+
+
+def _raise_stopped(signum: int, frame: Any) -> None:
+    raise _SweepStopped(128 + signum)
+
+
+def _shutdown_timeout_flag(grace_s: float) -> list[str]:
+    """torchrun's own wait between its SIGTERM to the workers and SIGKILL (30 s by default) set to
+    ``stop_grace_s``, where this torch's torchrun has the flag."""
+    from torch.distributed.run import get_args_parser
+
+    known = {opt for action in get_args_parser()._actions for opt in action.option_strings}
+    return [f"--shutdown-timeout={max(1, int(grace_s))}"] if "--shutdown-timeout" in known else []
+
+
+def torchrun_main(argv: Sequence[str] | None = None) -> None:
+    """``torchrun`` with the exit status of a stop: 128 + signal when torchrun itself was signalled
+    (it forwards the signal to the workers and waits for them), 128 + SIGTERM when the workers
+    stopped on SIGTERM: each exited 143 (train.py's stop) or was ended by torchrun's own SIGTERM
+    once the first one had (a worker still finalising); anything else as torchrun."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main
+
+    try:
+        main(list(sys.argv[1:] if argv is None else argv))
+    except SignalException as exc:
+        sys.exit(128 + int(exc.sigval))
+    except ChildFailedError as exc:
+        codes = {failure.exitcode for failure in exc.failures.values()}
+        if 128 + signal.SIGTERM in codes and codes <= {128 + signal.SIGTERM, -signal.SIGTERM}:
+            print(f"torchrun: every worker stopped on SIGTERM (exit {128 + signal.SIGTERM})", file=sys.stderr)
+            sys.exit(128 + signal.SIGTERM)
+        raise
+
+
+if __name__ == "__main__":
+    torchrun_main()
