@@ -18,6 +18,7 @@ from flowhn.nn.attention import Attention
 from flowhn.nn.blocks import ParallelBlock, SequenceContext, SequentialBlock
 from flowhn.nn.flops import Flops, linear_flops
 from flowhn.nn.fusion import FUSIONS
+from flowhn.nn.mlp import DISPATCHES as MOE_DISPATCHES
 from flowhn.nn.mlp import MoE, SwiGLU
 from flowhn.nn.norm import RMSNorm
 from flowhn.nn.split import TokenSplit, flop_aware_ratio
@@ -85,8 +86,12 @@ class CausalLM(nn.Module):
             x = block(x, ctx)
         return self.norm(x[:, prefix:])
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(self.hidden_states(input_ids))
+    def forward(self, input_ids: torch.Tensor, return_hidden: bool = False) -> torch.Tensor:
+        """Logits (B, T, vocab); with ``return_hidden`` the final-norm hidden states (B, T, d) instead,
+        for a fused LM head + loss (``flowhn.kernels.cross_entropy``) that applies ``lm_head.weight``
+        itself. Through ``forward`` rather than ``hidden_states`` so that compile_in_place covers it."""
+        hidden = self.hidden_states(input_ids)
+        return hidden if return_hidden else self.lm_head(hidden)
 
     def compile_in_place(self, scope: str = "model", **options) -> None:
         """torch.compile without a wrapper module, so parameter names and checkpoints are unchanged.
@@ -139,7 +144,9 @@ def make_mlp(m: DictConfig, d_model: int, kind: str | None) -> nn.Module | None:
         return None
     if kind == "dense":
         return SwiGLU(d_model, m.d_ff)
-    return MoE(d_model, m.d_ff, m.num_experts, m.top_k, normalize_top_k=m.get("normalize_top_k", False))
+    dispatch = m.get("moe_dispatch", "auto")
+    require(dispatch in MOE_DISPATCHES, "model.moe_dispatch", f"must be one of {', '.join(MOE_DISPATCHES)}, got {dispatch!r}")
+    return MoE(d_model, m.d_ff, m.num_experts, m.top_k, normalize_top_k=m.get("normalize_top_k", False), dispatch=dispatch)
 
 
 def check_dims(m: DictConfig) -> None:

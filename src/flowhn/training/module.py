@@ -14,8 +14,12 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from flowhn import build_model
+from flowhn.kernels.cross_entropy import linear_cross_entropy
 
 IGNORE = -100
+# torch.compile modes that capture CUDA graphs (each training/validation step then begins a new
+# graph-tree step, so the last step's outputs may be overwritten).
+CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -48,21 +52,52 @@ class CausalLMModule(L.LightningModule):
         self.val_loss = MeanMetric()
         self.val_token_acc = MulticlassAccuracy(num_classes=vocab, average="micro", ignore_index=IGNORE, validate_args=False)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids)
+    def forward(self, input_ids: torch.Tensor, return_hidden: bool = False) -> torch.Tensor:
+        return self.model(input_ids, return_hidden=return_hidden)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE)
 
-    def compile_for_training(self, scope: str, **options) -> None:
+    def fused_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """LM head + cross-entropy without the full-vocabulary logits (flowhn.kernels.cross_entropy);
+        the head's weight is the embedding when they are tied."""
+        return linear_cross_entropy(hidden, self.model.lm_head.weight, labels, ignore_index=IGNORE)
+
+    @property
+    def uses_fused_loss(self) -> bool:
+        """``fused_loss``: true, false, or auto (on when training on a GPU). Training only: validation
+        and lm-eval keep the full logits (accuracy and per-token scores need them)."""
+        setting = self.cfg.get("fused_loss", "auto")
+        return self.device.type == "cuda" if setting == "auto" else bool(setting)
+
+    def training_loss(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.uses_fused_loss:
+            return self.fused_loss(self(input_ids, return_hidden=True), labels)
+        return self.loss(self(input_ids), labels)
+
+    def compile_for_training(self, scope: str, mode: str | None = None, **options) -> None:
         """The model compiled in place (``CausalLM.compile_in_place``); with ``scope="model"`` the loss
-        too, so its fp32 log-softmax over the vocabulary is fused."""
+        too, so its fp32 log-softmax over the vocabulary is fused; the fused loss in either scope (its
+        per-chunk softmax work is elementwise passes over the chunk's logits that compiling fuses).
+        ``mode``: torch.compile's (``compile_mode``); reduce-overhead captures CUDA graphs: the
+        optimizer step, gradient clipping and logging stay outside them (Lightning's loop)."""
+        if mode is not None:
+            options["mode"] = mode
+        self._cudagraph_steps = mode in CUDAGRAPH_MODES
         self.model.compile_in_place(scope, **options)
         if scope == "model":
             self.loss = torch.compile(self.loss, **options)
+        self.fused_loss = torch.compile(self.fused_loss, **options)
+
+    def _begin_cudagraph_step(self) -> None:
+        # A new step of CUDA graph trees: the previous step's graph outputs (loss, logits) are no
+        # longer read (Lightning logs clones of the loss), so their memory may be reused.
+        if getattr(self, "_cudagraph_steps", False):
+            torch.compiler.cudagraph_mark_step_begin()
 
     def training_step(self, batch, batch_idx):
-        loss = self.loss(self(batch["input_ids"]), batch["labels"])
+        self._begin_cudagraph_step()
+        loss = self.training_loss(batch["input_ids"], batch["labels"])
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"training loss is {loss.item()} at step {self.global_step}; stopping (the last good checkpoint is kept)"
@@ -71,6 +106,7 @@ class CausalLMModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx):
+        self._begin_cudagraph_step()
         logits = self(batch["input_ids"])
         labels = batch["labels"]
         loss = self.loss(logits, labels)
@@ -79,9 +115,11 @@ class CausalLMModule(L.LightningModule):
 
     def on_validation_epoch_end(self):
         loss = self.val_loss.compute()  # torchmetrics syncs across ranks here
+        # The values are already global; sync_dist averages equal values (one tiny all-reduce) and
+        # tells Lightning they are reduced, so it neither warns nor logs a per-rank value.
         self.log_dict(
             {"val/loss": loss, "val/ppl": torch.exp(loss), "val/token_acc": self.val_token_acc.compute()},
-            prog_bar=True, sync_dist=False,
+            prog_bar=True, sync_dist=True,
         )
         self.val_loss.reset()
         self.val_token_acc.reset()

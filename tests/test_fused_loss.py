@@ -1,0 +1,192 @@
+"""The fused LM head + cross-entropy (flowhn.kernels.cross_entropy) against F.cross_entropy on the full
+logits: the loss and the gradients of the hidden states and the head's weight, ignored labels included;
+its use as the training loss; and the config keys that steer it (fused_loss, compile_mode)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch._dynamo
+import torch.nn.functional as F
+from omegaconf import OmegaConf, open_dict
+
+from flowhn.errors import ConfigError
+from flowhn.kernels import cross_entropy as ce
+from flowhn.kernels.cross_entropy import IGNORE_INDEX, linear_cross_entropy, linear_cross_entropy_chunked
+from tests.conftest import ROOT, small_cfg
+
+
+def make_inputs(n=37, d=24, vocab=101, dtype=torch.float64, device="cpu", ignored_every=5, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, d, generator=gen, dtype=torch.float64).to(device, dtype)
+    weight = (torch.randn(vocab, d, generator=gen, dtype=torch.float64) * d ** -0.5).to(device, dtype)
+    labels = torch.randint(0, vocab, (n,), generator=gen)
+    labels[::ignored_every] = IGNORE_INDEX
+    return hidden, weight, labels.to(device)
+
+
+def loss_and_grads(fn, hidden, weight, labels, upstream=1.0):
+    """fn's loss and d(upstream · loss)/d(hidden, weight), from fresh leaves."""
+    hidden = hidden.detach().clone().requires_grad_()
+    weight = weight.detach().clone().requires_grad_()
+    loss = fn(hidden, weight, labels)
+    grad_hidden, grad_weight = torch.autograd.grad(loss * upstream, (hidden, weight))
+    return loss.detach(), grad_hidden, grad_weight
+
+
+def full_logits(hidden, weight, labels):
+    return F.cross_entropy(hidden @ weight.T, labels, ignore_index=IGNORE_INDEX)
+
+
+def assert_all_close(result, reference, **tol):
+    for name, a, b in zip(("loss", "grad_hidden", "grad_weight"), result, reference):
+        torch.testing.assert_close(a, b, msg=name, **tol)
+
+
+# chunk_elements: one chunk, chunks that do not divide the 37 tokens, one token per chunk
+@pytest.mark.parametrize("chunk_elements", [2**27, 7 * 101, 101])
+def test_chunked_equals_full_logits_in_float64(chunk_elements):
+    hidden, weight, labels = make_inputs()
+    fused = lambda h, w, y: linear_cross_entropy_chunked(h, w, y, chunk_elements=chunk_elements)  # noqa: E731
+    assert_all_close(loss_and_grads(fused, hidden, weight, labels, upstream=2.5),
+                     loss_and_grads(full_logits, hidden, weight, labels, upstream=2.5), rtol=1e-12, atol=1e-14)
+
+
+def test_chunked_equals_full_logits_in_float32_with_batch_dims():
+    hidden, weight, labels = make_inputs(n=2 * 19, dtype=torch.float32, ignored_every=3)
+    fused = lambda h, w, y: linear_cross_entropy(h.view(2, 19, -1), w, y.view(2, 19))  # noqa: E731
+    result = loss_and_grads(fused, hidden, weight, labels)
+    assert result[0].dtype == torch.float32
+    assert_all_close(result, loss_and_grads(full_logits, hidden, weight, labels), rtol=1e-5, atol=1e-6)
+
+
+def test_ignored_labels_contribute_nothing_and_all_ignored_is_nan_like_f_cross_entropy():
+    hidden, weight, labels = make_inputs()
+    grad_hidden = loss_and_grads(linear_cross_entropy, hidden, weight, labels)[1]
+    assert not grad_hidden[labels == IGNORE_INDEX].any() and grad_hidden[labels != IGNORE_INDEX].abs().sum() > 0
+    none_valid = torch.full_like(labels, IGNORE_INDEX)
+    result = loss_and_grads(linear_cross_entropy, hidden, weight, none_valid)
+    reference = loss_and_grads(full_logits, hidden, weight, none_valid)
+    assert result[0].isnan() and reference[0].isnan()
+    torch.testing.assert_close(result[1:], reference[1:])
+
+
+def test_frozen_weight_and_no_grad():
+    hidden, weight, labels = make_inputs()
+    h = hidden.clone().requires_grad_()
+    loss = linear_cross_entropy(h, weight, labels)  # weight is not a leaf that wants a gradient
+    (grad,) = torch.autograd.grad(loss, h)
+    h_ref = hidden.clone().requires_grad_()
+    torch.testing.assert_close(grad, torch.autograd.grad(full_logits(h_ref, weight, labels), h_ref)[0])
+    with torch.no_grad():
+        torch.testing.assert_close(linear_cross_entropy(hidden, weight, labels), full_logits(hidden, weight, labels))
+
+
+def test_bf16_autocast_matches_the_unfused_autocast_path():
+    """Under autocast the GEMMs run in bf16 as the model's LM head does; the rest is fp32."""
+    hidden, weight, labels = make_inputs(n=50, d=32, vocab=300, dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        result = loss_and_grads(linear_cross_entropy, hidden, weight, labels)
+        reference = loss_and_grads(ce.linear_cross_entropy_reference, hidden, weight, labels)
+    assert result[2].dtype == torch.float32  # the fp32 weight gets an fp32 gradient
+    assert_all_close(result, reference, rtol=2e-2, atol=2e-4)
+
+
+def test_compiles_to_one_graph():
+    hidden, weight, labels = make_inputs(dtype=torch.float32)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda h, w, y: linear_cross_entropy_chunked(h, w, y, chunk_elements=10 * 101),
+                             backend="aot_eager", fullgraph=True)
+    assert_all_close(loss_and_grads(compiled, hidden, weight, labels),
+                     loss_and_grads(full_logits, hidden, weight, labels), rtol=1e-5, atol=1e-6)
+
+
+def test_dispatch_errors_name_the_problem():
+    hidden, weight, labels = make_inputs()
+    with pytest.raises(ValueError, match="unknown impl 'fast'"):
+        linear_cross_entropy(hidden, weight, labels, impl="fast")
+    with pytest.raises(ValueError, match="fused loss 'liger' is not available: it needs a CUDA device"):
+        linear_cross_entropy(hidden, weight, labels, impl="liger")
+    with pytest.raises(ValueError, match="do not fit"):
+        linear_cross_entropy(hidden, weight[:, :-1], labels)
+
+
+def _module(*overrides):
+    from flowhn.training.module import CausalLMModule
+
+    cfg = small_cfg("llama", f"paths.root_dir={ROOT}", "paths.output_dir=unused", *overrides, seq_len=16)
+    torch.manual_seed(0)
+    return CausalLMModule(OmegaConf.to_container(cfg, resolve=True))
+
+
+@pytest.mark.parametrize("tie", ["true", "false"])
+def test_training_loss_fused_equals_unfused(tie):
+    """fused_loss=true trains on the same loss and gradients as the full logits; the tied head's
+    gradient reaches the embedding."""
+    fused = _module("fused_loss=true", f"scale.tie_embeddings={tie}")
+    plain = copy.deepcopy(fused)
+    with open_dict(plain.cfg):
+        plain.cfg.fused_loss = False
+    assert fused.uses_fused_loss and not plain.uses_fused_loss
+    ids = torch.randint(0, fused.cfg.scale.vocab_size, (2, 17), generator=torch.Generator().manual_seed(1))
+    labels = ids[:, 1:].clone()
+    labels[0, :3] = IGNORE_INDEX
+    losses = []
+    for module in (fused, plain):
+        loss = module.training_loss(ids[:, :-1], labels)
+        loss.backward()
+        losses.append(loss)
+    torch.testing.assert_close(losses[0], losses[1])
+    for (name, p), q in zip(fused.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-7, msg=name)
+    assert _module().uses_fused_loss is False  # auto: off on CPU
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("fused_loss=sometimes", "fused_loss"), ("compile_mode=fastest", "compile_mode"),
+    ("compile_mode=reduce-overhead", "compile_mode"),  # with compile=false
+])
+def test_bad_fused_loss_or_compile_mode_is_a_config_error(override, key):
+    from flowhn.training.run import resolve_trainer_settings
+
+    cfg = small_cfg("llama", "compile=false", override)
+    with pytest.raises(ConfigError, match=rf"^{key}: "):
+        resolve_trainer_settings(cfg)
+
+
+# ---------------------------------------------------------------- GPU: every adoptable implementation
+
+GPU_IMPLS = ["chunked", "chunked-compiled", "liger", "cce"]
+
+
+def _gpu_impl(name):
+    if name == "chunked-compiled":
+        return torch.compile(lambda h, w, y: linear_cross_entropy_chunked(h, w, y, chunk_elements=300 * 5003))
+    impl = name
+    if ce.import_problem(impl) is not None:
+        pytest.skip(f"{impl}: {ce.import_problem(impl)}")
+    return lambda h, w, y: linear_cross_entropy(h, w, y, impl=impl)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", GPU_IMPLS)
+@pytest.mark.parametrize(("n", "d", "vocab", "dtype"), [
+    (1000, 96, 5003, torch.bfloat16), (2049, 576, 32003, torch.bfloat16), (777, 64, 5003, torch.float32)])
+def test_gpu_implementation_against_float64(name, n, d, vocab, dtype):
+    """Loss and both gradients against float64 full logits at shapes no tile divides. bf16 runs
+    under autocast with fp32 hidden/weight, as in training."""
+    if name == "cce" and dtype == torch.float32:
+        pytest.skip("cut-cross-entropy takes bf16/fp16 only")
+    fn = _gpu_impl(name)
+    hidden, weight, labels = make_inputs(n, d, vocab, dtype=torch.float32, device="cuda", ignored_every=7)
+    hidden = hidden * 3  # logits of a few units: a softmax that is not nearly uniform
+    reference = loss_and_grads(full_logits, hidden.double(), weight.double(), labels)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        result = loss_and_grads(fn, hidden, weight, labels)
+    tol = 1e-2 if dtype == torch.bfloat16 else 1e-5
+    assert abs(result[0].double() - reference[0]).item() < tol * reference[0].item()
+    for name_, a, b in zip(("grad_hidden", "grad_weight"), result[1:], reference[1:]):
+        rel = ((a.double() - b).norm() / b.norm()).item()
+        assert rel < tol, f"{name_}: relative error {rel:.2e}"
