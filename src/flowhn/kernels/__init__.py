@@ -4,8 +4,8 @@
 definitions in ``flowhn.kernels.reference``. Backends (config key ``model.ssm_backend``):
 
 * ``torch``: chunked PyTorch (CPU, and anywhere as a fallback);
-* ``triton``: our Triton kernels for Mamba-1, and the chunked SSD under ``torch.compile`` for Mamba-2 (CUDA,
-  or the CPU interpreter when ``TRITON_INTERPRET=1``);
+* ``triton``: our Triton kernels for Mamba-1 (``triton_scan``) and Mamba-2 (``triton_ssd``) (CUDA, or the
+  CPU interpreter when ``TRITON_INTERPRET=1``);
 * ``mamba_ssm``: the reference CUDA/Triton kernels of the ``mamba_ssm`` package, when it is installed;
 * ``reference``: the sequential definitions (slow; for tests);
 * ``auto``: ``mamba_ssm`` on CUDA if it imports, else ``triton`` on CUDA if it works, else ``torch``.
@@ -21,9 +21,16 @@ import torch
 
 from flowhn.kernels import reference
 from flowhn.kernels.ssd_chunked import ssd_chunked
+from flowhn.kernels.torch_conv import check_conv_args, causal_conv1d_silu_reference, causal_conv1d_silu_shifted
 from flowhn.kernels.torch_scan import selective_scan_torch
 
-__all__ = ["selective_scan", "ssd", "available_backends", "resolve_backend", "BACKENDS"]
+__all__ = ["selective_scan", "ssd", "causal_conv1d_silu", "available_backends", "resolve_backend", "BACKENDS"]
+
+# The conv the GPU backends (triton, mamba_ssm) use: "triton" (one Triton kernel forward, one backward,
+# triton_conv.py) or "shifted" (K multiply-adds that inductor fuses with bias and SiLU, torch_conv.py).
+# Chosen from the conv rows of scripts/gpu_mamba1.py on an H200 (fwd+bwd, 16x1024x4096, k=4, bf16):
+# Triton 1.07-1.25 ms, shifted compiled 3.39 ms, the old F.conv1d + SiLU 3.05 ms eager / 3.39 compiled.
+GPU_CONV = "triton"
 
 BACKENDS = ("auto", "torch", "triton", "mamba_ssm", "reference")
 
@@ -117,6 +124,23 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     from flowhn.kernels.mamba_ssm_ops import selective_scan_mamba_ssm
 
     return selective_scan_mamba_ssm(*args, **kwargs)
+
+
+def causal_conv1d_silu(x, weight, bias=None, backend="auto"):
+    """silu(causal depthwise conv1d(x) + bias), channel-last. x: (B, L, C), any batch/row strides;
+    weight: (C, K); bias: (C,) or None. Position t sees x[t-K+1 .. t]. Returns (B, L, C) in x's dtype,
+    differentiable in x, weight and bias. Defined by ``torch_conv.causal_conv1d_silu_reference``.
+    ``backend`` is the model's ssm backend: ``reference`` runs F.conv1d, ``torch`` the shifted
+    multiply-adds, ``triton`` / ``mamba_ssm`` the GPU choice ``GPU_CONV``."""
+    check_conv_args(x, weight, bias)
+    name = resolve_backend(backend, x.device)
+    if name == "reference":
+        return causal_conv1d_silu_reference(x, weight, bias)
+    if name == "torch" or GPU_CONV == "shifted":
+        return causal_conv1d_silu_shifted(x, weight, bias)
+    from flowhn.kernels.triton_conv import causal_conv1d_silu_triton
+
+    return causal_conv1d_silu_triton(x, weight, bias)
 
 
 def ssd(x, dt, A, B, C, D=None, chunk_size=64, backend="auto", recompute=True):

@@ -21,6 +21,11 @@ is recomputed from delta loaded at t + 1 (an L1 hit).
 softplus(delta + bias) on the way in, and the D skip and silu(z) gate on the way out, are fused in. dB
 and dC sum over channels: each backward program accumulates several channel blocks in registers and
 adds its share with atomics. dA, dD and dbias are written per (batch, chunk) and summed afterwards.
+
+Every (B, D, L) and (B, N, L) tensor is addressed through its own strides, so the kernels read the
+channel-last views Mamba1Mixer hands over (transposed (B, L, ·) projections, u and z possibly the two
+halves of one in_proj output) in place and write a channel-last result: no layout copies around the
+scan. Contiguous (B, D, L) inputs take the row-major path with rows padded to an aligned pitch.
 Default tiles (8 channels × 64 steps, 1 warp, 8 channel blocks per backward program) come from a
 sweep on an H100 at B=16, D=4096, L=1024 and 384, N=16 in bf16 (scripts/gpu_check_kernels.py --sweep):
 7.0 ms forward+backward at L=1024 against 8.4 ms for the earlier 8 × 32 tiles.
@@ -85,15 +90,27 @@ def _delta(delta_ptr, offs, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.con
 
 
 @triton.jit
-def _chunk_tile(ptr, row, t, m):
-    return tl.load(ptr + row[:, None] + t[None, :], mask=m, other=0.0).to(tl.float32)
+def _offsets(pid_b, offs_d, t, stride_b, stride_d, stride_t):
+    """Element offsets of a (channels × steps) tile of a (B, D, L) tensor with any strides."""
+    return pid_b * stride_b + offs_d[:, None] * stride_d + t[None, :] * stride_t
 
 
 @triton.jit
-def _chunk_steps(delta_ptr, bias_ptr, DIM, L, PITCH, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                 BLOCK_D: tl.constexpr, CHUNK: tl.constexpr):
+def _tile(ptr, offs, m):
+    return tl.load(ptr + offs, mask=m, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _row(ptr, pid_b, n, t, mask_t, stride_b, stride_n, stride_t):
+    """Row n of B or C, (B, N, L) with any strides, over the steps t."""
+    return tl.load(ptr + pid_b * stride_b + n * stride_n + t * stride_t, mask=mask_t, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _chunk_steps(delta_ptr, bias_ptr, DIM, L, sdl_b, sdl_d, sdl_t, HAS_BIAS: tl.constexpr,
+                 SOFTPLUS: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr):
     """The (channels × steps) tile of a program on grid (batch, channel block, chunk): its indices,
-    masks, row offsets and step sizes."""
+    masks and step sizes."""
     pid_b = tl.program_id(0).to(tl.int64)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     c = tl.program_id(2)
@@ -101,28 +118,28 @@ def _chunk_steps(delta_ptr, bias_ptr, DIM, L, PITCH, HAS_BIAS: tl.constexpr, SOF
     t = c * CHUNK + tl.arange(0, CHUNK)
     mask_t = t < L
     m = mask_d[:, None] & mask_t[None, :]
-    row = (pid_b * DIM + offs_d) * PITCH
     bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32) if HAS_BIAS else None
-    _, step = _delta(delta_ptr, row[:, None] + t[None, :], m, bias, HAS_BIAS, SOFTPLUS)
-    return pid_b, offs_d, c, mask_d, t, mask_t, m, row, step
+    _, step = _delta(delta_ptr, _offsets(pid_b, offs_d, t, sdl_b, sdl_d, sdl_t), m, bias, HAS_BIAS, SOFTPLUS)
+    return pid_b, offs_d, c, mask_d, t, mask_t, m, step
 
 
 @triton.jit
 def _summary_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, X_ptr, total_ptr,
-    DIM, L, PITCH, N, n_chunks,
+    DIM, L, N, n_chunks,
+    su_b, su_d, su_t, sdl_b, sdl_d, sdl_t, sB_b, sB_n, sB_t,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
 ):
     """X[b, d, c, n]: state at the end of chunk c from a zero start; total[b, d, c] = Σ Δ over the chunk."""
-    pid_b, offs_d, c, mask_d, t, mask_t, m, row, step = _chunk_steps(
-        delta_ptr, bias_ptr, DIM, L, PITCH, HAS_BIAS, SOFTPLUS, BLOCK_D, CHUNK)
-    stepu = step * _chunk_tile(u_ptr, row, t, m)
+    pid_b, offs_d, c, mask_d, t, mask_t, m, step = _chunk_steps(
+        delta_ptr, bias_ptr, DIM, L, sdl_b, sdl_d, sdl_t, HAS_BIAS, SOFTPLUS, BLOCK_D, CHUNK)
+    stepu = step * _tile(u_ptr, _offsets(pid_b, offs_d, t, su_b, su_d, su_t), m)
     after = tl.cumsum(step, axis=1, reverse=True) - step  # Σ_{s>t} Δ_s
     summary_at = ((pid_b * DIM + offs_d) * n_chunks + c) * N
     tl.store(total_ptr + (pid_b * DIM + offs_d) * n_chunks + c, tl.sum(step, axis=1), mask=mask_d)
     for n in range(N):
         A2n = tl.load(A_ptr + offs_d * N + n, mask=mask_d, other=0.0).to(tl.float32) * LOG2E
-        Bn = tl.load(B_ptr + (pid_b * N + n) * PITCH + t, mask=mask_t, other=0.0).to(tl.float32)
+        Bn = _row(B_ptr, pid_b, n, t, mask_t, sB_b, sB_n, sB_t)
         X = tl.sum(tl.exp2(A2n[:, None] * after) * stepu * Bn[None, :], axis=1)
         tl.store(X_ptr + summary_at + n, X, mask=mask_d)
 
@@ -130,22 +147,23 @@ def _summary_fwd_kernel(
 @triton.jit
 def _summary_bwd_kernel(
     delta_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, dout_ptr, K_ptr,
-    DIM, L, PITCH, N, n_chunks,
+    DIM, L, N, n_chunks,
+    sdl_b, sdl_d, sdl_t, sC_b, sC_n, sC_t, sz_b, sz_d, sz_t, sdo_b, sdo_d, sdo_t,
     HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
 ):
     """K[b, d, c, n] = a_first g_first of chunk c with nothing coming from later chunks."""
-    pid_b, offs_d, c, mask_d, t, mask_t, m, row, step = _chunk_steps(
-        delta_ptr, bias_ptr, DIM, L, PITCH, HAS_BIAS, SOFTPLUS, BLOCK_D, CHUNK)
-    dy = _chunk_tile(dout_ptr, row, t, m)
+    pid_b, offs_d, c, mask_d, t, mask_t, m, step = _chunk_steps(
+        delta_ptr, bias_ptr, DIM, L, sdl_b, sdl_d, sdl_t, HAS_BIAS, SOFTPLUS, BLOCK_D, CHUNK)
+    dy = _tile(dout_ptr, _offsets(pid_b, offs_d, t, sdo_b, sdo_d, sdo_t), m)
     if HAS_Z:
-        z = _chunk_tile(z_ptr, row, t, m)
+        z = _tile(z_ptr, _offsets(pid_b, offs_d, t, sz_b, sz_d, sz_t), m)
         dy = dy * z * tl.sigmoid(z)
     upto = tl.cumsum(step, axis=1)  # Σ_{s≤t} Δ_s
     summary_at = ((pid_b * DIM + offs_d) * n_chunks + c) * N
     for n in range(N):
         A2n = tl.load(A_ptr + offs_d * N + n, mask=mask_d, other=0.0).to(tl.float32) * LOG2E
-        Cn = tl.load(C_ptr + (pid_b * N + n) * PITCH + t, mask=mask_t, other=0.0).to(tl.float32)
+        Cn = _row(C_ptr, pid_b, n, t, mask_t, sC_b, sC_n, sC_t)
         K = tl.sum(tl.exp2(A2n[:, None] * upto) * dy * Cn[None, :], axis=1)
         tl.store(K_ptr + summary_at + n, K, mask=mask_d)
 
@@ -180,43 +198,48 @@ def _states_n(step, stepu, A2n, Bn, h0, first):
 @triton.jit
 def _scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, states_ptr,
-    DIM, L, PITCH, N, n_chunks,
+    DIM, L, N, n_chunks,
+    su_b, su_d, su_t, sdl_b, sdl_d, sdl_t, sB_b, sB_n, sB_t, sC_b, sC_n, sC_t, sz_b, sz_d, sz_t,
+    so_b, so_d, so_t,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
 ):
-    pid_b, offs_d, c, mask_d, t, mask_t, m, row, step = _chunk_steps(
-        delta_ptr, bias_ptr, DIM, L, PITCH, HAS_BIAS, SOFTPLUS, BLOCK_D, CHUNK)
-    u = _chunk_tile(u_ptr, row, t, m)
+    pid_b, offs_d, c, mask_d, t, mask_t, m, step = _chunk_steps(
+        delta_ptr, bias_ptr, DIM, L, sdl_b, sdl_d, sdl_t, HAS_BIAS, SOFTPLUS, BLOCK_D, CHUNK)
+    u = _tile(u_ptr, _offsets(pid_b, offs_d, t, su_b, su_d, su_t), m)
     stepu = step * u
     first = (t == c * CHUNK)[None, :]
     entering_at = ((pid_b * DIM + offs_d) * n_chunks + c - 1) * N
     y = tl.zeros((BLOCK_D, CHUNK), dtype=tl.float32)
     for n in range(N):
         A2n = tl.load(A_ptr + offs_d * N + n, mask=mask_d, other=0.0).to(tl.float32) * LOG2E
-        Bn = tl.load(B_ptr + (pid_b * N + n) * PITCH + t, mask=mask_t, other=0.0).to(tl.float32)
-        Cn = tl.load(C_ptr + (pid_b * N + n) * PITCH + t, mask=mask_t, other=0.0).to(tl.float32)
+        Bn = _row(B_ptr, pid_b, n, t, mask_t, sB_b, sB_n, sB_t)
+        Cn = _row(C_ptr, pid_b, n, t, mask_t, sC_b, sC_n, sC_t)
         h0 = tl.load(states_ptr + entering_at + n, mask=mask_d & (c > 0), other=0.0)
         _, _, hs = _states_n(step, stepu, A2n, Bn, h0, first)
         y += hs * Cn[None, :]
     if HAS_D:
         y += tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[:, None] * u
     if HAS_Z:
-        z = _chunk_tile(z_ptr, row, t, m)
+        z = _tile(z_ptr, _offsets(pid_b, offs_d, t, sz_b, sz_d, sz_t), m)
         y *= z * tl.sigmoid(z)
-    tl.store(out_ptr + row[:, None] + t[None, :], y.to(out_ptr.dtype.element_ty), mask=m)
+    tl.store(out_ptr + _offsets(pid_b, offs_d, t, so_b, so_d, so_t), y.to(out_ptr.dtype.element_ty), mask=m)
 
 
 @triton.jit
 def _scan_bwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, states_ptr, later_ptr,
     du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
-    DIM, L, PITCH, N, n_chunks,
+    DIM, L, N, n_chunks,
+    su_b, su_d, su_t, sdl_b, sdl_d, sdl_t, sB_b, sB_n, sB_t, sC_b, sC_n, sC_t, sz_b, sz_d, sz_t,
+    sdo_b, sdo_d, sdo_t, sg_b, sg_d, sg_t, sdB_b, sdB_n,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, BLOCK_N: tl.constexpr, SUB_BLOCKS: tl.constexpr,
 ):
     """One chunk of SUB_BLOCKS × BLOCK_D channels. dA, dD, dbias are written per (batch, chunk) and
     summed afterwards; dB, dC sum over channels: this program's share is accumulated over its
-    sub-blocks in registers, then added with one atomic per (state, step)."""
+    sub-blocks in registers, then added with one atomic per (state, step). du, ddelta, dz share one
+    layout (strides sg_*); dB, dC are (B, N, ·) fp32 buffers with unit step stride."""
     pid_b = tl.program_id(0).to(tl.int64)
     c = tl.program_id(2)
     offs_t = tl.arange(0, CHUNK)
@@ -232,16 +255,15 @@ def _scan_bwd_kernel(
         mask_d = offs_d < DIM
         m = mask_d[:, None] & mask_t[None, :]
         m_next = mask_d[:, None] & (t + 1 < L)[None, :]
-        row = (pid_b * DIM + offs_d) * PITCH
-        at = row[:, None] + t[None, :]
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32) if HAS_BIAS else None
-        u = _chunk_tile(u_ptr, row, t, m)
-        pre, step = _delta(delta_ptr, at, m, bias, HAS_BIAS, SOFTPLUS)
-        _, step_next = _delta(delta_ptr, at + 1, m_next, bias, HAS_BIAS, SOFTPLUS)
+        u = _tile(u_ptr, _offsets(pid_b, offs_d, t, su_b, su_d, su_t), m)
+        delta_at = _offsets(pid_b, offs_d, t, sdl_b, sdl_d, sdl_t)
+        pre, step = _delta(delta_ptr, delta_at, m, bias, HAS_BIAS, SOFTPLUS)
+        _, step_next = _delta(delta_ptr, delta_at + sdl_t, m_next, bias, HAS_BIAS, SOFTPLUS)
         stepu = step * u
-        dy = _chunk_tile(dout_ptr, row, t, m)
+        dy = _tile(dout_ptr, _offsets(pid_b, offs_d, t, sdo_b, sdo_d, sdo_t), m)
         if HAS_Z:
-            z = _chunk_tile(z_ptr, row, t, m)
+            z = _tile(z_ptr, _offsets(pid_b, offs_d, t, sz_b, sz_d, sz_t), m)
             sig = tl.sigmoid(z)
             dout = dy
             dy = dout * z * sig
@@ -252,8 +274,8 @@ def _scan_bwd_kernel(
         for n in range(N):
             An = tl.load(A_ptr + offs_d * N + n, mask=mask_d, other=0.0).to(tl.float32)
             A2n = An * LOG2E
-            Bn = tl.load(B_ptr + (pid_b * N + n) * PITCH + t, mask=mask_t, other=0.0).to(tl.float32)
-            Cn = tl.load(C_ptr + (pid_b * N + n) * PITCH + t, mask=mask_t, other=0.0).to(tl.float32)
+            Bn = _row(B_ptr, pid_b, n, t, mask_t, sB_b, sB_n, sB_t)
+            Cn = _row(C_ptr, pid_b, n, t, mask_t, sC_b, sC_n, sC_t)
             h0 = tl.load(states_ptr + chunk_at - N + n, mask=mask_d & (c > 0), other=0.0)
             a, x, hs = _states_n(step, stepu, A2n, Bn, h0, first)
             if HAS_Z:
@@ -279,19 +301,20 @@ def _scan_bwd_kernel(
             tl.store(dD_ptr + partial_at, tl.sum(dy * u, axis=1), mask=mask_d)
             du += dy * skip[:, None]
             y += skip[:, None] * u
+        grad_at = _offsets(pid_b, offs_d, t, sg_b, sg_d, sg_t)
         if HAS_Z:
             dz = dout * y * sig * (1.0 + z * (1.0 - sig))
-            tl.store(dz_ptr + at, dz.to(dz_ptr.dtype.element_ty), mask=m)
+            tl.store(dz_ptr + grad_at, dz.to(dz_ptr.dtype.element_ty), mask=m)
         dstep += u * gB
         if SOFTPLUS:
             dstep = tl.where(pre <= 20.0, dstep * tl.sigmoid(pre), dstep)
         dstep = tl.where(m, dstep, 0.0)
         if HAS_BIAS:
             tl.store(dbias_ptr + partial_at, tl.sum(dstep, axis=1), mask=mask_d)
-        tl.store(du_ptr + at, du.to(du_ptr.dtype.element_ty), mask=m)
-        tl.store(ddelta_ptr + at, dstep.to(ddelta_ptr.dtype.element_ty), mask=m)
+        tl.store(du_ptr + grad_at, du.to(du_ptr.dtype.element_ty), mask=m)
+        tl.store(ddelta_ptr + grad_at, dstep.to(ddelta_ptr.dtype.element_ty), mask=m)
 
-    bc_at = (pid_b * N + offs_n[:, None]) * PITCH + t[None, :]
+    bc_at = pid_b * sdB_b + offs_n[:, None] * sdB_n + t[None, :]
     m_bc = (offs_n < N)[:, None] & mask_t[None, :]
     tl.atomic_add(dB_ptr + bc_at, dB_acc, mask=m_bc)
     tl.atomic_add(dC_ptr + bc_at, dC_acc, mask=m_bc)
@@ -302,10 +325,12 @@ BWD_SUB_BLOCKS = 8
 
 
 def launch_config(length: int, block_d: int | None = None, chunk: int | None = None,
-                  num_warps: int | None = None):
-    """(channels, steps) per program tile, and warps per program; defaults from a sweep on an H100."""
+                  num_warps: int | None = None, channel_last: bool = False):
+    """(channels, steps) per program tile, and warps per program. Row-major (B, D, L): from a sweep on
+    an H100. Channel-last: 16 channels (32 bytes in bf16, one memory sector per step), pending the
+    sweep in scripts/gpu_mamba1.py."""
     chunk = chunk or min(64, max(triton.next_power_of_2(length), 2))
-    return block_d or 8, chunk, num_warps or 1
+    return block_d or (16 if channel_last else 8), chunk, num_warps or 1
 
 
 def _chunk_pass(A, totals, summaries, reverse):
@@ -317,9 +342,17 @@ def _chunk_pass(A, totals, summaries, reverse):
 
 # The scan is two torch.library custom ops (forward, backward) joined by register_autograd, so that
 # torch.compile sees one opaque call with known output shapes instead of breaking its graph at the
-# Triton launches. The ops take (…, pitch) buffers whose first
-# ``length`` columns hold the data; the wrapper pads with F.pad, whose autograd cuts the gradients
-# back, so the backward reuses the padded buffers the forward saved instead of copying again.
+# Triton launches. The kernels take every (B, D, L) and (B, N, L) tensor with its own strides, so two
+# layouts run without copies:
+# * channel-last (``channel_last=True``): u, delta, z are transposed views of (B, L, D) memory, such
+#   as a mixer's in_proj / conv / dt_proj outputs (u and z may be the halves of one (B, L, 2D) tensor),
+#   and B, C views of x_proj's output; the output and du, ddelta, dz are (B, L, D) memory, so the
+#   mixer's out_proj reads the result in place;
+# * row-major (B, D, pitch) buffers whose first ``length`` columns hold the data: the wrapper pads with
+#   F.pad, whose autograd cuts the gradients back, so the backward reuses the padded buffers the
+#   forward saved instead of copying again.
+# ``channel_last`` is an argument rather than read off the strides so the fake (meta) outputs have the
+# real outputs' strides whatever layout the compiler gives the inputs.
 _Tensor = torch.Tensor
 _MaybeTensor = Optional[torch.Tensor]
 
@@ -328,14 +361,28 @@ def _n_chunks(length, chunk):
     return (length + chunk - 1) // chunk
 
 
+def _new_activation(like: torch.Tensor, channel_last: bool, dtype=None) -> torch.Tensor:
+    """An uninitialised (B, D, L') tensor shaped like ``like``: (B, L', D) memory seen transposed, or contiguous."""
+    batch, dim, length = like.shape
+    dtype = dtype or like.dtype
+    if channel_last:
+        return like.new_empty(batch, length, dim, dtype=dtype).transpose(1, 2)
+    return like.new_empty(batch, dim, length, dtype=dtype)
+
+
+def _strides(t: torch.Tensor) -> tuple[int, int, int]:
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
 @torch.library.custom_op("flowhn::selective_scan_fwd", mutates_args=())
 def _scan_fwd(u: _Tensor, delta: _Tensor, A: _Tensor, B: _Tensor, C: _Tensor, D: _MaybeTensor, z: _MaybeTensor,
-              delta_bias: _MaybeTensor, length: int, softplus: bool, block_d: int, chunk: int, num_warps: int
-              ) -> tuple[_Tensor, _Tensor, _Tensor]:
-    """(out (B, D, pitch) in u's dtype, chunk-end states (B, D, chunks, N) fp32, chunk step totals (B, D, chunks) fp32)."""
-    batch, dim, pitch = u.shape
-    u, delta, B, C, A = (t.contiguous() for t in (u, delta, B, C, A))
-    D, z, delta_bias = (None if t is None else t.contiguous() for t in (D, z, delta_bias))
+              delta_bias: _MaybeTensor, length: int, softplus: bool, block_d: int, chunk: int, num_warps: int,
+              channel_last: bool) -> tuple[_Tensor, _Tensor, _Tensor]:
+    """(out (B, D, L') in u's dtype and the ``channel_last`` layout, chunk-end states (B, D, chunks, N) fp32,
+    chunk step totals (B, D, chunks) fp32)."""
+    batch, dim, _ = u.shape
+    A = A.contiguous()
+    D, delta_bias = (None if t is None else t.contiguous() for t in (D, delta_bias))
     state, n_chunks = A.shape[1], _n_chunks(length, chunk)
     f32 = dict(device=u.device, dtype=torch.float32)
     states = torch.empty(batch, dim, n_chunks, state, **f32)
@@ -343,21 +390,24 @@ def _scan_fwd(u: _Tensor, delta: _Tensor, A: _Tensor, B: _Tensor, C: _Tensor, D:
     grid = (batch, triton.cdiv(dim, block_d), n_chunks)
     flags = dict(HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, BLOCK_D=block_d, CHUNK=chunk,
                  num_warps=num_warps)
-    sizes = (dim, length, pitch, state, n_chunks)
-    _summary_fwd_kernel[grid](u, delta, A, B, _or(delta_bias, u), states, totals, *sizes, **flags)
+    sizes = (dim, length, state, n_chunks)
+    _summary_fwd_kernel[grid](u, delta, A, B, _or(delta_bias, u), states, totals, *sizes,
+                              *_strides(u), *_strides(delta), *_strides(B), **flags)
     _chunk_pass(A, totals, states, reverse=False)
-    out = torch.empty_like(u)
+    out = _new_activation(u, channel_last)
+    zs = _strides(z) if z is not None else (0, 0, 0)
     _scan_fwd_kernel[grid](
         u, delta, A, B, C, _or(D, u), _or(z, u), _or(delta_bias, u), out, states, *sizes,
+        *_strides(u), *_strides(delta), *_strides(B), *_strides(C), *zs, *_strides(out),
         HAS_D=D is not None, HAS_Z=z is not None, **flags)
     return _zero_padding(out, length), states, totals
 
 
 @_scan_fwd.register_fake
-def _(u, delta, A, B, C, D, z, delta_bias, length, softplus, block_d, chunk, num_warps):
+def _(u, delta, A, B, C, D, z, delta_bias, length, softplus, block_d, chunk, num_warps, channel_last):
     batch, dim, _ = u.shape
     n_chunks = _n_chunks(length, chunk)
-    return (torch.empty_like(u, memory_format=torch.contiguous_format),
+    return (_new_activation(u, channel_last),
             u.new_empty(batch, dim, n_chunks, A.shape[1], dtype=torch.float32),
             u.new_empty(batch, dim, n_chunks, dtype=torch.float32))
 
@@ -365,23 +415,26 @@ def _(u, delta, A, B, C, D, z, delta_bias, length, softplus, block_d, chunk, num
 @torch.library.custom_op("flowhn::selective_scan_bwd", mutates_args=())
 def _scan_bwd(dout: _Tensor, u: _Tensor, delta: _Tensor, A: _Tensor, B: _Tensor, C: _Tensor, D: _MaybeTensor,
               z: _MaybeTensor, delta_bias: _MaybeTensor, states: _Tensor, totals: _Tensor, length: int,
-              softplus: bool, block_d: int, chunk: int, num_warps: int) -> list[_Tensor]:
-    """[du, ddelta, dz, dB, dC] as (…, pitch) buffers (dz empty without z), then dA, dD, dbias (dD and
-    dbias empty without D and delta_bias)."""
-    batch, dim, pitch = u.shape
-    u, delta, B, C, A, dout = (t.contiguous() for t in (u, delta, B, C, A, dout))
-    D, z, delta_bias = (None if t is None else t.contiguous() for t in (D, z, delta_bias))
+              softplus: bool, block_d: int, chunk: int, num_warps: int, channel_last: bool) -> list[_Tensor]:
+    """[du, ddelta, dz (the ``channel_last`` layout; dz empty without z), dB, dC (contiguous)], then dA, dD,
+    dbias (dD and dbias empty without D and delta_bias)."""
+    batch, dim, _ = u.shape
+    A = A.contiguous()
+    D, delta_bias = (None if t is None else t.contiguous() for t in (D, delta_bias))
     state, n_chunks = A.shape[1], states.shape[2]
     f32 = dict(device=u.device, dtype=torch.float32)
     grid = (batch, triton.cdiv(dim, block_d), n_chunks)
     flags = dict(HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
                  BLOCK_D=block_d, CHUNK=chunk, num_warps=num_warps)
-    sizes = (dim, length, pitch, state, n_chunks)
+    sizes = (dim, length, state, n_chunks)
+    zs = _strides(z) if z is not None else (0, 0, 0)
     later = torch.empty_like(states)
-    _summary_bwd_kernel[grid](delta, A, C, _or(z, u), _or(delta_bias, u), dout, later, *sizes, **flags)
+    _summary_bwd_kernel[grid](delta, A, C, _or(z, u), _or(delta_bias, u), dout, later, *sizes,
+                              *_strides(delta), *_strides(C), *zs, *_strides(dout), **flags)
     _chunk_pass(A, totals, later, reverse=True)
-    du, ddelta = torch.empty_like(u), torch.empty_like(delta)
-    dz = torch.empty_like(z) if z is not None else u.new_empty(0)
+    du = _new_activation(u, channel_last)
+    ddelta = _new_activation(delta, channel_last)
+    dz = _new_activation(z, channel_last) if z is not None else u.new_empty(0)
     # Per-(batch, chunk) partial sums of dA, dD, dbias; dB, dC are accumulated by atomics.
     dA = torch.empty_like(states)
     dD = torch.empty_like(totals) if D is not None else None
@@ -392,6 +445,8 @@ def _scan_bwd(dout: _Tensor, u: _Tensor, delta: _Tensor, A: _Tensor, B: _Tensor,
     _scan_bwd_kernel[grid](
         u, delta, A, B, C, _or(D, u), _or(z, u), _or(delta_bias, u), dout, states, later,
         du, ddelta, _or(dz, du), dA, dB, dC, _or(dD, dA), _or(dbias, dA), *sizes,
+        *_strides(u), *_strides(delta), *_strides(B), *_strides(C), *zs, *_strides(dout), *_strides(du),
+        dB.stride(0), dB.stride(1),
         HAS_D=D is not None, BLOCK_N=block_n, SUB_BLOCKS=BWD_SUB_BLOCKS, **flags)
     du, ddelta, dz = (_zero_padding(t, length) for t in (du, ddelta, dz))
     summed = lambda t, like: u.new_empty(0) if t is None else t.sum((0, 2)).to(like.dtype)
@@ -400,17 +455,19 @@ def _scan_bwd(dout: _Tensor, u: _Tensor, delta: _Tensor, A: _Tensor, B: _Tensor,
 
 
 @_scan_bwd.register_fake
-def _(dout, u, delta, A, B, C, D, z, delta_bias, states, totals, length, softplus, block_d, chunk, num_warps):
+def _(dout, u, delta, A, B, C, D, z, delta_bias, states, totals, length, softplus, block_d, chunk, num_warps,
+      channel_last):
     like = lambda t: torch.empty_like(t, memory_format=torch.contiguous_format)
-    return [like(u), like(delta), u.new_empty(0) if z is None else like(z), like(B), like(C), like(A),
+    return [_new_activation(u, channel_last), _new_activation(delta, channel_last),
+            u.new_empty(0) if z is None else _new_activation(z, channel_last), like(B), like(C), like(A),
             u.new_empty(0) if D is None else like(D), u.new_empty(0) if delta_bias is None else like(delta_bias)]
 
 
 def _setup_context(ctx, inputs, output):
-    u, delta, A, B, C, D, z, delta_bias, length, softplus, block_d, chunk, num_warps = inputs
+    u, delta, A, B, C, D, z, delta_bias, length, softplus, block_d, chunk, num_warps, channel_last = inputs
     _, states, totals = output
     ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states, totals)
-    ctx.options = (length, softplus, block_d, chunk, num_warps)
+    ctx.options = (length, softplus, block_d, chunk, num_warps, channel_last)
 
 
 def _backward(ctx, dout, _dstates, _dtotals):
@@ -418,7 +475,7 @@ def _backward(ctx, dout, _dstates, _dtotals):
     du, ddelta, dz, dB, dC, dA, dD, dbias = _scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, states, totals,
                                                       *ctx.options)
     return (du, ddelta, dA, dB, dC, None if D is None else dD, None if z is None else dz,
-            None if delta_bias is None else dbias, None, None, None, None, None)
+            None if delta_bias is None else dbias, None, None, None, None, None, None)
 
 
 _scan_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -451,14 +508,39 @@ def _or(tensor, placeholder):
     return placeholder if tensor is None else tensor
 
 
+def is_channel_last(t: torch.Tensor) -> bool:
+    """Whether a (B, D, L) tensor is a transposed view of (B, L, D) memory: channels adjacent."""
+    return t.shape[1] > 1 and t.stride(1) == 1 and t.stride(2) >= t.shape[1]
+
+
+# The channel-last kernels read the mixer's (B, L, ·) views in place, without the padded copies, but
+# on an H200 they are slower than the row-major ones even counting those copies (scripts/gpu_mamba1.py,
+# 16x4096x1024x16 bf16 fwd+bwd: row-major padded 7.07 ms, channel-last 20.8 ms, 12.3 ms at its best
+# tile; Mamba1Mixer at 1B 13.3 vs 26.0 ms): a step's 16 channels are one 32-byte sector, so each
+# program's loads are latency-bound. So inputs take the row-major path unless asked.
+CHANNEL_LAST_BY_DEFAULT = False
+
+
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                          block_d=None, chunk=None, num_warps=None):
+                          block_d=None, chunk=None, num_warps=None, channel_last: bool | None = None):
     """Same contract as ``reference.selective_scan_sequential``; differentiable in every tensor input.
+    Row-major: rows are copied to an aligned pitch. ``channel_last=True`` (``u`` must be a transposed
+    view of (B, L, D) memory): every input is read in place with its strides and the result is
+    channel-last too; None: ``CHANNEL_LAST_BY_DEFAULT`` for such inputs.
     ``block_d``, ``chunk``, ``num_warps`` override the tile choice (tests, tuning)."""
     length = u.shape[-1]
-    block_d, chunk, num_warps = launch_config(length, block_d, chunk, num_warps)
+    if channel_last is None:
+        channel_last = CHANNEL_LAST_BY_DEFAULT and is_channel_last(u)
+    elif channel_last and not is_channel_last(u):
+        raise ValueError("selective_scan_triton: channel_last=True needs u as a (B, D, L) view of (B, L, D) memory")
+    block_d, chunk, num_warps = launch_config(length, block_d, chunk, num_warps, channel_last)
+    softplus = bool(delta_softplus)
+    if channel_last:
+        out, _, _ = _scan_fwd(u, delta, A, B, C, D, z, delta_bias, length, softplus, block_d, chunk, num_warps,
+                              True)
+        return out
     pitch = _row_pitch(length)
     u, delta, B, C = (_pitched(t, pitch) for t in (u, delta, B, C))
     z = None if z is None else _pitched(z, pitch)
-    out, _, _ = _scan_fwd(u, delta, A, B, C, D, z, delta_bias, length, bool(delta_softplus), block_d, chunk, num_warps)
+    out, _, _ = _scan_fwd(u, delta, A, B, C, D, z, delta_bias, length, softplus, block_d, chunk, num_warps, False)
     return out[..., :length]

@@ -101,7 +101,7 @@ class ParallelBlock(nn.Module):
         if self.branch_streams and x.is_cuda and not torch.compiler.is_compiling():
             a, s = self._branches_on_two_streams(x, ctx, owned)
         else:
-            h_attn = self.attn_norm(x)
+            h_attn = self._attention_input(x, owned)
             a = self._attention_branch(h_attn, ctx, owned)
             s = self._ssm_branch(x, h_attn, owned)
         x = x + self._fuse(x, a, s, owned)
@@ -109,24 +109,57 @@ class ParallelBlock(nn.Module):
             x = x + self.mlp(self.mlp_norm(x))
         return x
 
+    # A split never gathers or scatters through index tensors: attention owns one contiguous span
+    # [start, end) of positions (split.span), so its tokens are a slice, the SSM's are the slices
+    # before and after it (joined by a cat for FAC, whose window can sit in the middle), and the fused
+    # result is the cat of the pieces in position order. Under torch.compile the slices are views and
+    # inductor folds each cat into the kernel next to it (the branch norm that reads x, the residual add
+    # that reads the fusion outputs), so no pass of its own moves the tokens. The index tensors from
+    # split.indices are only the positions attention's RoPE and masks need.
+
+    def _span(self, owned) -> tuple[int, int]:
+        seq_len = owned[0].shape[0] + owned[1].shape[0]
+        return self.split.span(self.layer, seq_len)
+
+    def _ssm_rows(self, h: torch.Tensor, owned) -> torch.Tensor:
+        """The SSM's positions of h (B, T, ·), in order, as one compacted sequence."""
+        start, end = self._span(owned)
+        pieces = [piece for piece in (h[:, :start], h[:, end:]) if piece.shape[1]]
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
+
+    def _attention_input(self, x: torch.Tensor, owned) -> torch.Tensor:
+        """attn_norm of x: at attention's positions only when the split gives it a span and the SSM has
+        a norm of its own (the norm then reads the slice: its gather), else at every position."""
+        if owned is None or self.ssm_norm is None:
+            return self.attn_norm(x)
+        start, end = self._span(owned)
+        return self.attn_norm(x[:, start:end])
+
     def _attention_branch(self, h_attn: torch.Tensor, ctx: SequenceContext, owned) -> torch.Tensor:
+        """h_attn: the normed input at attention's positions, or at every position (then sliced)."""
         if owned is None:
             return self.attention(h_attn, ctx.positions, ctx)
         attn_pos = owned[0]
-        return self.attention(h_attn.index_select(1, attn_pos), attn_pos, ctx)
+        if h_attn.shape[1] != attn_pos.shape[0]:
+            start, end = self._span(owned)
+            h_attn = h_attn[:, start:end]
+        return self.attention(h_attn, attn_pos, ctx)
 
     def _ssm_branch(self, x: torch.Tensor, h_attn: torch.Tensor, owned) -> torch.Tensor:
-        h_ssm = h_attn if self.ssm_norm is None else self.ssm_norm(x)
-        return self.ssm(h_ssm if owned is None else h_ssm.index_select(1, owned[1]))
+        if owned is None:
+            return self.ssm(h_attn if self.ssm_norm is None else self.ssm_norm(x))
+        if self.ssm_norm is None:  # shared norm (Hymba): h_attn covers every position
+            return self.ssm(self._ssm_rows(h_attn, owned))
+        return self.ssm(self.ssm_norm(self._ssm_rows(x, owned)))
 
     def _fuse(self, x: torch.Tensor, a: torch.Tensor, s: torch.Tensor, owned) -> torch.Tensor:
         if owned is None:
             return self.fusion.both(a, s)
-        attn_pos, ssm_pos = owned
-        mixed = torch.empty_like(x)
-        mixed.index_copy_(1, attn_pos, self.fusion.attn_only(a).to(x.dtype))
-        mixed.index_copy_(1, ssm_pos, self.fusion.ssm_only(s).to(x.dtype))
-        return mixed
+        start, _ = self._span(owned)
+        fused_ssm = self.fusion.ssm_only(s).to(x.dtype)
+        # SSM rows before the span, attention's rows, SSM rows after it: position order.
+        pieces = (fused_ssm[:, :start], self.fusion.attn_only(a).to(x.dtype), fused_ssm[:, start:])
+        return torch.cat([piece for piece in pieces if piece.shape[1]], dim=1)
 
     def _branches_on_two_streams(self, x: torch.Tensor, ctx: SequenceContext, owned):
         """Attention on the current stream, the SSM (its norm and gather included) on a side stream.
@@ -134,7 +167,7 @@ class ParallelBlock(nn.Module):
         backward pass overlaps the same way."""
         main, side = torch.cuda.current_stream(x.device), side_stream(x.device)
         side.wait_stream(main)  # x and the split's index tensors are ready
-        h_attn = self.attn_norm(x)
+        h_attn = self._attention_input(x, owned)
         if self.ssm_norm is None:
             side.wait_stream(main)  # shared norm (Hymba): the SSM reads attention's normed input
             h_attn.record_stream(side)

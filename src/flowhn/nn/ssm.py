@@ -18,11 +18,6 @@ from flowhn.nn.flops import Flops, linear_flops
 from flowhn.nn.norm import RMSNorm
 
 
-def causal_depthwise_conv(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
-    """x: (B, C, L). Left padding only, so position t sees t-k+1..t."""
-    return F.conv1d(F.pad(x, (conv.kernel_size[0] - 1, 0)), conv.weight, conv.bias, groups=conv.groups)
-
-
 def init_dt_bias(dim: int, dt_min: float = 1e-3, dt_max: float = 0.1) -> torch.Tensor:
     """Inverse-softplus of dt drawn log-uniformly in [dt_min, dt_max] (mamba-ssm's init), so the
     initial step sizes span fast and slow memories."""
@@ -65,15 +60,20 @@ class Mamba1Mixer(nn.Module):
             self.c_layernorm = RMSNorm(d_state, norm_eps)
 
     def forward(self, x: torch.Tensor, positions=None, ctx=None) -> torch.Tensor:
-        hidden, gate = self.in_proj(x).transpose(1, 2).chunk(2, dim=1)  # (B, E, L) each
-        hidden = F.silu(causal_depthwise_conv(hidden, self.conv1d))
-        dt, B, C = self.x_proj(hidden.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        # Channel-last: every tensor stays (B, L, ·) as the projections make it. The conv reads the hidden
+        # half of in_proj's output in place; the scan gets transposed views ((B, E, L) by shape, (B, L, E)
+        # in memory). The Triton scan copies them into aligned rows: its channel-last kernels, which
+        # read them in place, measured slower (kernels/triton_scan.py, CHANNEL_LAST_BY_DEFAULT).
+        hidden, gate = self.in_proj(x).chunk(2, dim=-1)  # (B, L, E) views with row stride 2E
+        hidden = kernels.causal_conv1d_silu(hidden, self.conv1d.weight[:, 0], self.conv1d.bias, backend=self.backend)
+        dt, B, C = self.x_proj(hidden).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         if self.inner_norms:
             dt, B, C = self.dt_layernorm(dt), self.b_layernorm(B), self.c_layernorm(C)
-        dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # bias goes into the scan, fused
+        dt = F.linear(dt, self.dt_proj.weight)  # bias goes into the scan, fused
         y = kernels.selective_scan(
-            hidden, dt, -torch.exp(self.A_log.float()), B.transpose(1, 2), C.transpose(1, 2), self.D.float(),
-            z=gate, delta_bias=self.dt_proj.bias.float(), delta_softplus=True, backend=self.backend,
+            hidden.transpose(1, 2), dt.transpose(1, 2), -torch.exp(self.A_log.float()), B.transpose(1, 2),
+            C.transpose(1, 2), self.D.float(), z=gate.transpose(1, 2), delta_bias=self.dt_proj.bias.float(),
+            delta_softplus=True, backend=self.backend,
         )
         return self.out_proj(y.transpose(1, 2))
 
@@ -118,7 +118,7 @@ class Mamba2Mixer(nn.Module):
         gate, xbc, dt = self.in_proj(x).split(
             [self.d_inner, self.d_inner + 2 * self.n_groups * self.d_state, self.n_heads], dim=-1
         )
-        xbc = F.silu(causal_depthwise_conv(xbc.transpose(1, 2), self.conv1d)).transpose(1, 2)
+        xbc = kernels.causal_conv1d_silu(xbc, self.conv1d.weight[:, 0], self.conv1d.bias, backend=self.backend)
         hidden, B, C = xbc.split([self.d_inner, self.n_groups * self.d_state, self.n_groups * self.d_state], dim=-1)
         y = kernels.ssd(
             hidden.reshape(batch, length, self.n_heads, self.head_dim),

@@ -1,0 +1,124 @@
+"""Causal depthwise conv1d + bias + SiLU: the PyTorch paths and the Triton kernels against the float64
+F.conv1d definition, output and every gradient (x, weight, bias).
+
+The Triton kernels run through Triton's CPU interpreter in a subprocess (TRITON_INTERPRET must be set
+before triton is imported), at lengths and channel counts that are not tile multiples, with a strided
+input (the hidden half of an in_proj output). GPU tests run them compiled at realistic sizes.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from flowhn import kernels
+from flowhn.kernels.torch_conv import (causal_conv1d_silu_reference, causal_conv1d_silu_shifted, compare_conv,
+                                       conv_inputs)
+
+has_triton = importlib.util.find_spec("triton") is not None
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _assert_close(errors, tol):
+    bad = {k: v for k, v in errors.items() if not v <= tol}
+    assert not bad, f"relative errors above {tol}: {bad} (all: {errors})"
+
+
+def test_reference_is_the_causal_definition():
+    # out[t] = silu(b + Σ_k w[k] x[t-K+1+k]) with zeros before t = 0, written out by hand.
+    inputs = conv_inputs(2, 7, 3, 4, dtype=torch.float64, seed=2)
+    x, w, b = inputs["x"], inputs["weight"], inputs["bias"]
+    padded = torch.cat([torch.zeros(2, 3, 3, dtype=torch.float64), x], dim=1)
+    pre = b + sum(padded[:, k:k + 7] * w[:, k] for k in range(4))
+    torch.testing.assert_close(causal_conv1d_silu_reference(x, w, b), torch.nn.functional.silu(pre))
+
+
+@pytest.mark.parametrize("shape,bias,row_stride", [
+    ((2, 13, 11, 4), True, None), ((1, 5, 20, 3), False, None), ((2, 9, 16, 4), True, 40), ((1, 2, 5, 4), True, 7)])
+def test_shifted_matches_reference(shape, bias, row_stride):
+    inputs = conv_inputs(*shape, dtype=torch.float64, bias=bias, row_stride=row_stride, seed=sum(shape))
+    _assert_close(compare_conv(causal_conv1d_silu_shifted, inputs), 1e-12)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)])
+def test_shifted_low_precision_keeps_dtype(dtype, tol):
+    inputs = conv_inputs(2, 30, 24, 4, dtype=dtype, row_stride=48, seed=3)
+    assert causal_conv1d_silu_shifted(**inputs).dtype == dtype
+    _assert_close(compare_conv(causal_conv1d_silu_shifted, inputs), tol)
+
+
+@pytest.mark.parametrize("backend", ["torch", "reference"])
+def test_dispatch_and_bad_shapes(backend):
+    inputs = conv_inputs(1, 6, 5, 4, dtype=torch.float64, seed=4)
+    torch.testing.assert_close(kernels.causal_conv1d_silu(**inputs, backend=backend),
+                               causal_conv1d_silu_reference(**inputs))
+    with pytest.raises(ValueError, match="weight"):
+        kernels.causal_conv1d_silu(inputs["x"], inputs["weight"][:4], inputs["bias"])
+    with pytest.raises(ValueError, match="bias has shape"):
+        kernels.causal_conv1d_silu(inputs["x"], inputs["weight"], inputs["bias"][:2])
+
+
+_INTERPRETER_SCRIPT = textwrap.dedent("""
+    import functools, json, sys
+    import torch
+    from flowhn.kernels.torch_conv import compare_conv, conv_inputs
+    import flowhn.kernels.triton_conv as tc
+
+    results = {}
+    cases = [  # (B, L, C, K), bias, row stride, forward tile (block_l, block_c), backward tile (l, c, seg_tiles)
+        ((2, 13, 11, 4), True, 24, (4, 8), (4, 8, 2)),     # partial row and channel tiles, partial segment
+        ((1, 9, 20, 3), False, None, (8, 16), (2, 16, 3)),  # no bias, odd width
+        ((2, 5, 16, 4), True, None, (None, None), (None, None, None)),  # default tiles, L < one tile
+    ]
+    for shape, bias, stride, (fl, fc), (bl, bc, seg) in cases:
+        tc.BWD_BLOCK_L, tc.BWD_BLOCK_C, tc.BWD_SEG_TILES = bl or 32, bc or 128, seg or 8
+        inputs = conv_inputs(*shape, bias=bias, row_stride=stride, seed=sum(shape))
+        fn = functools.partial(tc.causal_conv1d_silu_triton, block_l=fl, block_c=fc)
+        results[f"conv{shape}"] = compare_conv(fn, inputs)
+    # The op's schema, fake shapes and autograd registration, on a strided input.
+    inputs = conv_inputs(2, 7, 6, 4, row_stride=12, seed=1)
+    args = (inputs["x"].detach().requires_grad_(), inputs["weight"].requires_grad_(),
+            inputs["bias"].requires_grad_(), True, 4, 8, 1)
+    tc.BWD_BLOCK_L, tc.BWD_BLOCK_C, tc.BWD_SEG_TILES = 4, 8, 1
+    torch.library.opcheck(torch.ops.flowhn.causal_conv1d_silu_fwd.default, args)
+    json.dump(results, sys.stdout)
+""")
+
+
+@pytest.mark.skipif(not has_triton, reason="triton is not installed")
+def test_triton_conv_in_interpreter():
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, "-c", _INTERPRETER_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout)
+    assert len(results) == 3
+    for case, errors in results.items():
+        assert {"out", "dx", "dweight"} <= set(errors), case
+        _assert_close({f"{case}:{k}": v for k, v in errors.items()}, 1e-5)
+
+
+GPU_TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.skipif(not has_triton, reason="triton is not installed")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape,row_stride", [((2, 1000, 1536, 4), 3072), ((3, 77, 4352, 4), None),
+                                              ((1, 333, 100, 3), 256)], ids=str)
+def test_triton_conv_gpu(dtype, shape, row_stride):
+    from flowhn.kernels.triton_conv import causal_conv1d_silu_triton
+
+    inputs = conv_inputs(*shape, dtype=dtype, device="cuda", row_stride=row_stride, seed=7)
+    _assert_close(compare_conv(causal_conv1d_silu_triton, inputs), GPU_TOL[dtype])
+    _assert_close(compare_conv(functools.partial(kernels.causal_conv1d_silu, backend="triton"), inputs),
+                  GPU_TOL[dtype])
