@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,10 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from conftest import small_cfg
 from flowhn.bench import CONF
+from flowhn.models.lm import LayerSpec, make_attention, make_ssm
+from flowhn.nn.split import flop_aware_ratio
 from flowhn.perf.profile import kernel_category, profile_steps
 
 
@@ -80,3 +84,99 @@ def test_bench_times_and_profiles_a_tiny_model(tmp_path):
     assert "| flowhn/fac_split (eager) |" in text and "| llama |" in text and "GPU busy %" in text
     assert "| llama/reduce-overhead |" in text
     assert text.count("GPU kernel time") == 3 and "| ssm scan |" in text and "| attention |" in text
+
+
+LADDER = "seqlen_ladder=[32,64]"
+
+
+def run_tiny_ladder(csv_path, *overrides):
+    """The ladder on the CPU at tiny scale, in this process (as ``python -m flowhn.bench device=cpu``)."""
+    from flowhn.bench import run_ladder
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        bench = compose("bench", overrides=[
+            "device=cpu", "scale=tiny", LADDER, "tokens_per_step=64", "steps=1", "warmup=1", "compile=false",
+            "peers=[]", "entries=[{model: flowhn, split: fa_split}, {model: llama}]", *overrides])
+        return run_ladder(bench, peak=None, csv_path=csv_path)
+
+
+def test_seqlen_ladder_writes_one_row_per_model_and_length_with_the_split_ratio_there(tmp_path):
+    from flowhn.bench import LADDER_COLUMNS, ladder_markdown
+
+    out = tmp_path / "ladder.csv"
+    rows = run_tiny_ladder(out, "entries=[{model: flowhn, split: fa_split}]")
+    with open(out, newline="") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == LADDER_COLUMNS == ("model", "seq_len", "batch_size", "tok_s", "mfu",
+                                                              "fa_ratio", "status")
+        written = list(reader)
+    assert [(r["model"], int(r["seq_len"]), int(r["batch_size"])) for r in written] == [
+        ("flowhn/fa_split", 32, 2), ("flowhn/fa_split", 64, 1)]
+    assert all(r["status"] == "ok" and float(r["tok_s"]) > 0 and r["mfu"] == "" for r in written)  # no CPU peak
+    by_key = {(r["model"], int(r["seq_len"])): r for r in written}
+    # the ratio each length's model used: the branches' FLOPs at that length (attention's grow with T)
+    ratios = {}
+    for t in (32, 64):
+        m = small_cfg("flowhn", "split=fa_split", seq_len=t).model
+        with torch.device("meta"):
+            ratios[t] = flop_aware_ratio(make_attention(m, m.d_model, LayerSpec("attention")).flops(t).total,
+                                         make_ssm(m, m.d_model).flops(t).total)
+        assert float(by_key[("flowhn/fa_split", t)]["fa_ratio"]) == pytest.approx(ratios[t], abs=1e-4)
+    assert ratios[64] < ratios[32] - 0.01  # attention's FLOPs per token grow with T: its share falls
+    table = ladder_markdown(rows, "### tiny")
+    assert "| model | 32 | 64 |" in table and "| flowhn/fa_split |" in table
+    assert f"| flowhn/fa_split | {ratios[32]:.4f} | {ratios[64]:.4f} |" in table
+
+
+def test_seqlen_ladder_resumes_skipping_rows_in_the_csv_and_retrying_failed_ones(tmp_path):
+    from flowhn.bench import read_ladder_csv, write_ladder_csv
+
+    out = tmp_path / "ladder.csv"
+    kept = {"model": "llama", "seq_len": 32, "batch_size": 2, "tok_s": "123.0", "mfu": "", "fa_ratio": "",
+            "status": "ok"}
+    failed = {**kept, "seq_len": 64, "batch_size": 1, "tok_s": "", "status": "error: RuntimeError: boom"}
+    write_ladder_csv(out, {("llama", 32): kept, ("llama", 64): failed})
+    run_tiny_ladder(out, "entries=[{model: llama}]")
+    rows = read_ladder_csv(out)
+    assert rows[("llama", 32)]["tok_s"] == "123.0"  # measured before: not run again
+    assert rows[("llama", 64)]["status"] == "ok" and float(rows[("llama", 64)]["tok_s"]) > 0
+    assert rows[("llama", 64)]["fa_ratio"] == ""  # no split
+
+
+def test_seqlen_ladder_refuses_a_length_that_does_not_divide_the_tokens_per_step(tmp_path):
+    from flowhn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="^tokens_per_step: 100 is not a multiple of seq_len 32"):
+        run_tiny_ladder(tmp_path / "x.csv", "tokens_per_step=100")
+
+
+def test_split_ablation_summary_gives_mean_and_spread_per_split_and_where_val_loss_turns(tmp_path):
+    """scripts/summarize_split_ablation.py on a sweep folder laid out as the launcher and train.py
+    write it (job.json with the swept axes, summary.json, csv/metrics.csv)."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("summarize", Path(__file__).parents[1] / "scripts" / "summarize_split_ablation.py")
+    summarize = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summarize)
+    val = {"no_split": [6.0, 5.5, 5.2], "fa_split": [6.2, 5.9, 6.0]}  # fa_split turns up after step 16
+    for split in val:
+        for seed in (0, 1, 2):
+            job = tmp_path / "sweep" / f"seed={seed},split={split}"
+            (job / "csv").mkdir(parents=True)
+            (job / "job.json").write_text(json.dumps({"axes": {"seed": str(seed), "split": split}, "status": "completed"}))
+            curve = [v + 0.01 * seed for v in val[split]]
+            (job / "summary.json").write_text(json.dumps({
+                "status": "completed", "split": split, "val_loss": curve[-1], "tps": 200_000 + 1_000 * seed + (0 if split == "no_split" else 40_000),
+                "mfu": 0.15, "eval_avg": 0.3 + 0.01 * seed}))
+            lines = ["step,train/loss,val/loss"] + [f"{8 * (i + 1)},{v + 0.1},{v}" for i, v in enumerate(curve)]
+            (job / "csv" / "metrics.csv").write_text("\n".join(lines) + "\n")
+    assert summarize.main([str(tmp_path / "sweep"), "--out", str(tmp_path / "out")]) == 0
+    text = (tmp_path / "out" / "split_ablation_summary.md").read_text()
+    # no_split: final val 5.20, 5.21, 5.22 -> mean 5.210, sample std 0.010; tok/s 200k, 201k, 202k
+    assert "| no_split | 3/3 | 5.210 ± 0.010 (5.200–5.220, n=3) | 201.0k ± 1.0 (200.0–202.0, n=3) |" in text
+    assert "| fa_split | 3/3 | 6.010 ± 0.010" in text and "| 16 (then rises), 16 (then rises), 16 (then rises) |" in text
+    assert "lowest at step 16" in text and "fixtures do not separate the splits" in text
+    assert (tmp_path / "out" / "split_ablation_curves.png").stat().st_size > 0
+    rows = list(csv.DictReader(open(tmp_path / "out" / "split_ablation_summary.csv")))
+    assert len(rows) == 6 and {r["best_val_step"] for r in rows if r["split"] == "no_split"} == {"24"}

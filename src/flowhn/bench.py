@@ -7,14 +7,21 @@ state. The peers are timed the same way: HF transformers' Llama at our llama dim
 compiled), HF's Mamba/Mamba-2 (their PyTorch paths here) and mamba-ssm's MambaLMHeadModel when it
 is installed. MFU uses our FLOP convention (``flowhn.nn.flops``) for every row; a peer with our
 architecture's dims is charged our model's FLOPs per token.
+
+``seqlen_ladder=[1024,2048,...]`` times every entry at each length with ``batch_size =
+tokens_per_step / seq_len`` (the same tokens per step everywhere) and writes one CSV row per
+(model, length) with the FA ratio the model's split used there; see :func:`run_ladder`.
 """
 
 from __future__ import annotations
 
+import csv
 import gc
 import json
 import logging
+import os
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,9 +29,12 @@ import hydra
 import torch
 import torch.nn.functional as F
 from hydra import compose
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import flowhn
+from flowhn.errors import ConfigError
+from flowhn.kernels.cross_entropy import linear_cross_entropy
 from flowhn.perf.hardware import device_peak_tflops
 from flowhn.perf.profile import profile_steps
 
@@ -42,6 +52,7 @@ class Row:
     mem_gib: float | None = None
     params_m: float | None = None
     gpu_busy: float | None = None  # profiled kernel time / step time: below 1 the host holds the GPU back
+    split_ratio: float | None = None  # attention's share of the tokens (FA ratio; FAC's window width / T)
 
 
 class LogitsOnly(torch.nn.Module):
@@ -59,34 +70,50 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
 
 
-def make_train_step(model, vocab: int, batch: int, seq_len: int, compiled):
+def make_train_step(model, vocab: int, batch: int, seq_len: int, compiled, device: str = "cuda", fused: bool = False):
     """One training step (forward, loss, backward, fused AdamW) on fixed random tokens. A compiled
     row (``compiled``: True, or its torch.compile mode) compiles its loss too: the fp32 log-softmax
-    over the vocabulary is then fused, not eager."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
+    over the vocabulary is then fused, not eager. ``fused``: our models' fused LM head + loss, as
+    train.py runs it on GPU. On CPU (tests, the ladder's format) the step runs in fp32 without autocast."""
+    on_gpu = torch.device(device).type == "cuda"
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=on_gpu)
     mode = compiled if isinstance(compiled, str) else None
-    loss_fn = torch.compile(cross_entropy, mode=mode) if compiled else cross_entropy
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    ids = torch.randint(0, vocab, (batch, seq_len + 1), device="cuda", generator=gen)
+    if fused:
+        head_and_loss = torch.compile(linear_cross_entropy, mode=mode) if compiled else linear_cross_entropy
+
+        def forward_loss(inputs, labels):
+            return head_and_loss(model(inputs, return_hidden=True), model.lm_head.weight, labels)
+    else:
+        loss_fn = torch.compile(cross_entropy, mode=mode) if compiled else cross_entropy
+
+        def forward_loss(inputs, labels):
+            return loss_fn(model(inputs), labels)
+    gen = torch.Generator(device=device).manual_seed(0)
+    ids = torch.randint(0, vocab, (batch, seq_len + 1), device=device, generator=gen)
     inputs, labels = ids[:, :-1], ids[:, 1:]
 
     def step():
         if mode == "reduce-overhead":  # CUDA graph trees: a new step may reuse the last one's buffers
             torch.compiler.cudagraph_mark_step_begin()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            logits = model(inputs)
-        loss_fn(logits, labels).backward()
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=on_gpu):
+            loss = forward_loss(inputs, labels)
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
     return step
 
 
-def time_steps(step, steps: int, warmup: int) -> tuple[float, float]:
+def time_steps(step, steps: int, warmup: int, device: str = "cuda") -> tuple[float, float | None]:
     """(mean ms per step over ``steps`` after ``warmup``, peak GiB): one event pair around all
-    timed steps, so no host sync sits inside the timed loop."""
+    timed steps, so no host sync sits inside the timed loop. On CPU: wall time, no memory figure."""
     for _ in range(warmup):
         step()
+    if torch.device(device).type != "cuda":
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        return (time.perf_counter() - start) * 1e3 / steps, None
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -104,8 +131,26 @@ def train_config(entry: dict, scale: str, seq_len: int) -> DictConfig:
     return compose("train", overrides=overrides)
 
 
+def entry_label(entry: dict, bench: DictConfig) -> str:
+    """The row name of an entry: its model, split and other overrides (known before it is built, so
+    the ladder can skip rows it measured before)."""
+    entry = dict(entry)
+    compiled = entry.pop("compile", bench.compile)
+    mode = entry.pop("compile_mode", None)
+    cudnn = bool(entry.pop("cudnn_attention", True))
+    extras = [f"{k}={v}" for k, v in entry.items() if k not in ("model", "split")] + ([] if cudnn else ["no cuDNN SDPA"])
+    extras += [mode] if mode else []
+    name = "/".join([entry["model"]] + ([entry["split"]] if "split" in entry else []) + extras)
+    if compiled == "blocks":
+        name += " (blocks compiled)"
+    elif bench.compile and not compiled:
+        name += " (eager)"
+    return name
+
+
 def ours(entry: dict, bench: DictConfig):
     """Our model for one entry: {model, split?, compile?, any other train-config override}."""
+    name = entry_label(entry, bench)
     entry = dict(entry)
     compiled = entry.pop("compile", bench.compile)  # True (whole model), "blocks", False
     mode = entry.pop("compile_mode", None)  # torch.compile mode, e.g. reduce-overhead (CUDA graphs)
@@ -116,19 +161,14 @@ def ours(entry: dict, bench: DictConfig):
     cfg = train_config(entry, bench.scale.name, bench.seq_len)
     with open_dict(cfg):
         cfg.model.ssm_backend = entry.get("ssm_backend", "auto")
-    with torch.device("cuda"):
+    with torch.device(bench.device):
         model = flowhn.build_model(cfg)
-    extras = [f"{k}={v}" for k, v in entry.items() if k not in ("model", "split")] + ([] if cudnn else ["no cuDNN SDPA"])
-    extras += [mode] if mode else []
-    name = "/".join([entry["model"]] + ([entry["split"]] if "split" in entry else []) + extras)
-    if compiled == "blocks":
-        name += " (blocks compiled)"
-    elif bench.compile and not compiled:
-        name += " (eager)"
     flops = model.flops_per_token(bench.seq_len)
     if compiled:
         model.compile_in_place("blocks" if compiled == "blocks" else "model", mode=mode)
-    return name, model, flops, cfg.scale.vocab_size, (mode or True) if compiled else False
+    fused = entry.get("fused_loss", bench.fused_loss)
+    fused = torch.device(bench.device).type == "cuda" if fused == "auto" else bool(fused)
+    return name, model, flops, cfg.scale.vocab_size, (mode or True) if compiled else False, fused
 
 
 def hf_llama(bench: DictConfig, compiled: bool):
@@ -141,7 +181,7 @@ def hf_llama(bench: DictConfig, compiled: bool):
         num_attention_heads=m.n_heads, num_key_value_heads=m.n_kv_heads, rms_norm_eps=m.norm_eps,
         tie_word_embeddings=cfg.scale.tie_embeddings, max_position_embeddings=bench.seq_len, attn_implementation="sdpa",
     )
-    with torch.device("cuda"):
+    with torch.device(bench.device):
         model = LogitsOnly(transformers.LlamaForCausalLM(hf_cfg))
     with torch.device("meta"):
         flops = flowhn.build_model(cfg).flops_per_token(bench.seq_len)
@@ -166,7 +206,7 @@ def hf_mamba(bench: DictConfig, version: int):
                                            num_heads=m.expand * m.d_model // m.ssm_head_dim, n_groups=m.ssm_groups,
                                            conv_kernel=m.d_conv, chunk_size=256)
         cls = transformers.Mamba2ForCausalLM
-    with torch.device("cuda"):
+    with torch.device(bench.device):
         model = LogitsOnly(cls(hf_cfg))
     with torch.device("meta"):
         flops = flowhn.build_model(cfg).flops_per_token(bench.seq_len)
@@ -179,7 +219,7 @@ def mamba_ssm_lm(bench: DictConfig):
 
     cfg = train_config({"model": "mamba"}, bench.scale.name, bench.seq_len)
     m = cfg.model
-    with torch.device("cuda"):
+    with torch.device(bench.device):
         model = LogitsOnly(MambaLMHeadModel(MambaConfig(d_model=m.d_model, n_layer=m.n_layers, vocab_size=cfg.scale.vocab_size,
                                              ssm_cfg={"layer": "Mamba1"}, tie_embeddings=cfg.scale.tie_embeddings)))
     with torch.device("meta"):
@@ -200,13 +240,13 @@ def measure(make, bench: DictConfig, peak: float | None) -> tuple[Row, str | Non
     """The row for one model, and its kernel-time breakdown (Markdown) when ``bench.profile``."""
     name = "?"
     try:
-        name, model, flops_per_token, vocab, compiled = make()
-        step = make_train_step(model, vocab, bench.batch_size, bench.seq_len, compiled)
-        ms, mem = time_steps(step, bench.steps, bench.warmup)
+        name, model, flops_per_token, vocab, compiled, *fused = make()  # peers: full logits, no `fused`
+        step = make_train_step(model, vocab, bench.batch_size, bench.seq_len, compiled, bench.device, fused=any(fused))
+        ms, mem = time_steps(step, bench.steps, bench.warmup, bench.device)
         tok_s = bench.batch_size * bench.seq_len / (ms / 1e3)
         params = sum(p.numel() for p in model.parameters())
         mfu = tok_s * flops_per_token / (peak * 1e12) if peak else None
-        row = Row(name, "ok", tok_s, mfu, ms, mem, params / 1e6)
+        row = Row(name, "ok", tok_s, mfu, ms, mem, params / 1e6, split_ratio=getattr(model, "split_ratio", None))
         if not bench.profile:
             return row, None
         breakdown = profile_steps(step, bench.profile_steps)
@@ -221,8 +261,12 @@ def measure(make, bench: DictConfig, peak: float | None) -> tuple[Row, str | Non
         return Row(name, f"error: {type(exc).__name__}: {exc}".splitlines()[0][:80]), None
     finally:
         torch.backends.cuda.enable_cudnn_sdp(True)
+        # Every row is a new model: drop the compiled code of the last ones, so no row runs into
+        # dynamo's recompile limit on CausalLM.forward (the on-disk inductor cache stays).
+        torch._dynamo.reset()
         gc.collect()
-        torch.cuda.empty_cache()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def table(rows: list[Row], header: str) -> str:
@@ -236,13 +280,137 @@ def table(rows: list[Row], header: str) -> str:
     return "\n".join(lines)
 
 
+LADDER_COLUMNS = ("model", "seq_len", "batch_size", "tok_s", "mfu", "fa_ratio", "status")
+# Rows a later call does not measure again; any other status (an error) is tried again.
+LADDER_DONE = ("ok", "OOM")
+
+
+def read_ladder_csv(path: Path) -> dict[tuple[str, int], dict]:
+    """The rows of a ladder CSV by (model, seq_len); {} when the file does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if tuple(reader.fieldnames or ()) != LADDER_COLUMNS:
+            raise ValueError(f"csv: {path} has columns {reader.fieldnames}, expected {list(LADDER_COLUMNS)}")
+        return {(r["model"], int(r["seq_len"])): r for r in reader}
+
+
+def write_ladder_csv(path: Path, rows: dict[tuple[str, int], dict]) -> None:
+    """All rows, sorted by model then length, written to a temporary file and renamed over ``path``,
+    so a run killed mid-write leaves the previous file whole."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=LADDER_COLUMNS)
+        writer.writeheader()
+        for key in sorted(rows):
+            writer.writerow({c: rows[key].get(c) for c in LADDER_COLUMNS})
+    os.replace(tmp, path)
+
+
+def merge_ladder_csvs(paths: list[Path], out: Path) -> dict[tuple[str, int], dict]:
+    """One CSV from several (one per GPU, or an earlier call's): a measured row ("ok"/"OOM") wins
+    over a failed one; missing files are skipped."""
+    merged: dict[tuple[str, int], dict] = {}
+    for path in paths:
+        for key, row in read_ladder_csv(path).items():
+            if key not in merged or row["status"] in LADDER_DONE:
+                merged[key] = row
+    write_ladder_csv(out, merged)
+    return merged
+
+
+def ladder_row(row: Row, seq_len: int, batch_size: int) -> dict:
+    fmt = lambda v, digits: "" if v is None else f"{v:.{digits}f}"
+    return {"model": row.name, "seq_len": seq_len, "batch_size": batch_size, "tok_s": fmt(row.tok_s, 1),
+            "mfu": fmt(row.mfu, 4), "fa_ratio": fmt(row.split_ratio, 4), "status": row.status}
+
+
+def ladder_markdown(rows: dict[tuple[str, int], dict], header: str) -> str:
+    """tok/s (MFU %) per model and length, then the FA ratio each split model used per length."""
+    lengths = sorted({t for _, t in rows})
+    models = list(dict.fromkeys(m for m, _ in sorted(rows)))
+    head = "| model | " + " | ".join(f"{t:,}" for t in lengths) + " |"
+    rule = "|---|" + "---:|" * len(lengths)
+
+    def cell(r: dict | None) -> str:
+        if r is None:
+            return "—"
+        if r["status"] != "ok":
+            return r["status"].split(":")[0]
+        mfu = f" ({100 * float(r['mfu']):.1f} %)" if r["mfu"] else ""
+        return f"{float(r['tok_s']):,.0f}{mfu}"
+
+    lines = [header, "", "tok/s (MFU %), the same tokens per step at every length:", "", head, rule]
+    lines += [f"| {m} | " + " | ".join(cell(rows.get((m, t))) for t in lengths) + " |" for m in models]
+    split_models = [m for m in models if any(r["fa_ratio"] for (name, _), r in rows.items() if name == m)]
+    if split_models:
+        lines += ["", "Attention's share of the tokens (the split's FA ratio) at each length:", "", head, rule]
+        lines += [f"| {m} | " + " | ".join((rows.get((m, t)) or {}).get("fa_ratio") or "—" for t in lengths) + " |"
+                  for m in split_models]
+    return "\n".join(lines)
+
+
+def run_ladder(bench: DictConfig, peak: float | None, csv_path: Path, started: float | None = None) -> dict:
+    """Every entry (and peer) at every ``seqlen_ladder`` length with ``tokens_per_step`` tokens per
+    step. Rows already measured in ``csv_path`` are kept and skipped, so a later call fills what is
+    missing; the CSV is rewritten after each row, so a call cut short keeps every finished row.
+    Lengths run in the ladder's order (every model at its first length, then the next), so a
+    ``time_budget_s`` or a kill leaves whole lengths done. Returns the CSV's rows."""
+    started = time.monotonic() if started is None else started
+    ladder = [int(t) for t in bench.seqlen_ladder]
+    per_step = int(bench.tokens_per_step)
+    for t in ladder:
+        if t <= 0 or per_step % t:
+            raise ConfigError(f"tokens_per_step: {per_step} is not a multiple of seq_len {t} of seqlen_ladder")
+    rows = read_ladder_csv(csv_path)
+    entries = [OmegaConf.to_container(e) for e in bench.entries]
+    for seq_len in ladder:
+        at_length = bench.copy()
+        with open_dict(at_length):
+            at_length.seq_len, at_length.batch_size = seq_len, per_step // seq_len
+        makers = [(entry_label(e, bench), lambda entry=e, b=at_length: ours(entry, b)) for e in entries]
+        makers += [(None, lambda peer=p, b=at_length: PEERS[peer](b)) for p in bench.peers]
+        for label, make in makers:
+            if label is not None and rows.get((label, seq_len), {}).get("status") in LADDER_DONE:
+                log.info("ladder: %s at %d is in %s already", label, seq_len, csv_path)
+                continue
+            if bench.time_budget_s is not None and time.monotonic() - started > bench.time_budget_s:
+                log.warning("ladder: time_budget_s=%s spent; a later call measures the rows left", bench.time_budget_s)
+                return rows
+            row, _ = measure(make, at_length, peak)
+            if row.name == "?" and label is not None:
+                row.name = label  # failed before it was named
+            rows[(row.name, seq_len)] = ladder_row(row, seq_len, at_length.batch_size)
+            write_ladder_csv(csv_path, rows)
+            log.info("ladder: %s", rows[(row.name, seq_len)])
+    return rows
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF), config_name="bench")
 def main(bench: DictConfig) -> None:
-    if not torch.cuda.is_available():
-        sys.exit("flowhn.bench needs a CUDA GPU")
-    gpu = torch.cuda.get_device_name()
-    peak = device_peak_tflops("cuda", "bf16-mixed", bench.hardware.peak_tflops)
+    on_gpu = torch.device(bench.device).type == "cuda"
+    if on_gpu and not torch.cuda.is_available():
+        sys.exit("flowhn.bench needs a CUDA GPU (device=cpu runs it on the CPU: a check of the output, not a benchmark)")
+    started = time.monotonic()
+    gpu = torch.cuda.get_device_name() if on_gpu else "CPU"
+    peak = device_peak_tflops(bench.device, "bf16-mixed", bench.hardware.peak_tflops)
     torch.backends.cuda.matmul.allow_tf32 = True
+    if bench.seqlen_ladder:
+        csv_path = Path(bench.csv) if bench.csv else Path(HydraConfig.get().runtime.output_dir) / "seqlen_ladder.csv"
+        rows = run_ladder(bench, peak, csv_path, started)
+        header = (f"### {gpu}, scale {bench.scale.name}, {bench.tokens_per_step:,} tokens per step "
+                  f"(batch = tokens / seq_len), bf16 autocast, fused AdamW, torch {torch.__version__}, "
+                  f"peak {peak} TFLOP/s\n\n`python -m flowhn.bench {' '.join(sys.argv[1:])}`; CSV: `{csv_path}`")
+        text = ladder_markdown(rows, header)
+        print(text)
+        if bench.output:
+            Path(bench.output).parent.mkdir(parents=True, exist_ok=True)
+            Path(bench.output).write_text(text + "\n")
+        return
     rows, breakdowns = [], []
     makers = [lambda entry=OmegaConf.to_container(e): ours(entry, bench) for e in bench.entries]
     makers += [lambda peer=p: PEERS[peer](bench) for p in bench.peers]

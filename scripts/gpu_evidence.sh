@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Issue 18's GPU evidence, by stage, using every visible GPU (one job per GPU: no two timed runs share one).
+#   bash scripts/gpu_evidence.sh ablation        # split ablation, 4 splits x 3 seeds at 135M (experiment=split_ablation_gpu_small)
+#   bash scripts/gpu_evidence.sh ladder          # FA vs FAC profile at 135M, then the 1B seq_len ladder, resumable
+#   bash scripts/gpu_evidence.sh all             # ablation, then profile + ladder in the time left
+# Sizes (estimates from the H100/H200 runs so far: a 135M run of 120 steps ~90 s, mostly compile;
+# a 1B compile 30-60 s): ablation ~7 min on 2 GPUs (4 cold compiles, then 8 runs that hit the
+# inductor cache), ~4 min on 4; ladder 35 rows of 35-90 s each: two 8-minute calls on 2 GPUs, one
+# on 8. The ladder stops starting rows when its time is up (DEADLINE_S after the script starts,
+# default 540) and starts from experiments/seqlen_study/throughput_<GPU>.csv when that is committed,
+# skipping the rows in it: commit $OUT/seqlen_ladder.csv there and call again to fill the rest.
+# Logs and results go to $OUT (at most 8 files); the last lines printed are a short table.
+# Knobs: DEADLINE_S (540), ABLATION_OVERRIDES (extra sweep overrides, e.g. "eval=default" to skip
+# the zero-shot fixtures), LADDER_LENGTHS ([1024,8192,16384,4096,2048]: the order rows are run in).
+set -uo pipefail
+started=$(date +%s)
+DEADLINE_S=${DEADLINE_S:-540}
+left() { echo $((DEADLINE_S - ($(date +%s) - started))); }
+python3 -c "import hydra" 2>/dev/null || source .whl/install-wheels.sh >/dev/null || exit 1
+export PYTHONPATH="$PWD/src:${PYTHONPATH:-}" WANDB_MODE=offline WANDB_SILENT=true PYTHONUNBUFFERED=1
+export FLOWHN_CACHE=${FLOWHN_CACHE:-/tmp/flowhn-cache}
+# Every process shares torch's default inductor/AOTAutograd cache (/tmp/torchinductor_$USER, FX graph
+# cache on by default): the seed-1/2 runs, and a second call on a machine still warm, start from the
+# graphs compiled before.
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+exec > >(tee -a "$OUT/evidence.log") 2>&1
+ngpu=$(python3 -c 'import torch; print(torch.cuda.device_count())')
+gpu=$(python3 -c 'import torch; print(torch.cuda.get_device_name().split()[1])')  # H100, H200, ...
+echo "== $(date -u +%FT%TZ) $ngpu x $(python3 -c 'import torch; print(torch.cuda.get_device_name())'), torch $(python3 -c 'import torch; print(torch.__version__)'), stages: ${*:-ablation}"
+stages=" ${*:-ablation} "; [[ $stages == *" all "* ]] && stages=" ablation ladder "
+SWEEP=$PWD/logs/sweeps/split_ablation_gpu_small
+LADDER_SEED=experiments/seqlen_study/throughput_${gpu}.csv
+
+ablation() {
+  # The BPE (49,152 tokens, trained on the corpus) once, before four jobs would wait on it together.
+  python3 - <<'PY'
+from pathlib import Path
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+with initialize_config_dir(config_dir=str(Path("conf").resolve()), version_base="1.3"):
+    dm = instantiate(compose("train", overrides=["experiment=split_ablation_gpu_small"]).data)
+dm.prepare_data(); dm.setup("fit")
+print(f"corpus: {len(dm.train_dataloader())} training batches of 16 x 1024 per epoch")
+PY
+  mkdir -p "$SWEEP"
+  # One job per GPU; a job stuck for 4 minutes is stopped and recorded as failed. Near the deadline
+  # the multirun under sweep.py (train.py -m) gets SIGINT: its launcher stops the running jobs
+  # (SIGTERM: each saves a checkpoint and records itself as failed) and writes results.csv.
+  python3 sweep.py experiment=split_ablation_gpu_small logger=csv hydra.launcher.parallel="$ngpu" \
+    hydra.launcher.timeout_min=4 hydra.sweep.dir="$SWEEP" ${ABLATION_OVERRIDES:-} > "$SWEEP/sweep.log" 2>&1 &
+  local sweep_pid=$!
+  while kill -0 "$sweep_pid" 2>/dev/null; do
+    sleep 5
+    if (( $(left) < 60 )); then
+      echo "ablation: deadline, stopping the sweep"
+      kill -INT $(ps -o pid= --ppid "$sweep_pid") 2>/dev/null
+      break
+    fi
+  done
+  wait "$sweep_pid" 2>/dev/null
+  tail -14 "$SWEEP/sweep.log"
+  python3 scripts/summarize_split_ablation.py "$SWEEP" > /dev/null  # its .md, .csv and .png go into $SWEEP
+  cp "$SWEEP/split_ablation_summary.md" "$SWEEP/split_ablation_curves.png" "$OUT/"
+  rm -rf "${SWEEP:?}"/*/checkpoints
+  (cd "$SWEEP" && tar czf "$OUT/split_ablation_sweep.tar.gz" --exclude='wandb' --exclude='checkpoints' .)
+}
+
+ladder() {
+  local parts=() pids=() models=(
+    "{model: flowhn, split: fac_split}" "{model: llama}" "{model: flowhn, split: fa_split}" "{model: mamba}"
+    "{model: flowhn, split: no_split}" "{model: mamba2}" "{model: shm}")
+  [[ -f $LADDER_SEED ]] && echo "ladder: starting from $LADDER_SEED ($(($(wc -l < "$LADDER_SEED") - 1)) rows)"
+  for ((g = 0; g < ngpu; g++)); do
+    local entries="" i
+    for ((i = g; i < ${#models[@]}; i += ngpu)); do entries+="${entries:+, }${models[i]}"; done
+    [[ -z $entries ]] && continue
+    local part=/tmp/ladder_gpu$g.csv
+    if [[ -f $LADDER_SEED ]]; then cp "$LADDER_SEED" "$part"; else rm -f "$part"; fi
+    (
+      export CUDA_VISIBLE_DEVICES=$g
+      if ((g == 0)); then
+        # FA vs FAC at 135M with the kernel time per category (/work/notes/seqlen/fa_vs_fac.md): both
+        # give every block 564 attention / 460 SSM tokens, so each is timed twice, in turn, to see the
+        # order and run-to-run spread; then FAC at r = 0.546875 (560 / 464 tokens, multiples of 16)
+        # and AE (512 / 512) test whether the lengths that are not multiples of 8 cost the time.
+        local fa="{model: flowhn, split: fa_split}" fac="{model: flowhn, split: fac_split}"
+        timeout 300 python3 -m flowhn.bench scale=135m steps=20 warmup=4 profile=true profile_steps=2 peers=[] \
+          "entries=[$fa, $fac, $fa, $fac, {model: flowhn, split: fac_split, split.ratio: 0.546875}, {model: flowhn, split: ae_split}]" \
+          output=/tmp/ladder_logs/fa_vs_fac_profile.md hydra.run.dir=/tmp/bench_profile > /tmp/ladder_logs/profile.log 2>&1
+        cp /tmp/ladder_logs/fa_vs_fac_profile.md "$OUT/fa_vs_fac_profile_${gpu}.md" 2>/dev/null \
+          || grep "Row(" /tmp/ladder_logs/profile.log > "$OUT/fa_vs_fac_profile_${gpu}.md"  # cut short: the rows it logged
+      fi
+      budget=$(( $(left) - 100 ))  # the last row started may take ~90 s (a 36-layer 1B compile)
+      ((budget > 0)) && timeout $(( $(left) - 5 )) python3 -m flowhn.bench scale=1b steps=6 warmup=3 peers=[] \
+        seqlen_ladder=${LADDER_LENGTHS:-[1024,8192,16384,4096,2048]} tokens_per_step=16384 "entries=[$entries]" time_budget_s=$budget \
+        csv="$part" hydra.run.dir=/tmp/bench_ladder$g > /tmp/ladder_logs/ladder_gpu$g.log 2>&1
+    ) &
+    pids+=($!); parts+=("$part")
+  done
+  wait "${pids[@]}"
+  python3 -c "import sys; from flowhn.bench import merge_ladder_csvs; merge_ladder_csvs(sys.argv[2:], sys.argv[1])" \
+    "$OUT/seqlen_ladder.csv" "$LADDER_SEED" "${parts[@]}"
+  python3 - "$OUT/seqlen_ladder.csv" "$OUT/seqlen_ladder_${gpu}.md" <<'EOF'
+import sys, torch
+from flowhn.bench import ladder_markdown, read_ladder_csv
+rows = read_ladder_csv(sys.argv[1])
+head = (f"### {torch.cuda.get_device_name()}, scale 1b, 16,384 tokens per step (batch = 16,384 / seq_len), "
+        f"compiled whole, bf16 autocast, fused AdamW, torch {torch.__version__}")
+open(sys.argv[2], "w").write(ladder_markdown(rows, head) + "\n")
+missing = 35 - sum(r["status"] in ("ok", "OOM") for r in rows.values())
+print(f"ladder: {len(rows)} rows in the CSV, {missing} of the 7 x 5 still to measure (call the stage again)")
+EOF
+  (cd /tmp/ladder_logs && tar czf "$OUT/ladder_logs.tar.gz" .)
+}
+
+mkdir -p /tmp/ladder_logs
+[[ $stages == *" ablation "* ]] && ablation
+if [[ $stages == *" ladder "* ]]; then
+  if (( $(left) > 150 )); then ladder; else echo "ladder: $(left) s left, not started"; fi
+fi
+echo "== done in $(( $(date +%s) - started )) s; files: $(ls "$OUT" | tr '\n' ' ')"
+[[ -f $OUT/fa_vs_fac_profile_${gpu}.md ]] && { echo; grep -E "^\| flowhn|kernel time|Row\(" "$OUT/fa_vs_fac_profile_${gpu}.md" | cut -c1-200; }
+[[ -f $OUT/seqlen_ladder_${gpu}.md ]] && { echo; grep -E "^\|" "$OUT/seqlen_ladder_${gpu}.md"; }
+[[ -f $OUT/split_ablation_summary.md ]] && { echo; sed -n '1,/^$/p' "$OUT/split_ablation_summary.md"; }
+exit 0
