@@ -70,10 +70,11 @@ def test_baselines_bring_their_own_split_and_fusion_defaults_and_the_command_lin
 
 
 def test_per_model_and_per_scale_memory_and_compile_defaults():
-    """Measured choices (experiments/bench/H100.md): Jamba compiles by blocks, the rest whole; Mamba-2
-    recomputes its SSD where keeping the intermediates does not fit (350M, 1B), not at 135M."""
-    assert compose_resolved("model=jamba")["compile_scope"] == "blocks"
-    assert compose_resolved("model=jamba", "compile_scope=model")["compile_scope"] == "model"
+    """Measured choices (experiments/bench/H100.md, H200.md): every model compiles whole, Jamba too now
+    that its MoE is one graph; Mamba-2 recomputes its SSD where keeping the intermediates does not fit
+    (350M, 1B), not at 135M."""
+    assert compose_resolved("model=jamba")["compile_scope"] == "model"
+    assert compose_resolved("model=jamba", "compile_scope=blocks")["compile_scope"] == "blocks"
     assert compose_resolved("model=flowhn")["compile_scope"] == "model"
     recompute = {scale: compose_resolved("model=mamba2", f"scale={scale}")["model"]["ssd_recompute"]
                  for scale in ("135m", "350m", "1b")}

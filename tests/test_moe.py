@@ -89,7 +89,7 @@ def test_bf16_autocast_dispatches_agree_and_auto_picks_grouped(monkeypatch):
     assert calls, "auto must take the grouped GEMM when the GEMMs run in bf16"
 
 
-@pytest.mark.parametrize(("dispatch", "autocast"), [("auto", False), ("grouped", True)])  # auto in fp32: dense
+@pytest.mark.parametrize(("dispatch", "autocast"), [("dense", False), ("grouped", True)])  # auto in fp32 is the loop
 def test_static_dispatch_is_one_graph(dispatch, autocast):
     """fullgraph=True raises at a graph break; the loop dispatch has one (test_compile.py)."""
     moe = make_moe()

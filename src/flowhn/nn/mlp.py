@@ -44,7 +44,7 @@ class MoE(nn.Module):
       Static shapes in any dtype, at num_experts / top_k times the expert FLOPs (2× for Jamba's 4/2).
     * ``loop``: per expert, gather its tokens and run one GEMM (a data-dependent count: a graph
       break per MoE layer). The reference.
-    * ``auto`` (default): ``grouped`` where the GEMMs run in bf16/fp16 (autocast on GPU), else ``dense``.
+    * ``auto`` (default): ``grouped`` where the GEMMs run in bf16/fp16 (autocast on GPU), else ``loop``.
     """
 
     def __init__(self, d_model: int, d_ff: int, num_experts: int, top_k: int, normalize_top_k: bool = False,
@@ -71,7 +71,9 @@ class MoE(nn.Module):
         dispatch = self.dispatch
         if dispatch == "auto":
             low_precision = self._gemm_dtype(flat) in (torch.bfloat16, torch.float16)
-            dispatch = "grouped" if low_precision and _GROUPED_MM is not None else "dense"
+            # fp32 (CPU): the loop, which does only the top-k experts' FLOPs (dense does all of them);
+            # torch's grouped GEMM compiles only in bf16.
+            dispatch = "grouped" if low_precision and _GROUPED_MM is not None else "loop"
         if dispatch == "grouped" and _GROUPED_MM is not None:
             out = self.experts_grouped(flat, weights, index)
         elif dispatch == "loop":
