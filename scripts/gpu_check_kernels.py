@@ -29,7 +29,8 @@ import triton
 from triton.testing import do_bench
 
 from flowhn.kernels import available_backends, selective_scan, ssd
-from flowhn.kernels.testing import compare, reference_fn, scan_inputs, ssd_inputs
+from flowhn.kernels.testing import (ScriptLog, compare, dtype_name, poison_allocator_cache, reference_fn, scan_inputs,
+                                    ssd_inputs)
 from flowhn.kernels.triton_scan import BWD_SUB_BLOCKS, selective_scan_triton
 
 TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
@@ -41,27 +42,10 @@ BENCH_SSD = [(8, 1024, 24, 64, 1, 128)]
 SCAN_BACKENDS = ("triton", "mamba_ssm", "torch")
 SSD_BACKENDS = ("triton", "mamba_ssm", "torch")
 
-_log_file = None
+log = ScriptLog()
 
 
-def log(*parts):
-    line = " ".join(str(p) for p in parts)
-    print(line, flush=True)
-    if _log_file is not None:
-        _log_file.write(line + "\n")
-        _log_file.flush()
 
-
-def dtype_name(dtype):
-    return str(dtype).removeprefix("torch.")
-
-
-def poison_allocator_cache():
-    """Fill (up to 8 GiB of) free device memory with NaN and hand it back to PyTorch's cache."""
-    free, _ = torch.cuda.mem_get_info()
-    torch.cuda.empty_cache()
-    block = torch.full((int(min(free * 0.5, 8 << 30)) // 4,), float("nan"), device="cuda")
-    del block
 
 
 def kernel_fn(kind, backend):
@@ -136,7 +120,6 @@ def sweep_tiles(shape, dtype):
 
 
 def main():
-    global _log_file
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sweep", action="store_true", help="also time Triton Mamba-1 tile choices")
     parser.add_argument("--seed", type=int, default=None, help="input seed (default: fresh)")
@@ -144,7 +127,7 @@ def main():
     if not torch.cuda.is_available():
         sys.exit("gpu_check_kernels.py: no CUDA device")
     if os.environ.get("OUT"):
-        _log_file = open(os.path.join(os.environ["OUT"], "kernels.log"), "w")
+        log.open(os.path.join(os.environ["OUT"], "kernels.log"))
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
     started = time.time()
     backends = available_backends("cuda")

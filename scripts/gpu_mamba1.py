@@ -38,7 +38,7 @@ from triton.testing import do_bench
 import flowhn.kernels as kernels
 import flowhn.kernels.triton_conv as triton_conv
 import flowhn.kernels.triton_scan as triton_scan
-from flowhn.kernels.testing import compare, reference_fn, scan_inputs
+from flowhn.kernels.testing import ScriptLog, compare, poison_allocator_cache, reference_fn, scan_inputs
 from flowhn.kernels.torch_conv import causal_conv1d_silu_shifted, compare_conv, conv_inputs
 from flowhn.nn.ssm import Mamba1Mixer
 
@@ -59,26 +59,11 @@ DEVICE = "cuda"
 DTYPES = (torch.float32, torch.bfloat16)
 BENCH_DTYPE = torch.bfloat16
 MUFU_PER_SM_PER_CLOCK, CLOCK_HZ = 16, 1.98e9
-_log_file = None
+log = ScriptLog()
 rows: list[tuple] = []  # (section, variant, shape, ms, floor ms or nan, note)
 failures: list[str] = []
 
 
-def log(*parts):
-    line = " ".join(str(p) for p in parts)
-    print(line, flush=True)
-    if _log_file is not None:
-        _log_file.write(line + "\n")
-        _log_file.flush()
-
-
-def poison_allocator_cache():
-    if DEVICE != "cuda":
-        return
-    free, _ = torch.cuda.mem_get_info()
-    torch.cuda.empty_cache()
-    block = torch.full((int(min(free * 0.5, 8 << 30)) // 4,), float("nan"), device="cuda")
-    del block
 
 
 def check(name, errors, tol):
@@ -360,7 +345,6 @@ def time_mixer():
 
 
 def main():
-    global _log_file
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="no tile sweeps, no pytest")
     parser.add_argument("--seed", type=int, default=None)
@@ -377,7 +361,7 @@ def main():
     elif not torch.cuda.is_available():
         sys.exit("gpu_mamba1.py: no CUDA device")
     if os.environ.get("OUT"):
-        _log_file = open(os.path.join(os.environ["OUT"], "mamba1.log"), "w")
+        log.open(os.path.join(os.environ["OUT"], "mamba1.log"))
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
     started = STARTED
     name = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu (smoke)"

@@ -92,3 +92,36 @@ def compare(fn: Callable, ref_fn: Callable, inputs: dict, seed: int = 1) -> dict
 def reference_fn(kind: str) -> Callable:
     """The float64-capable definition for ``kind`` ("selective_scan" or "ssd")."""
     return {"selective_scan": reference.selective_scan_sequential, "ssd": reference.ssd_sequential}[kind]
+
+
+class ScriptLog:
+    """``print`` for the GPU scripts that also appends each line to their log under $OUT, once
+    ``open`` names it (what comes back from the device is that file)."""
+
+    def __init__(self):
+        self.file = None
+
+    def open(self, path) -> None:
+        self.file = open(path, "w")
+
+    def __call__(self, *parts) -> None:
+        line = " ".join(str(p) for p in parts)
+        print(line, flush=True)
+        if self.file is not None:
+            self.file.write(line + "\n")
+            self.file.flush()
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def poison_allocator_cache() -> None:
+    """Fill (up to 8 GiB of) free device memory with NaN and hand it back to PyTorch's cache, so an
+    output element a kernel never writes shows up as NaN. No-op without CUDA."""
+    if not torch.cuda.is_available():
+        return
+    free, _ = torch.cuda.mem_get_info()
+    torch.cuda.empty_cache()
+    block = torch.full((int(min(free * 0.5, 8 << 30)) // 4,), float("nan"), device="cuda")
+    del block

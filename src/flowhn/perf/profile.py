@@ -25,7 +25,7 @@ CATEGORIES: tuple[tuple[str, re.Pattern], ...] = tuple(
         ("cross-entropy", r"log_softmax|logsoftmax|nll_loss|cross_entropy"),
         ("optimizer", r"adam|multi_tensor|foreach"),
         ("gemm", r"gemm|cutlass|xmma|nvjet|cublas|wgmma|sm90_|sm80_|matmul|_mm_|bmm|addmm"),
-        ("conv", r"conv"),
+        ("conv", r"conv(?!ert)"),  # not inductor's convert_element_type kernels
         ("gather/scatter", r"index|gather|scatter|embedding"),
         ("copy/cast", r"copy|cast|cat_|memcpy|memset|fill"),
         ("elementwise/norm", r"triton_|elementwise|reduce|vectorized|unrolled|norm|silu|softplus|mul|add"),
