@@ -34,6 +34,24 @@ def small_cfg(arch: str, *overrides: str, seq_len: int = 24):
     return cfg
 
 
+def hf_jamba_moe_like(ours):
+    """HF transformers' JambaSparseMoeBlock (eval) holding the router and expert weights of our ``MoE``:
+    the reference our dispatches are compared with."""
+    import transformers
+    from transformers.models.jamba.modeling_jamba import JambaSparseMoeBlock
+
+    d, f = ours.router.in_features, ours.experts[0].gate_proj.out_features
+    config = transformers.JambaConfig(hidden_size=d, intermediate_size=f, num_experts=len(ours.experts),
+                                      num_experts_per_tok=ours.top_k)
+    hf = JambaSparseMoeBlock(config).eval()
+    with torch.no_grad():
+        hf.router.weight.copy_(ours.router.weight)
+        for i, expert in enumerate(ours.experts):
+            hf.experts.gate_up_proj[i].copy_(torch.cat([expert.gate_proj.weight, expert.up_proj.weight]))
+            hf.experts.down_proj[i].copy_(expert.down_proj.weight)
+    return hf
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -10,7 +10,7 @@ import torch._dynamo
 import flowhn
 from flowhn.errors import ConfigError
 from flowhn.nn.mlp import MoE
-from tests.conftest import small_cfg
+from tests.conftest import hf_jamba_moe_like, small_cfg
 
 STATIC = ("grouped", "dense")
 
@@ -108,18 +108,11 @@ def test_static_dispatch_is_one_graph(dispatch, autocast):
 
 @pytest.mark.parametrize("dispatch", ("loop",) + STATIC)
 def test_every_dispatch_equals_hf_jamba_moe(dispatch):
-    transformers = pytest.importorskip("transformers")
-    from transformers.models.jamba.modeling_jamba import JambaSparseMoeBlock
-
+    pytest.importorskip("transformers")
     d, f, e, k = 16, 24, 4, 2
     ours = make_moe(d, f, e, k, dispatch=dispatch).eval()
-    hf = JambaSparseMoeBlock(transformers.JambaConfig(hidden_size=d, intermediate_size=f, num_experts=e,
-                                                      num_experts_per_tok=k)).eval()
+    hf = hf_jamba_moe_like(ours)
     with torch.no_grad():
-        hf.router.weight.copy_(ours.router.weight)
-        for i, expert in enumerate(ours.experts):
-            hf.experts.gate_up_proj[i].copy_(torch.cat([expert.gate_proj.weight, expert.up_proj.weight]))
-            hf.experts.down_proj[i].copy_(expert.down_proj.weight)
         x = torch.randn(3, 10, d)
         hf_y = hf(x)
         hf_y = hf_y[0] if isinstance(hf_y, tuple) else hf_y

@@ -8,7 +8,7 @@ import flowhn
 from flowhn.models import jamba as jamba_arch
 from flowhn.nn.mlp import MoE
 from flowhn.nn.ssm import Mamba1Mixer, Mamba2Mixer
-from conftest import small_cfg
+from conftest import hf_jamba_moe_like, small_cfg
 
 transformers = pytest.importorskip("transformers")
 
@@ -123,18 +123,10 @@ def test_jamba_layout_matches_hf_jamba_config(n_layers, period, offset, e_period
 
 
 def test_moe_routing_and_output_equal_hf_jamba_moe():
-    from transformers.models.jamba.modeling_jamba import JambaSparseMoeBlock
-
     d, f, e, k = 16, 24, 4, 2
     ours = MoE(d, f, e, k).eval()
     randomize_(ours, seed=3)
-    hf = JambaSparseMoeBlock(transformers.JambaConfig(hidden_size=d, intermediate_size=f, num_experts=e,
-                                                      num_experts_per_tok=k)).eval()
-    with torch.no_grad():
-        hf.router.weight.copy_(ours.router.weight)
-        for i, expert in enumerate(ours.experts):
-            hf.experts.gate_up_proj[i].copy_(torch.cat([expert.gate_proj.weight, expert.up_proj.weight]))
-            hf.experts.down_proj[i].copy_(expert.down_proj.weight)
+    hf = hf_jamba_moe_like(ours)
     x = torch.randn(3, 10, d)
     with torch.no_grad():
         _, hf_weights, hf_index = hf.router(x.view(-1, d))
