@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
 # Issue 18's GPU evidence, by stage, using every visible GPU (one job per GPU: no two timed runs share one).
 #   bash scripts/gpu_evidence.sh ablation        # split ablation, 4 splits x 3 seeds at 135M (experiment=split_ablation_gpu_small)
-#   bash scripts/gpu_evidence.sh ladder          # FA vs FAC profile at 135M, then the 1B seq_len ladder, resumable
-#   bash scripts/gpu_evidence.sh all             # ablation, then profile + ladder in the time left
-# Sizes (estimates from the H100/H200 runs so far: a 135M run of 120 steps ~90 s, mostly compile;
-# a 1B compile 30-60 s): ablation ~7 min on 2 GPUs (4 cold compiles, then 8 runs that hit the
-# inductor cache), ~4 min on 4; ladder 35 rows of 35-90 s each: two 8-minute calls on 2 GPUs, one
-# on 8. The ladder stops starting rows when its time is up (DEADLINE_S after the script starts,
-# default 540) and starts from experiments/seqlen_study/throughput_<GPU>.csv when that is committed,
+#   bash scripts/gpu_evidence.sh ladder          # the 1B seq_len ladder, resumable (FA_FAC_PROFILE=1: a 135M FA vs FAC profile first)
+#   bash scripts/gpu_evidence.sh all             # ablation, then the ladder in the time left
+# Sizes measured on one H200 (2026-11-29), each block compiled on its own: a ladder row takes 4-20 s
+# (mamba2 the longest) after ~90 s of start-up, so 35 rows fit one call; fac_split rows took ~50 s
+# then, running into dynamo's recompile limit (fixed since: one graph per span). The ablation's 12 jobs,
+# one at a time, did not finish in 500 s (a job is start-up, a cold whole-model compile of ~1 min or
+# a cached one, 96 steps, 12 validations and the fixture zero-shot): on one GPU give it two calls,
+# e.g. ABLATION_SEEDS=0,1 then the rest, carrying the untarred sweep folder between them.
+# The ladder stops starting rows when its time is up (DEADLINE_S after the script starts, default
+# 540) and starts from experiments/seqlen_study/throughput_<GPU>.csv when that is committed,
 # skipping the rows in it: commit $OUT/seqlen_ladder.csv there and call again to fill the rest.
-# Logs and results go to $OUT (at most 8 files); the last lines printed are a short table.
-# Knobs: DEADLINE_S (540), ABLATION_OVERRIDES (extra sweep overrides, e.g. "eval=default" to skip
-# the zero-shot fixtures), LADDER_LENGTHS ([1024,8192,16384,4096,2048]: the order rows are run in).
+# Logs and results go to $OUT (at most 8 files, written as the work goes: a call cut short keeps
+# them); the last lines printed are a short table.
+# Knobs: DEADLINE_S (540); ABLATION_SEEDS (e.g. 0,1; default the preset's 0,1,2); ABLATION_OVERRIDES
+# (extra sweep overrides, e.g. "eval=default" to skip the zero-shot fixtures); FA_FAC_PROFILE (0);
+# LADDER_COMPILE (blocks, or true: whole model); LADDER_LENGTHS ([1024,8192,16384,4096,2048]: the
+# order rows are run in).
 set -uo pipefail
 started=$(date +%s)
 DEADLINE_S=${DEADLINE_S:-540}
@@ -32,6 +38,12 @@ SWEEP=$PWD/logs/sweeps/split_ablation_gpu_small
 LADDER_SEED=experiments/seqlen_study/throughput_${gpu}.csv
 
 ablation() {
+  # The preset's fixture zero-shot needs lm-eval (not in the GPU image: carry its wheels in .whl);
+  # twelve jobs that each fail on it at start-up cost minutes, so check once here.
+  if [[ " ${ABLATION_OVERRIDES:-} " != *" eval=default "* ]] && ! python3 -c "import flowhn.evaluation" 2>/dev/null; then
+    echo "ablation: lm-eval does not import here ($(python3 -c 'import flowhn.evaluation' 2>&1 | tail -1)); not started"
+    return 1
+  fi
   # The BPE (49,152 tokens, trained on the corpus) once, before four jobs would wait on it together.
   python3 - <<'PY'
 from pathlib import Path
@@ -43,43 +55,59 @@ dm.prepare_data(); dm.setup("fit")
 print(f"corpus: {len(dm.train_dataloader())} training batches of 16 x 1024 per epoch")
 PY
   mkdir -p "$SWEEP"
+  # The sweep folder goes to $OUT as a tarball every 20 s (summaries, metrics, logs; no checkpoints),
+  # so a call cut short still brings back every job it finished. Jobs whose summary says completed
+  # are skipped when the sweep runs again: untar the tarball into logs/sweeps/split_ablation_gpu_small
+  # here, carry that folder, and call the stage again to run the rest (ABLATION_SEEDS picks seeds).
+  snapshot() {
+    (cd "$SWEEP" && tar czf "$OUT/.sweep.tmp" --exclude='wandb' --exclude='checkpoints' . 2>/dev/null) \
+      && mv -f "$OUT/.sweep.tmp" "$OUT/split_ablation_sweep.tar.gz"
+  }
   # One job per GPU; a job stuck for 4 minutes is stopped and recorded as failed. Near the deadline
   # the multirun under sweep.py (train.py -m) gets SIGINT: its launcher stops the running jobs
-  # (SIGTERM: each saves a checkpoint and records itself as failed) and writes results.csv.
+  # (SIGTERM: each saves a checkpoint within its 60 s grace and records itself as stopped) and writes
+  # results.csv. 150 s are left for that and the summary.
   python3 sweep.py experiment=split_ablation_gpu_small logger=csv hydra.launcher.parallel="$ngpu" \
-    hydra.launcher.timeout_min=4 hydra.sweep.dir="$SWEEP" ${ABLATION_OVERRIDES:-} > "$SWEEP/sweep.log" 2>&1 &
-  local sweep_pid=$!
+    hydra.launcher.timeout_min=4 hydra.sweep.dir="$SWEEP" ${ABLATION_SEEDS:+seed=$ABLATION_SEEDS} \
+    ${ABLATION_OVERRIDES:-} > "$SWEEP/sweep.log" 2>&1 &
+  local sweep_pid=$! ticks=0
   while kill -0 "$sweep_pid" 2>/dev/null; do
     sleep 5
-    if (( $(left) < 60 )); then
+    (( ++ticks % 4 == 0 )) && snapshot
+    if (( $(left) < 150 )); then
       echo "ablation: deadline, stopping the sweep"
       kill -INT $(ps -o pid= --ppid "$sweep_pid") 2>/dev/null
       break
     fi
   done
+  for _ in $(seq 18); do kill -0 "$sweep_pid" 2>/dev/null || break; sleep 5; done
+  kill -0 "$sweep_pid" 2>/dev/null && { echo "ablation: the sweep did not stop in 90 s; killed"; pkill -KILL -P "$sweep_pid"; kill -KILL "$sweep_pid"; }
   wait "$sweep_pid" 2>/dev/null
   tail -14 "$SWEEP/sweep.log"
   python3 scripts/summarize_split_ablation.py "$SWEEP" > /dev/null  # its .md, .csv and .png go into $SWEEP
   cp "$SWEEP/split_ablation_summary.md" "$SWEEP/split_ablation_curves.png" "$OUT/"
   rm -rf "${SWEEP:?}"/*/checkpoints
-  (cd "$SWEEP" && tar czf "$OUT/split_ablation_sweep.tar.gz" --exclude='wandb' --exclude='checkpoints' .)
+  snapshot
 }
 
 ladder() {
-  local parts=() pids=() models=(
-    "{model: flowhn, split: fac_split}" "{model: llama}" "{model: flowhn, split: fa_split}" "{model: mamba}"
-    "{model: flowhn, split: no_split}" "{model: mamba2}" "{model: shm}")
+  # Each block compiled on its own (LADDER_COMPILE=blocks): one block's graph per length instead of
+  # the whole 1B model's, so the 35 compiles fit the device time; LADDER_COMPILE=true compiles whole.
+  local c=${LADDER_COMPILE:-blocks} parts=() pids=() models=()
+  models=("{model: flowhn, split: fac_split, compile: $c}" "{model: llama, compile: $c}"
+    "{model: flowhn, split: fa_split, compile: $c}" "{model: mamba, compile: $c}"
+    "{model: flowhn, split: no_split, compile: $c}" "{model: mamba2, compile: $c}" "{model: shm, compile: $c}")
   [[ -f $LADDER_SEED ]] && echo "ladder: starting from $LADDER_SEED ($(($(wc -l < "$LADDER_SEED") - 1)) rows)"
   for ((g = 0; g < ngpu; g++)); do
     local entries="" i
     for ((i = g; i < ${#models[@]}; i += ngpu)); do entries+="${entries:+, }${models[i]}"; done
     [[ -z $entries ]] && continue
-    local part=/tmp/ladder_gpu$g.csv
+    local part=$OUT/ladder_gpu$g.csv  # under $OUT: a call that runs out of time still brings back its rows
     if [[ -f $LADDER_SEED ]]; then cp "$LADDER_SEED" "$part"; else rm -f "$part"; fi
     (
       export CUDA_VISIBLE_DEVICES=$g
-      if ((g == 0)); then
-        # FA vs FAC at 135M with the kernel time per category (/work/notes/seqlen/fa_vs_fac.md): both
+      if ((g == 0)) && [[ ${FA_FAC_PROFILE:-0} == 1 ]]; then
+        # FA vs FAC at 135M with the kernel time per category (experiments/split_ablation/RESULTS.md): both
         # give every block 564 attention / 460 SSM tokens, so each is timed twice, in turn, to see the
         # order and run-to-run spread; then FAC at r = 0.546875 (560 / 464 tokens, multiples of 16)
         # and AE (512 / 512) test whether the lengths that are not multiples of 8 cost the time.
@@ -93,7 +121,7 @@ ladder() {
       budget=$(( $(left) - 100 ))  # the last row started may take ~90 s (a 36-layer 1B compile)
       ((budget > 0)) && timeout $(( $(left) - 5 )) python3 -m flowhn.bench scale=1b steps=6 warmup=3 peers=[] \
         seqlen_ladder=${LADDER_LENGTHS:-[1024,8192,16384,4096,2048]} tokens_per_step=16384 "entries=[$entries]" time_budget_s=$budget \
-        csv="$part" hydra.run.dir=/tmp/bench_ladder$g > /tmp/ladder_logs/ladder_gpu$g.log 2>&1
+        csv="$part" hydra.run.dir=/tmp/bench_ladder$g > "$OUT/ladder_gpu$g.log" 2>&1
     ) &
     pids+=($!); parts+=("$part")
   done
@@ -110,7 +138,6 @@ open(sys.argv[2], "w").write(ladder_markdown(rows, head) + "\n")
 missing = 35 - sum(r["status"] in ("ok", "OOM") for r in rows.values())
 print(f"ladder: {len(rows)} rows in the CSV, {missing} of the 7 x 5 still to measure (call the stage again)")
 EOF
-  (cd /tmp/ladder_logs && tar czf "$OUT/ladder_logs.tar.gz" .)
 }
 
 mkdir -p /tmp/ladder_logs

@@ -133,6 +133,18 @@ def test_gpu_devices_that_are_not_there(completed, tmp_path):
     assert snapshot(run_dir) == before
 
 
+def test_zero_shot_without_lm_eval_names_the_key_and_the_install(completed, tmp_path, monkeypatch):
+    """A GPU image without lm-eval: eval.tasks set, so the run stops before its data or model."""
+    run_dir = run_dir_of("completed", completed, tmp_path / "run")
+    before = snapshot(run_dir)
+    for name in [m for m in sys.modules if m == "lm_eval" or m.startswith(("lm_eval.", "flowhn.evaluation"))]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "lm_eval", None)  # import lm_eval now raises ModuleNotFoundError
+    with pytest.raises(ConfigError, match=r"^eval\.tasks: .*'lm_eval' does not import: pip install lm-eval"):
+        run(train_cfg(run_dir, *QUICK, "eval=fixtures"), run_dir)
+    assert snapshot(run_dir) == before
+
+
 @pytest.mark.parametrize(("group", "choices"), [("model", ARCHS), ("split", SPLITS), ("fusion", FUSIONS),
                                                 ("scale", SCALES)])
 def test_unknown_group_choice_lists_the_choices(group, choices):

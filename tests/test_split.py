@@ -45,7 +45,7 @@ def test_fac_windows_cover_every_position_within_ceil_t_over_w_blocks(seq_len, r
 def test_split_indices_partition_positions_in_order():
     split = TokenSplit("fac_split", 0.3)
     for layer in range(5):
-        attn, ssm = split.indices(layer, 50, "cpu")
+        attn, ssm, _ = split.indices(layer, 50, "cpu")
         assert torch.equal(torch.sort(torch.cat([attn, ssm])).values, torch.arange(50))
         assert torch.all(attn[1:] > attn[:-1]) and torch.all(ssm[1:] > ssm[:-1])
 
@@ -79,7 +79,7 @@ def test_explicit_ratio_overrides_and_is_used():
     cfg = small_cfg("flowhn", "split=fa_split", "split.ratio=0.25", seq_len=40)
     model = flowhn.build_model(cfg)
     assert model.split_ratio == 0.25
-    attn, _ = model.layers[0].split.indices(0, 40, "cpu")
+    attn = model.layers[0].split.indices(0, 40, "cpu").attention
     assert attn.numel() == 10
 
 

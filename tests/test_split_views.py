@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch._dynamo
+import torch._dynamo.testing
 from functorch.compile import make_boxed_func
 from torch._dynamo.backends.common import aot_autograd
 
@@ -26,7 +27,7 @@ def _index_path(block, x, ctx):
     h_attn = block.attn_norm(x)
     if owned is None:
         return block(x, ctx)
-    attn_pos, ssm_pos = owned
+    attn_pos, ssm_pos = owned.attention, owned.ssm
     a = block.attention(h_attn.index_select(1, attn_pos), attn_pos, ctx)
     h_ssm = h_attn if block.ssm_norm is None else block.ssm_norm(x)
     s = block.ssm(h_ssm.index_select(1, ssm_pos))
@@ -104,3 +105,25 @@ def test_compiled_split_has_no_index_passes():
         if "aten.index" in str(node.target):
             source = node.args[0].meta["val"]
             assert source.dim() <= 2, (node.target, tuple(source.shape))
+
+
+@pytest.mark.parametrize("split,spans", [("fac_split", 4), ("ae_split", 2), ("fa_split", 1)])
+def test_blocks_scope_compiles_once_per_distinct_span_not_per_block(split, spans):
+    # compile_scope=blocks with FAC's window moving every block: the graph is specialised on the span
+    # the block is handed, so 10 blocks cycling through 4 windows (ratio 0.25 of 32 tokens) are 4
+    # graphs. Keyed on the block's index instead, they were 8 graphs and then dynamo's recompile limit,
+    # past which the remaining blocks ran eagerly.
+    cfg = small_cfg("flowhn", f"split={split}", "split.ratio=0.25", "model.n_layers=10", seq_len=32)
+    torch.manual_seed(0)
+    model = flowhn.build_model(cfg)
+    ids = torch.randint(0, cfg.scale.vocab_size, (2, 32))
+    want = model(ids)
+    assert len({block.split.span(block.layer, 32) for block in model.layers}) == spans
+    torch._dynamo.reset()
+    counter = torch._dynamo.testing.CompileCounter()
+    model.compile_in_place("blocks", backend=counter)
+    got = model(ids)
+    model(ids)  # a second step reuses the graphs
+    assert counter.frame_count == spans
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch._dynamo.reset()

@@ -97,8 +97,12 @@ class CausalLM(nn.Module):
         """torch.compile without a wrapper module, so parameter names and checkpoints are unchanged.
         ``model``: the whole model as one graph; ``blocks``: each block on its own (shorter compiles,
         but Python runs between the blocks). ``options`` go to ``torch.compile``."""
+        if scope == "blocks":
+            # A block whose graph depends on its index (FAC's window) compiles once per distinct span
+            # (ParallelBlock.compile_region); up to one per block must stay under dynamo's limit.
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, len(self.layers))
         for module in self.layers if scope == "blocks" else [self]:
-            module.compile(**options)
+            getattr(module, "compile_region", module.compile)(**options)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -97,7 +97,18 @@ class ParallelBlock(nn.Module):
         self.branch_streams = branch_streams
 
     def forward(self, x: torch.Tensor, ctx: SequenceContext) -> torch.Tensor:
-        owned = self.split.indices(self.layer, x.shape[1], x.device)
+        return self.split_forward(x, ctx, self.split.span(self.layer, x.shape[1]))
+
+    def compile_region(self, **options) -> None:
+        """compile_scope=blocks: compile ``split_forward``, not ``forward``. The span is worked out
+        outside the graph and handed in, so dynamo guards on the span rather than on ``self.layer``:
+        one graph per distinct span (two for ae_split, ceil(1/r) for fac_split), not one per block,
+        which ran every block past dynamo's recompile limit (8) eagerly. dynamic=False keeps the
+        span's ints static (automatic dynamic would otherwise make them symbolic on the second span)."""
+        self.split_forward = torch.compile(self.split_forward, **{"dynamic": False, **options})
+
+    def split_forward(self, x: torch.Tensor, ctx: SequenceContext, span: tuple[int, int] | None) -> torch.Tensor:
+        owned = self.split.owned(span, x.shape[1], x.device)
         if self.branch_streams and x.is_cuda and not torch.compiler.is_compiling():
             a, s = self._branches_on_two_streams(x, ctx, owned)
         else:
@@ -117,13 +128,9 @@ class ParallelBlock(nn.Module):
     # that reads the fusion outputs), so no pass of its own moves the tokens. The index tensors from
     # split.indices are only the positions attention's RoPE and masks need.
 
-    def _span(self, owned) -> tuple[int, int]:
-        seq_len = owned[0].shape[0] + owned[1].shape[0]
-        return self.split.span(self.layer, seq_len)
-
     def _ssm_rows(self, h: torch.Tensor, owned) -> torch.Tensor:
         """The SSM's positions of h (B, T, ·), in order, as one compacted sequence."""
-        start, end = self._span(owned)
+        start, end = owned.span
         pieces = [piece for piece in (h[:, :start], h[:, end:]) if piece.shape[1]]
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
 
@@ -132,7 +139,7 @@ class ParallelBlock(nn.Module):
         a norm of its own (the norm then reads the slice: its gather), else at every position."""
         if owned is None or self.ssm_norm is None:
             return self.attn_norm(x)
-        start, end = self._span(owned)
+        start, end = owned.span
         return self.attn_norm(x[:, start:end])
 
     def _attention_branch(self, h_attn: torch.Tensor, ctx: SequenceContext, owned) -> torch.Tensor:
@@ -141,7 +148,7 @@ class ParallelBlock(nn.Module):
             return self.attention(h_attn, ctx.positions, ctx)
         attn_pos = owned[0]
         if h_attn.shape[1] != attn_pos.shape[0]:
-            start, end = self._span(owned)
+            start, end = owned.span
             h_attn = h_attn[:, start:end]
         return self.attention(h_attn, attn_pos, ctx)
 
@@ -155,7 +162,7 @@ class ParallelBlock(nn.Module):
     def _fuse(self, x: torch.Tensor, a: torch.Tensor, s: torch.Tensor, owned) -> torch.Tensor:
         if owned is None:
             return self.fusion.both(a, s)
-        start, _ = self._span(owned)
+        start, _ = owned.span
         fused_ssm = self.fusion.ssm_only(s).to(x.dtype)
         # SSM rows before the span, attention's rows, SSM rows after it: position order.
         pieces = (fused_ssm[:, :start], self.fusion.attn_only(a).to(x.dtype), fused_ssm[:, start:])

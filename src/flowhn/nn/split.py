@@ -26,6 +26,7 @@ branch's tokens leaks in except through the residual stream, which every block s
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
@@ -78,6 +79,15 @@ def cached_when_eager(cache: dict, key, make):
     return cache[key]
 
 
+class Owned(NamedTuple):
+    """The positions of one split block: attention's and the SSM's (sorted index tensors), and
+    attention's span [start, end) they come from."""
+
+    attention: torch.Tensor
+    ssm: torch.Tensor
+    span: tuple[int, int]
+
+
 class TokenSplit:
     """A strategy bound to its ratio; hands blocks cached index tensors for their positions."""
 
@@ -92,17 +102,20 @@ class TokenSplit:
     def span(self, layer: int, seq_len: int) -> tuple[int, int] | None:
         return attention_span(self.strategy, layer, seq_len, self.ratio)
 
-    def indices(self, layer: int, seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(attention positions, SSM positions) as sorted index tensors, or None for no split.
+    def indices(self, layer: int, seq_len: int, device) -> Owned | None:
+        """Block ``layer``'s positions (``owned``), or None for no split."""
+        return self.owned(self.span(layer, seq_len), seq_len, device)
+
+    def owned(self, span: tuple[int, int] | None, seq_len: int, device) -> Owned | None:
+        """(attention positions, SSM positions, span) for attention's span, or None for no split.
         Built once per (span, device) so the forward pass never syncs with the host."""
-        span = self.span(layer, seq_len)
         if span is None:
             return None
         # Built from aranges, not a boolean mask: a mask's nonzero has a data-dependent size, which
         # breaks a torch.compile graph at every split block.
         start, end = span
         arange = lambda a, b: torch.arange(a, b, device=device)
-        build = lambda: (arange(start, end), torch.cat([arange(0, start), arange(end, seq_len)]))
+        build = lambda: Owned(arange(start, end), torch.cat([arange(0, start), arange(end, seq_len)]), (start, end))
         return cached_when_eager(self._cache, (span, seq_len, str(device)), build)
 
     def attention_share(self, layer: int, seq_len: int) -> float:

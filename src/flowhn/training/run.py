@@ -297,8 +297,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     resolve_trainer_settings(cfg)
     check_model(cfg)
     if cfg.eval.get("tasks"):  # lm-eval is imported only by runs that evaluate
-        from flowhn.evaluation import check_eval_config
-
+        try:
+            from flowhn.evaluation import check_eval_config
+        except ModuleNotFoundError as missing:
+            raise ConfigError(
+                f"eval.tasks: zero-shot evaluation needs lm-eval, and {missing.name!r} does not import: "
+                "pip install lm-eval (or eval=default to train without it)"
+            ) from missing
         check_eval_config(cfg.eval)
     datamodule = instantiate_checked(cfg.data)
     tokenizer = datamodule.prepare()  # data errors (missing/empty/corrupt files) surface here
