@@ -38,7 +38,8 @@ SWEEP=$PWD/logs/sweeps/split_ablation_gpu_small
 LADDER_SEED=experiments/seqlen_study/throughput_${gpu}.csv
 
 ablation() {
-  # The preset's fixture zero-shot needs lm-eval (not in the GPU image: carry its wheels in .whl);
+  # The preset's fixture zero-shot needs lm-eval (not in the GPU image: scripts/gpu_wheels.sh puts its
+  # wheels into .whl);
   # twelve jobs that each fail on it at start-up cost minutes, so check once here.
   if [[ " ${ABLATION_OVERRIDES:-} " != *" eval=default "* ]] && ! python3 -c "import flowhn.evaluation" 2>/dev/null; then
     echo "ablation: lm-eval does not import here ($(python3 -c 'import flowhn.evaluation' 2>&1 | tail -1)); not started"
