@@ -206,9 +206,15 @@ def test_rolling_loglikelihood_scores_every_token_once(model, tokenizer):
 def test_position_dependent_models_are_scored_at_the_fixed_length(tokenizer):
     model = PositionSplitLM(len(tokenizer)).eval()
     requests = [request(c, x) for c, x in PAIRS]
+    assert len(requests) % 4, "the last batch should be a short one"
     lm = FlowHNLM(model, tokenizer, max_length=48, batch_size=4, device="cpu")
     assert lm.pad_to == "max_length"
+    shapes = set()
+    hook = model.register_forward_pre_hook(lambda _, args: shapes.add(tuple(args[0].shape)))
     batched = [lp for lp, _ in lm.loglikelihood(requests, disable_tqdm=True)]
+    hook.remove()
+    # One input shape, the short last batch padded with rows of padding: a compiled model compiles once.
+    assert shapes == {(4, 48)}
     alone = [lp for lp, _ in FlowHNLM(model, tokenizer, max_length=48, batch_size=1, device="cpu")
              .loglikelihood(requests, disable_tqdm=True)]
     reference = [by_hand(model, tokenizer, c, x, max_length=48, width=48)[0] for c, x in PAIRS]

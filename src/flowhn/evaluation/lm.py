@@ -156,8 +156,13 @@ class FlowHNLM(TemplateLM):
             row = (context + continuation)[-(self.max_length + 1):][:-1]
             rows.append(row)
             spans.append((len(row) - len(continuation), continuation))
-        width = self.max_length if self.pad_to == "max_length" else max(map(len, rows))
-        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        # "max_length": one input shape for every batch, the last one too (padded with rows of padding),
+        # so a compiled model compiles once (validation's eval graph, at the training batch size)
+        # instead of again, dynamic, for the last batch of each task. Rows are independent: a padding
+        # row changes no other row's scores.
+        fixed = self.pad_to == "max_length"
+        width = self.max_length if fixed else max(map(len, rows))
+        input_ids = torch.full((self.batch_size if fixed else len(rows), width), self.pad_token_id, dtype=torch.long)
         for b, row in enumerate(rows):
             input_ids[b, :len(row)] = torch.tensor(row, dtype=torch.long)
         with torch.autocast(self._device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
