@@ -18,11 +18,15 @@ $(VENV)/.installed: pyproject.toml
 train: setup
 	$(PY) train.py
 
+# Two pytest-xdist workers (CI has 2 cores), each given whole files, longest first (tests/conftest.py says
+# why). A single file while you work: $(PY) -m pytest -q tests/<file> (no -n: worker start-up costs more).
+PYTEST_WORKERS ?= 2
+XDIST := -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(XDIST)
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q $(XDIST) -m "not slow"
 
 sweep-smoke: setup
 	$(PY) sweep.py experiment=split_ablation_smoke

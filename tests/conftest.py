@@ -1,10 +1,21 @@
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
-import pytest
-import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
+# Under pytest-xdist (make test: -n 2) the workers share the cores. Torch's default of one OpenMP thread per
+# core then puts more spinning threads than cores on the machine, which made CPU training steps 20-40x slower
+# (two 2-thread runs on 2 cores: 4-6 s per step instead of 0.17 s). Each worker, and every process it starts
+# (train.py, sweeps, DDP ranks inherit the variable), gets its share of the cores instead.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import open_dict  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -34,6 +45,41 @@ def small_cfg(arch: str, *overrides: str, seq_len: int = 24):
     return cfg
 
 
+# The default run, shortened: 30 steps, validation at 15 and 30 (train.log_every_n_steps stays the default 10).
+DEFAULT_RUN_STEPS, DEFAULT_RUN_SEQ_LEN, DEFAULT_RUN_BATCH = 30, 64, 8
+DEFAULT_RUN_OVERRIDES = (
+    f"trainer.max_steps={DEFAULT_RUN_STEPS}", f"data.seq_len={DEFAULT_RUN_SEQ_LEN}",
+    f"data.batch_size={DEFAULT_RUN_BATCH}", "callbacks.throughput.warmup_steps=2", "callbacks.throughput.window=5",
+    "trainer.val_check_interval=15", "trainer.limit_val_batches=2",
+)
+
+
+@pytest.fixture(scope="session")
+def default_train_py_run(tmp_path_factory):
+    """(run dir, finished process) of one ``python train.py`` with the default config, as a user starts it: no
+    W&B key, W&B neither forced offline nor silenced (the lines above set both for the other tests), from a
+    folder that is not a git checkout. One run serves the tests of its artifacts (test_train_e2e) and of its
+    console (test_hardening). Under pytest-xdist those files may land on different workers: the workers'
+    temporary folders are siblings, and the first to get there runs it for both (the other waits on the lock)."""
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        shared = shared.parent
+    cwd = shared / "default_train_py"
+    with FileLock(str(cwd) + ".lock"):
+        if not (cwd / "result.json").exists():
+            cwd.mkdir(exist_ok=True)
+            env = {k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_SILENT")}
+            proc = subprocess.run([sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={cwd / 'run'}",
+                                   *DEFAULT_RUN_OVERRIDES], cwd=cwd, env=env, capture_output=True, text=True,
+                                  timeout=600)
+            result = {"args": proc.args, "returncode": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr}
+            (cwd / "result.json").write_text(json.dumps(result))
+        result = json.loads((cwd / "result.json").read_text())
+    return cwd / "run", subprocess.CompletedProcess(**result)
+
+
 def hf_jamba_moe_like(ours):
     """HF transformers' JambaSparseMoeBlock (eval) holding the router and expert weights of our ``MoE``:
     the reference our dispatches are compared with."""
@@ -52,7 +98,24 @@ def hf_jamba_moe_like(ours):
     return hf
 
 
+# make test runs the suite on two pytest-xdist workers with --dist loadfile: each file goes to one worker
+# whole, so its module-scoped fixtures (a sweep, a DDP reference run, a completed run to copy) are built once,
+# as in a serial run (not --dist loadgroup with xdist_group marks: under pytest 9.2 and pytest-xdist 3.8 it
+# silently stops grouping, pytest-dev/pytest-xdist#1386). The files are handed out in this order, the longest
+# first (make test --durations), so that no worker is left alone with a long file at the end; the rest follow
+# in their usual order.
+LONGEST_FILES_FIRST = (
+    "test_sweep.py", "test_ddp_preemption.py", "test_reliability.py", "test_flops.py", "test_compile.py",
+    "test_kernels.py", "test_triton_ssd.py", "test_bad_inputs.py", "test_evaluation.py", "test_train_e2e.py",
+    "test_split_views.py", "test_config.py", "test_models.py", "test_data.py", "test_hardening.py", "test_bench.py",
+    "test_triton_conv.py",
+)
+
+
 def pytest_collection_modifyitems(config, items):
+    if "PYTEST_XDIST_WORKER" in os.environ:  # every worker sorts alike, so their collections still agree
+        rank = {name: i for i, name in enumerate(LONGEST_FILES_FIRST)}
+        items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: in-file order is kept
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")

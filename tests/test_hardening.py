@@ -249,17 +249,12 @@ ALLOWED_WARNINGS: dict[str, str] = {}
 
 
 @pytest.mark.slow
-def test_a_default_train_py_run_prints_no_preventable_warning(tmp_path):
+def test_a_default_train_py_run_prints_no_preventable_warning(default_train_py_run):
     # What a user sees: no W&B key, W&B not silenced (conftest silences it for the other tests),
-    # run from a directory that is not a git checkout.
-    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_SILENT")}
-    short = ("trainer.max_steps=3", "data.seq_len=32", "data.batch_size=4", "trainer.val_check_interval=3",
-             "trainer.limit_val_batches=1", "callbacks.throughput.warmup_steps=1", "callbacks.throughput.window=1")
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={tmp_path / 'run'}", *short],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    # run from a directory that is not a git checkout (conftest.default_train_py_run).
+    _, proc = default_train_py_run
     console = proc.stdout + proc.stderr
     assert proc.returncode == 0, console[-3000:]
-    (tmp_path / "console.txt").write_text(console)
 
     lines = [line.strip() for line in re.split(r"[\r\n]+", console) if line.strip()]
     assert not {what: line for line in lines for pattern, what in NOISE.items() if pattern in line}

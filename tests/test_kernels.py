@@ -157,16 +157,23 @@ _INTERPRETER_SCRIPT = textwrap.dedent("""
     from flowhn.nn.ssm import Mamba1Mixer
 
     results = {}
-    cases = [  # shape, (D, z, bias, softplus), tile override (block_d, chunk)
-        ((2, 5, 19, 3), (True, True, True, True), (2, 8)),      # 3 chunks, last one partial
-        ((1, 3, 16, 4), (False, False, False, False), (4, 4)),  # exact chunks, a masked channel row
-        ((2, 6, 33, 5), (True, False, True, False), (4, 16)),
-        ((1, 4, 7, 16), (False, True, False, True), (None, None)),  # default tiles, one short chunk
+    # The backward's programs each walk BWD_SUB_BLOCKS channel blocks; the interpreter runs every one,
+    # masked or not. The default (8) runs in the default-tile case; the tile-override cases walk 1 or 2,
+    # so their backward spans several programs along the channels (dB, dC summed by atomics across them),
+    # and so do the checks after them (routing, layout, the mixer's wiring) on 1.
+    default_sub_blocks = flowhn.kernels.triton_scan.BWD_SUB_BLOCKS
+    cases = [  # shape, (D, z, bias, softplus), tile override (block_d, chunk, backward sub-blocks)
+        ((2, 5, 19, 3), (True, True, True, True), (2, 8, 2)),      # 3 chunks, last one partial; a masked sub-block
+        ((1, 3, 16, 4), (False, False, False, False), (4, 4, 1)),  # exact chunks, a masked channel row
+        ((2, 6, 33, 5), (True, False, True, False), (4, 16, 1)),
+        ((1, 4, 7, 16), (False, True, False, True), (None, None, None)),  # default tiles, one short chunk
     ]
-    for shape, (D, z, bias, softplus), (block_d, chunk) in cases:
+    for shape, (D, z, bias, softplus), (block_d, chunk, sub_blocks) in cases:
+        flowhn.kernels.triton_scan.BWD_SUB_BLOCKS = sub_blocks or default_sub_blocks
         inputs = scan_inputs(*shape, D=D, z=z, delta_bias=bias, delta_softplus=softplus, seed=sum(shape))
         fn = functools.partial(selective_scan_triton, block_d=block_d, chunk=chunk)
         results[f"scan{shape}"] = compare(fn, reference_fn("selective_scan"), inputs)
+    flowhn.kernels.triton_scan.BWD_SUB_BLOCKS = 1
     inputs = scan_inputs(2, 4, 10, 4, seed=9)
     results["dispatch"] = compare(functools.partial(selective_scan, backend="triton"),
                                   reference_fn("selective_scan"), inputs)
@@ -176,7 +183,7 @@ _INTERPRETER_SCRIPT = textwrap.dedent("""
     inputs = {k: cl(v) if k in ("u", "delta", "z", "B", "C") else v for k, v in inputs.items()}
     assert flowhn.kernels.triton_scan.is_channel_last(inputs["u"])
     fn = functools.partial(selective_scan_triton, block_d=4, chunk=8, channel_last=True)  # a masked channel, a partial chunk
-    results["channel_last"] = compare(fn, reference_fn("selective_scan"), inputs)
+    results["channel_last"] = compare(fn, reference_fn("selective_scan"), inputs)  # 2 backward programs
     # The whole Mamba-1 mixer (conv on in_proj's strided half, scan on views of in_proj/x_proj/dt_proj
     # outputs, gate from the other half) against the same mixer on the sequential reference in float64.
     torch.manual_seed(0)
@@ -214,18 +221,22 @@ _COMPILE_SCRIPT = textwrap.dedent("""
     from flowhn.nn.ssm import Mamba1Mixer, Mamba2Mixer
     import flowhn.kernels.triton_scan  # registers the flowhn:: ops
 
+    # What is checked here is the ops' registration and graphs, not the tiles (test_triton_kernels_in_interpreter
+    # checks those): one channel block per program and one backward sub-block keep the interpreter's work small.
+    flowhn.kernels.triton_scan.BWD_SUB_BLOCKS = 1
+
     # The scan's custom ops: schema, fake (meta) shapes, autograd registration, and the same outputs
     # traced by AOTAutograd as run eagerly.
-    # Rows padded from 19 to a pitch of 32, as the wrapper pads them.
+    # Rows padded from 19 to a pitch of 32, as the wrapper pads them; 3 chunks of 8, the last partial.
     inputs = scan_inputs(2, 5, 19, 3, dtype=torch.float32, seed=1)
     pad = lambda t: torch.nn.functional.pad(t, (0, 13)) if t.shape[-1] == 19 else t
     args = [pad(inputs[k]).requires_grad_(True) for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
-    torch.library.opcheck(torch.ops.flowhn.selective_scan_fwd.default, (*args, 19, True, 2, 8, 1, False))
+    torch.library.opcheck(torch.ops.flowhn.selective_scan_fwd.default, (*args, 19, True, 8, 8, 1, False))
     # Channel-last: (B, D, L) views of (B, L, D) memory in, channel-last out (fake strides must match).
     cl = lambda t: t.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_(True)
     args = [cl(inputs[k]) if k in ("u", "delta", "B", "C", "z") else inputs[k].detach().requires_grad_(True)
             for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
-    torch.library.opcheck(torch.ops.flowhn.selective_scan_fwd.default, (*args, 19, True, 2, 8, 1, True))
+    torch.library.opcheck(torch.ops.flowhn.selective_scan_fwd.default, (*args, 19, True, 16, 8, 1, True))
 
     # Both mixers compile to one graph (fullgraph raises at a break) with the same outputs and
     # gradients as eager; Mamba-2 compares recompute against keeping the intermediates.

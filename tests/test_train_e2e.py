@@ -4,46 +4,40 @@ logs to W&B offline when there is no key, and every split strategy learns."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import ARCHS, ROOT, SPLITS, small_cfg
+from conftest import (ARCHS, DEFAULT_RUN_BATCH, DEFAULT_RUN_OVERRIDES, DEFAULT_RUN_SEQ_LEN, DEFAULT_RUN_STEPS, SPLITS,
+                      small_cfg)
 from omegaconf import OmegaConf
 from test_reliability import metric, train_cfg
 
 import flowhn
 from flowhn.training.run import run
 
-STEPS, SEQ_LEN, BATCH = 30, 64, 8
-SHORT = (f"trainer.max_steps={STEPS}", f"data.seq_len={SEQ_LEN}", f"data.batch_size={BATCH}",
-         "callbacks.throughput.warmup_steps=2", "callbacks.throughput.window=5", "trainer.val_check_interval=15",
-         "trainer.limit_val_batches=2")
+# The shortened default run of conftest.default_train_py_run (the split runs below start from it too).
+STEPS, SEQ_LEN, BATCH, SHORT = DEFAULT_RUN_STEPS, DEFAULT_RUN_SEQ_LEN, DEFAULT_RUN_BATCH, DEFAULT_RUN_OVERRIDES
 
 
 @pytest.mark.slow
-def test_default_train_py_run_writes_every_artifact(tmp_path):
+def test_default_train_py_run_writes_every_artifact(default_train_py_run):
     # No key and no WANDB_MODE: the W&B logger must go offline by itself and never wait on a login.
-    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "WANDB_MODE")}
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={tmp_path}", *SHORT],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    run_dir, proc = default_train_py_run
     assert proc.returncode == 0, proc.stderr[-3000:]
 
-    assert (tmp_path / ".hydra" / "config.yaml").is_file()
-    resolved = OmegaConf.to_container(OmegaConf.load(tmp_path / "config.yaml"))
-    assert "${" not in (tmp_path / "config.yaml").read_text()
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    resolved = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
+    assert "${" not in (run_dir / "config.yaml").read_text()
     assert resolved["model"]["name"] == "flowhn" and resolved["data"]["seq_len"] == SEQ_LEN
-    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == STEPS and last["hyper_parameters"]["cfg"] == resolved
-    header = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    header = (run_dir / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"train/loss", "val/loss", "perf/tps"} <= set(header)
-    assert len(metric(tmp_path)) == STEPS // 10  # the default log_every_n_steps is 10
-    offline = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(metric(run_dir)) == STEPS // 10  # the default log_every_n_steps is 10
+    offline = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline) == 1 and list(offline[0].glob("run-*.wandb"))
 
-    s = json.loads((tmp_path / "summary.json").read_text())
+    s = json.loads((run_dir / "summary.json").read_text())
     assert s["status"] == "completed" and s["error"] is None
     assert s["steps"] == STEPS and s["tokens"] == STEPS * BATCH * SEQ_LEN  # packed: every token is real
     assert s["device"] == "cpu" and s["num_devices"] == 1 and s["mfu"] is None
