@@ -91,14 +91,15 @@ def _dot(a, b, LOWP: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr):
 
 @triton.jit
 def _chunk_steps(dt_ptr, A_ptr, b, c, h, L, s_dt_b, s_dt_l, s_dt_h, T: tl.constexpr, ACC: tl.constexpr):
-    """Step indices of chunk c, their mask, dt (zero past L: a zero step changes no state), A, and the
-    inclusive cumulative log decay s inside the chunk."""
+    """Step indices of chunk c, their mask, dt (zero past L: a zero step changes no state), A, the
+    inclusive cumulative log decay s inside the chunk, and its total s_end (the chunk's whole decay)."""
     t = c * T + tl.arange(0, T)
     mask_t = t < L
     dt = tl.load(dt_ptr + b * s_dt_b + t * s_dt_l + h * s_dt_h, mask=mask_t, other=0.0).to(ACC)
     A = tl.load(A_ptr + h).to(ACC)
     s = tl.cumsum(dt * A, axis=0)
-    return t, mask_t, dt, A, s
+    s_end = tl.sum(dt * A, axis=0)
+    return t, mask_t, dt, A, s, s_end
 
 
 @triton.jit
@@ -127,8 +128,7 @@ def _chunk_state_kernel(
     bh = tl.program_id(1).to(tl.int64)
     b, h = bh // H, bh % H
     g = h // rep
-    t, mask_t, dt, A, s = _chunk_steps(dt_ptr, A_ptr, b, c, h, L, s_dt_b, s_dt_l, s_dt_h, T, ACC)
-    s_end = tl.sum(dt * A, axis=0)
+    t, mask_t, dt, A, s, s_end = _chunk_steps(dt_ptr, A_ptr, b, c, h, L, s_dt_b, s_dt_l, s_dt_h, T, ACC)
     p = tl.arange(0, BLOCK_P)
     mask_p = p < P
     out_at = ((b * n_chunks + c) * H + h) * P * N
@@ -202,7 +202,7 @@ def _chunk_scan_fwd_kernel(
     bh = tl.program_id(1).to(tl.int64)
     b, h = bh // H, bh % H
     g = h // rep
-    t, mask_t, dt, A, s = _chunk_steps(dt_ptr, A_ptr, b, c, h, L, s_dt_b, s_dt_l, s_dt_h, T, ACC)
+    t, mask_t, dt, A, s, _ = _chunk_steps(dt_ptr, A_ptr, b, c, h, L, s_dt_b, s_dt_l, s_dt_h, T, ACC)
     p = tl.arange(0, BLOCK_P)
     mask_p = p < P
     state_at = ((b * n_chunks + c) * H + h) * P * N
@@ -246,8 +246,7 @@ def _chunk_scan_bwd_dx_kernel(
     bh = tl.program_id(1).to(tl.int64)
     b, h = bh // H, bh % H
     g = h // rep
-    t, mask_t, dt, A, s = _chunk_steps(dt_ptr, A_ptr, b, c, h, L, s_dt_b, s_dt_l, s_dt_h, T, ACC)
-    s_end = tl.sum(dt * A, axis=0)
+    t, mask_t, dt, A, s, s_end = _chunk_steps(dt_ptr, A_ptr, b, c, h, L, s_dt_b, s_dt_l, s_dt_h, T, ACC)
     p = tl.arange(0, BLOCK_P)
     mask_p = p < P
     state_at = ((b * n_chunks + c) * H + h) * P * N
@@ -312,14 +311,13 @@ def _group_gradient(x_ptr, dt_ptr, A_ptr, BC_ptr, dy_ptr, HG_ptr, b, c, g, split
     grad = tl.zeros([T, BLOCK_NK], dtype=ACC)
     for i in range(HEADS_PER_PROGRAM):
         h = g * rep + split * HEADS_PER_PROGRAM + i
-        _, _, dt, A, s = _chunk_steps(dt_ptr, A_ptr, b, c, h, L, s_dt_b, s_dt_l, s_dt_h, T, ACC)
+        _, _, dt, A, s, s_end = _chunk_steps(dt_ptr, A_ptr, b, c, h, L, s_dt_b, s_dt_l, s_dt_h, T, ACC)
         x = _tile(x_ptr, b * s_x_b + h * s_x_h, t, s_x_l, p, s_x_p, mask_t, mask_p, ACC)
         dy = _tile(dy_ptr, b * s_dy_b + h * s_dy_h, t, s_dy_l, p, s_dy_p, mask_t, mask_p, None)
         xdt = x * dt[:, None]
         HG = _tile(HG_ptr, ((b * n_chunks + c) * H + h) * P * N, p, N, n, 1, mask_p, mask_n, None)  # (P, N block)
         dM = _dot(dy, tl.trans(xdt), LOWP, PRECISION, ACC) * _causal_decay(s, T)
         if FOR_B:
-            s_end = tl.sum(dt * A, axis=0)
             grad += _dot(tl.trans(dM), BC, LOWP, PRECISION, ACC) + \
                 tl.exp(s_end - s)[:, None] * _dot(xdt, HG, LOWP, PRECISION, ACC)
         else:
