@@ -80,6 +80,21 @@ def default_train_py_run(tmp_path_factory):
     return cwd / "run", subprocess.CompletedProcess(**result)
 
 
+def assert_errors_below(errors: dict, tol: float) -> None:
+    """Every relative error in ``errors`` (name -> value) is at most ``tol``; a NaN fails too."""
+    bad = {k: v for k, v in errors.items() if not v <= tol}
+    assert not bad, f"relative errors above {tol}: {bad} (all: {errors})"
+
+
+def run_in_triton_interpreter(script: str, *args: str, timeout: float = 300) -> str:
+    """stdout of ``python -c script *args`` with TRITON_INTERPRET=1: Triton reads it when it is first
+    imported, so the kernels' CPU runs need a process of their own. A failing script fails the test."""
+    proc = subprocess.run([sys.executable, "-c", script, *args], env=dict(os.environ, TRITON_INTERPRET="1"),
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
 def hf_jamba_moe_like(ours):
     """HF transformers' JambaSparseMoeBlock (eval) holding the router and expert weights of our ``MoE``:
     the reference our dispatches are compared with."""

@@ -11,12 +11,11 @@ import functools
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
+from conftest import assert_errors_below, run_in_triton_interpreter
 
 from flowhn.kernels import available_backends, resolve_backend, selective_scan, ssd
 from flowhn.kernels.testing import compare, reference_fn, scan_inputs, ssd_inputs
@@ -40,11 +39,6 @@ def _scan_case(shape, flags, dtype=torch.float64, device="cpu", seed=0):
                        delta_softplus=softplus, seed=seed)
 
 
-def _assert_close(errors, tol):
-    bad = {k: v for k, v in errors.items() if not v <= tol}
-    assert not bad, f"relative errors above {tol}: {bad} (all: {errors})"
-
-
 # ---------------------------------------------------------------- torch backend (CPU, float64)
 
 @pytest.mark.parametrize("reverse", [False, True])
@@ -65,7 +59,7 @@ def test_linear_scan_solves_the_recurrence(reverse):
 def test_selective_scan_torch_matches_reference(shape, flags):
     inputs = _scan_case(shape, flags, seed=sum(shape) + list(SCAN_FLAGS).index(flags))
     errors = compare(functools.partial(selective_scan, backend="torch"), reference_fn("selective_scan"), inputs)
-    _assert_close(errors, 1e-10)
+    assert_errors_below(errors, 1e-10)
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 16, 100])
@@ -73,7 +67,7 @@ def test_selective_scan_torch_any_chunk(chunk):
     # Chunks that do not divide L (37) and one longer than L: the carried state must be exact.
     inputs = _scan_case((2, 4, 37, 3), "all", seed=chunk)
     errors = compare(functools.partial(selective_scan_torch, chunk=chunk), reference_fn("selective_scan"), inputs)
-    _assert_close(errors, 1e-10)
+    assert_errors_below(errors, 1e-10)
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
@@ -82,7 +76,7 @@ def test_selective_scan_torch_low_precision(dtype, tol):
     out = selective_scan(**inputs, backend="torch")
     assert out.dtype == dtype
     errors = compare(functools.partial(selective_scan, backend="torch"), reference_fn("selective_scan"), inputs)
-    _assert_close(errors, tol)
+    assert_errors_below(errors, tol)
 
 
 SSD_SHAPES = [  # (batch, length, heads, head_dim, groups, state, chunk)
@@ -99,7 +93,7 @@ def test_ssd_torch_matches_reference(shape, with_D):
     *dims, chunk = shape
     inputs = ssd_inputs(*dims, dtype=torch.float64, D=with_D, seed=sum(shape))
     errors = compare(functools.partial(ssd, chunk_size=chunk, backend="torch"), reference_fn("ssd"), inputs)
-    _assert_close(errors, 1e-10)
+    assert_errors_below(errors, 1e-10)
 
 
 def test_ssd_strong_decay_has_finite_gradients():
@@ -107,7 +101,7 @@ def test_ssd_strong_decay_has_finite_gradients():
     inputs = ssd_inputs(1, 40, 2, 4, 1, 4, dtype=torch.float64, seed=5)
     inputs["dt"] = inputs["dt"] * 500.0  # per-step decay down to exp(-800): underflows to 0
     errors = compare(functools.partial(ssd, chunk_size=16, backend="torch"), reference_fn("ssd"), inputs)
-    _assert_close(errors, 1e-10)
+    assert_errors_below(errors, 1e-10)
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
@@ -115,7 +109,7 @@ def test_ssd_torch_low_precision(dtype, tol):
     inputs = ssd_inputs(2, 70, 4, 8, 1, 16, dtype=dtype, seed=4)
     assert ssd(**inputs, backend="torch").dtype == dtype
     errors = compare(functools.partial(ssd, chunk_size=32, backend="torch"), reference_fn("ssd"), inputs)
-    _assert_close(errors, tol)
+    assert_errors_below(errors, tol)
 
 
 # ---------------------------------------------------------------- dispatch
@@ -203,21 +197,17 @@ _INTERPRETER_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.skipif(not has_triton, reason="triton is not installed")
 def test_triton_kernels_in_interpreter():
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, "-c", _INTERPRETER_SCRIPT], env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads(proc.stdout)
+    results = json.loads(run_in_triton_interpreter(_INTERPRETER_SCRIPT))
     assert {"channel_last", "mamba1_mixer"} <= set(results)
     for case, errors in results.items():
         assert set(errors) >= {"out", "du", "ddelta", "dA", "dB", "dC"} or case in ("ssd", "mamba1_mixer"), case
-        _assert_close({f"{case}:{k}": v for k, v in errors.items()}, 2e-5)
+        assert_errors_below({f"{case}:{k}": v for k, v in errors.items()}, 2e-5)
 
 
 _COMPILE_SCRIPT = textwrap.dedent("""
     import torch
     from flowhn.kernels import ssd
-    from flowhn.kernels.testing import scan_inputs, ssd_inputs
+    from flowhn.kernels.testing import saved_tensor_bytes, scan_inputs, ssd_inputs
     from flowhn.nn.ssm import Mamba1Mixer, Mamba2Mixer
     import flowhn.kernels.triton_scan  # registers the flowhn:: ops
 
@@ -263,13 +253,8 @@ _COMPILE_SCRIPT = textwrap.dedent("""
         inputs[key].requires_grad_(True)
     input_bytes = sum(t.numel() * t.element_size() for t in inputs.values() if t is not None)
     for recompute in (False, True):
-        saved = []
-        def pack(t):
-            saved.append(t.numel() * t.element_size())
-            return t
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            ssd(**inputs, chunk_size=16, backend="triton", recompute=recompute)
-        print("recompute" if recompute else "keep", sum(saved), input_bytes)
+        saved = saved_tensor_bytes(lambda: ssd(**inputs, chunk_size=16, backend="triton", recompute=recompute))
+        print("recompute" if recompute else "keep", saved, input_bytes)
 """)
 
 
@@ -278,11 +263,8 @@ def test_triton_ops_compile_to_one_graph_in_interpreter():
     """The Triton scan is a torch.library op, so torch.compile neither breaks its graph nor
     retraces there (on the H100 each break had left the GPU idle while Python ran), and the GPU SSD
     path's recompute keeps only the inputs."""
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    saved = {line.split()[0]: [int(v) for v in line.split()[1:]] for line in proc.stdout.splitlines()}
+    stdout = run_in_triton_interpreter(_COMPILE_SCRIPT)
+    saved = {line.split()[0]: [int(v) for v in line.split()[1:]] for line in stdout.splitlines()}
     keep, inputs = saved["keep"]
     assert saved["recompute"] == [inputs, inputs]
     assert keep > inputs  # without recompute the entering chunk states are kept too
@@ -300,7 +282,7 @@ GPU_TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
 def test_triton_selective_scan_gpu(dtype):
     inputs = _scan_case((2, 1536, 1024, 16), "all", dtype=dtype, device="cuda", seed=11)
     errors = compare(functools.partial(selective_scan, backend="triton"), reference_fn("selective_scan"), inputs)
-    _assert_close(errors, GPU_TOL[dtype])
+    assert_errors_below(errors, GPU_TOL[dtype])
 
 
 @pytest.mark.gpu
@@ -310,7 +292,7 @@ def test_triton_selective_scan_gpu(dtype):
 def test_triton_ssd_gpu(dtype):
     inputs = ssd_inputs(2, 1000, 8, 64, 2, 64, dtype=dtype, device="cuda", seed=12)
     errors = compare(functools.partial(ssd, backend="triton"), reference_fn("ssd"), inputs)
-    _assert_close(errors, GPU_TOL[dtype])
+    assert_errors_below(errors, GPU_TOL[dtype])
 
 
 @pytest.mark.gpu
@@ -324,7 +306,7 @@ def test_mamba_ssm_backend_gpu(kind):
     else:
         inputs = ssd_inputs(2, 512, 8, 64, 2, 64, dtype=torch.float32, device="cuda", seed=14)
         fn = functools.partial(ssd, backend="mamba_ssm")
-    _assert_close(compare(fn, reference_fn(kind), inputs), 1e-3)
+    assert_errors_below(compare(fn, reference_fn(kind), inputs), 1e-3)
 
 
 @pytest.mark.gpu
@@ -340,7 +322,7 @@ def test_triton_selective_scan_channel_last_gpu(dtype):
     from flowhn.kernels.triton_scan import selective_scan_triton
 
     errors = compare(functools.partial(selective_scan_triton, channel_last=True), reference_fn("selective_scan"), inputs)
-    _assert_close(errors, GPU_TOL[dtype])
+    assert_errors_below(errors, GPU_TOL[dtype])
 
 
 @pytest.mark.gpu
@@ -361,4 +343,4 @@ def test_mamba1_mixer_triton_matches_reference_gpu():
         out = mixer(x)
         results.append([out, *torch.autograd.grad(out.square().sum(), [x, *mixer.parameters()])])
     names = ["out", "dx"] + [f"d{name}" for name, _ in mixer.named_parameters()]
-    _assert_close({n: relative_error(a, b) for n, a, b in zip(names, *results)}, 1e-4)
+    assert_errors_below({n: relative_error(a, b) for n, a, b in zip(names, *results)}, 1e-4)

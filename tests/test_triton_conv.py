@@ -11,13 +11,11 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
+from conftest import assert_errors_below, run_in_triton_interpreter
 
 from flowhn import kernels
 from flowhn.kernels.torch_conv import (causal_conv1d_silu_reference, causal_conv1d_silu_shifted, compare_conv,
@@ -25,11 +23,6 @@ from flowhn.kernels.torch_conv import (causal_conv1d_silu_reference, causal_conv
 
 has_triton = importlib.util.find_spec("triton") is not None
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
-def _assert_close(errors, tol):
-    bad = {k: v for k, v in errors.items() if not v <= tol}
-    assert not bad, f"relative errors above {tol}: {bad} (all: {errors})"
 
 
 def test_reference_is_the_causal_definition():
@@ -45,14 +38,14 @@ def test_reference_is_the_causal_definition():
     ((2, 13, 11, 4), True, None), ((1, 5, 20, 3), False, None), ((2, 9, 16, 4), True, 40), ((1, 2, 5, 4), True, 7)])
 def test_shifted_matches_reference(shape, bias, row_stride):
     inputs = conv_inputs(*shape, dtype=torch.float64, bias=bias, row_stride=row_stride, seed=sum(shape))
-    _assert_close(compare_conv(causal_conv1d_silu_shifted, inputs), 1e-12)
+    assert_errors_below(compare_conv(causal_conv1d_silu_shifted, inputs), 1e-12)
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)])
 def test_shifted_low_precision_keeps_dtype(dtype, tol):
     inputs = conv_inputs(2, 30, 24, 4, dtype=dtype, row_stride=48, seed=3)
     assert causal_conv1d_silu_shifted(**inputs).dtype == dtype
-    _assert_close(compare_conv(causal_conv1d_silu_shifted, inputs), tol)
+    assert_errors_below(compare_conv(causal_conv1d_silu_shifted, inputs), tol)
 
 
 @pytest.mark.parametrize("backend", ["torch", "reference"])
@@ -95,15 +88,11 @@ _INTERPRETER_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.skipif(not has_triton, reason="triton is not installed")
 def test_triton_conv_in_interpreter():
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, "-c", _INTERPRETER_SCRIPT], env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads(proc.stdout)
+    results = json.loads(run_in_triton_interpreter(_INTERPRETER_SCRIPT))
     assert len(results) == 3
     for case, errors in results.items():
         assert {"out", "dx", "dweight"} <= set(errors), case
-        _assert_close({f"{case}:{k}": v for k, v in errors.items()}, 1e-5)
+        assert_errors_below({f"{case}:{k}": v for k, v in errors.items()}, 1e-5)
 
 
 GPU_TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
@@ -119,6 +108,6 @@ def test_triton_conv_gpu(dtype, shape, row_stride):
     from flowhn.kernels.triton_conv import causal_conv1d_silu_triton
 
     inputs = conv_inputs(*shape, dtype=dtype, device="cuda", row_stride=row_stride, seed=7)
-    _assert_close(compare_conv(causal_conv1d_silu_triton, inputs), GPU_TOL[dtype])
-    _assert_close(compare_conv(functools.partial(kernels.causal_conv1d_silu, backend="triton"), inputs),
+    assert_errors_below(compare_conv(causal_conv1d_silu_triton, inputs), GPU_TOL[dtype])
+    assert_errors_below(compare_conv(functools.partial(kernels.causal_conv1d_silu, backend="triton"), inputs),
                   GPU_TOL[dtype])

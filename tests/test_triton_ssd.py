@@ -15,13 +15,13 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 import textwrap
 
 import pytest
 import torch
+from conftest import assert_errors_below, run_in_triton_interpreter
 
 from flowhn.kernels.testing import compare, reference_fn, ssd_inputs
 
@@ -41,7 +41,7 @@ _SCRIPT = textwrap.dedent("""
     import functools, json, sys
     import torch
     from flowhn.kernels import ssd
-    from flowhn.kernels.testing import compare, reference_fn, ssd_inputs
+    from flowhn.kernels.testing import compare, reference_fn, saved_tensor_bytes, ssd_inputs
     from flowhn.kernels.triton_ssd import ssd_triton
 
     cases = json.loads(sys.argv[1])
@@ -76,15 +76,8 @@ _SCRIPT = textwrap.dedent("""
     inputs = ssd_inputs(2, 40, 4, 16, 1, 16, dtype=torch.float32, seed=3)
     for key in ("x", "dt", "B", "C"):
         inputs[key].requires_grad_(True)
-    saved = {}
-    for recompute in (True, False):
-        sizes = []
-        def pack(t):
-            sizes.append(t.numel() * t.element_size())
-            return t
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            ssd_triton(**inputs, chunk_size=16, recompute=recompute)
-        saved[str(recompute)] = sum(sizes)
+    saved = {str(recompute): saved_tensor_bytes(lambda: ssd_triton(**inputs, chunk_size=16, recompute=recompute))
+             for recompute in (True, False)}
     saved["inputs"] = sum(t.numel() * t.element_size() for t in inputs.values())
     json.dump({"errors": results, "saved": saved}, sys.stdout)
 """)
@@ -92,11 +85,7 @@ _SCRIPT = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def interpreter_run():
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, "-c", _SCRIPT, json.dumps(CASES)], env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout)
+    return json.loads(run_in_triton_interpreter(_SCRIPT, json.dumps(CASES), timeout=600))
 
 
 # Every load and store of every kernel, for every N block the GPU autotuner may pick, must address memory
@@ -174,11 +163,7 @@ _BOUNDS_SCRIPT = textwrap.dedent("""
 def test_triton_ssd_kernels_stay_in_bounds_for_every_tile():
     """Every address every kernel loads or stores lies inside its tensors, for every N block in the GPU
     autotune list, bf16 inputs (the low-precision path), partial chunks, partial N blocks, split groups."""
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, "-c", _BOUNDS_SCRIPT], env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout)
+    report = json.loads(run_in_triton_interpreter(_BOUNDS_SCRIPT, timeout=600))
     assert report["checker_catches_overread"], report
     bad = {k: v for k, v in report["results"].items() if v != "ok"}
     assert len(report["results"]) == 3 and not bad, bad
@@ -186,8 +171,7 @@ def test_triton_ssd_kernels_stay_in_bounds_for_every_tile():
 
 def _assert_close(errors, tol):
     assert set(errors) >= {"out", "dx", "ddt", "dA", "dB", "dC"}, errors
-    bad = {k: v for k, v in errors.items() if not v <= tol}
-    assert not bad, f"relative errors above {tol}: {bad} (all: {errors})"
+    assert_errors_below(errors, tol)
 
 
 @pytest.mark.skipif(not has_triton, reason="triton is not installed")

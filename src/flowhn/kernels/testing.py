@@ -89,6 +89,20 @@ def compare(fn: Callable, ref_fn: Callable, inputs: dict, seed: int = 1) -> dict
     return errors
 
 
+def saved_tensor_bytes(call: Callable[[], object]) -> int:
+    """Bytes of the tensors autograd keeps for the backward while ``call()`` runs (what a recompute
+    option is meant to shrink)."""
+    sizes = []
+
+    def pack(tensor):
+        sizes.append(tensor.numel() * tensor.element_size())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        call()
+    return sum(sizes)
+
+
 def reference_fn(kind: str) -> Callable:
     """The float64-capable definition for ``kind`` ("selective_scan" or "ssd")."""
     return {"selective_scan": reference.selective_scan_sequential, "ssd": reference.ssd_sequential}[kind]
