@@ -126,7 +126,7 @@ class ParallelBlock(nn.Module):
     # result is the cat of the pieces in position order. Under torch.compile the slices are views and
     # inductor folds each cat into the kernel next to it (the branch norm that reads x, the residual add
     # that reads the fusion outputs), so no pass of its own moves the tokens. The index tensors from
-    # split.indices are only the positions attention's RoPE and masks need.
+    # split.owned are only the positions attention's RoPE and masks need.
 
     def _ssm_rows(self, h: torch.Tensor, owned) -> torch.Tensor:
         """The SSM's positions of h (B, T, ·), in order, as one compacted sequence."""
