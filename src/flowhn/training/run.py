@@ -47,6 +47,9 @@ RESUME_MAY_CHANGE = (
     "trainer.ddp.bucket_cap_mb", "trainer.ddp.gradient_as_bucket_view", "trainer.ddp.static_graph",
     "trainer.ddp.optimize_ddp",
 )
+# trainer.ddp's keys and the values a config without them gets (conf/trainer/default.yaml sets the same).
+DDP_DEFAULTS = {"bucket_cap_mb": 25, "gradient_as_bucket_view": False, "static_graph": False, "comm_hook": "none",
+                "optimize_ddp": True}
 # trainer.ddp.comm_hook -> the torch.distributed.algorithms.ddp_comm_hooks.default_hooks function.
 DDP_COMM_HOOKS = {"none": None, "bf16_compress": "bf16_compress_hook", "fp16_compress": "fp16_compress_hook"}
 # trainer.ddp.optimize_ddp -> torch._dynamo.config.optimize_ddp. "python_reducer" is left out: it needs
@@ -116,19 +119,24 @@ def resolve_trainer_settings(cfg: DictConfig) -> None:
     check_ddp_settings(cfg)
 
 
+def ddp_settings(cfg: DictConfig) -> dict:
+    """trainer.ddp over DDP_DEFAULTS."""
+    return {**DDP_DEFAULTS, **(cfg.trainer.get("ddp") or {})}
+
+
 def check_ddp_settings(cfg: DictConfig) -> None:
-    ddp = cfg.trainer.get("ddp") or {}
-    known = {"bucket_cap_mb", "gradient_as_bucket_view", "static_graph", "comm_hook", "optimize_ddp"}
-    unknown = sorted(set(ddp) - known)
-    require(not unknown, f"trainer.ddp.{unknown[0] if unknown else ''}", f"unknown key; the keys are {', '.join(sorted(known))}")
-    cap = ddp.get("bucket_cap_mb", 25)
+    ddp = ddp_settings(cfg)
+    unknown = sorted(set(ddp) - set(DDP_DEFAULTS))
+    require(not unknown, f"trainer.ddp.{unknown[0] if unknown else ''}",
+            f"unknown key; the keys are {', '.join(sorted(DDP_DEFAULTS))}")
+    cap = ddp["bucket_cap_mb"]
     require(not isinstance(cap, bool) and isinstance(cap, (int, float)) and cap > 0, "trainer.ddp.bucket_cap_mb",
             f"must be a positive number of MiB, got {cap!r}")
     for key in ("gradient_as_bucket_view", "static_graph"):
-        require(isinstance(ddp.get(key, False), bool), f"trainer.ddp.{key}", f"must be true or false, got {ddp.get(key)!r}")
-    hook = ddp.get("comm_hook", "none")
+        require(isinstance(ddp[key], bool), f"trainer.ddp.{key}", f"must be true or false, got {ddp[key]!r}")
+    hook = ddp["comm_hook"]
     require(hook in DDP_COMM_HOOKS, "trainer.ddp.comm_hook", f"must be one of {', '.join(DDP_COMM_HOOKS)}, got {hook!r}")
-    mode = ddp.get("optimize_ddp", True)
+    mode = ddp["optimize_ddp"]
     require(isinstance(mode, (bool, str)) and mode in OPTIMIZE_DDP, "trainer.ddp.optimize_ddp",
             f"must be true, false, ddp_optimizer or no_optimization, got {mode!r}")
 
@@ -234,16 +242,16 @@ def make_strategy(cfg: DictConfig):
     if not multi:
         return "auto"
     backend = "nccl" if cfg.trainer.accelerator == "gpu" else "gloo"
-    ddp = cfg.trainer.get("ddp") or {}
-    hook = DDP_COMM_HOOKS[ddp.get("comm_hook", "none")]
+    ddp = ddp_settings(cfg)
+    hook = DDP_COMM_HOOKS[ddp["comm_hook"]]
     if hook is not None:
         from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
         hook = getattr(default_hooks, hook)
     return DDPStrategy(
         process_group_backend=backend, timeout=timedelta(seconds=cfg.trainer.ddp_timeout_s),
-        bucket_cap_mb=ddp.get("bucket_cap_mb", 25), gradient_as_bucket_view=ddp.get("gradient_as_bucket_view", False),
-        static_graph=ddp.get("static_graph", False), ddp_comm_hook=hook,
+        bucket_cap_mb=ddp["bucket_cap_mb"], gradient_as_bucket_view=ddp["gradient_as_bucket_view"],
+        static_graph=ddp["static_graph"], ddp_comm_hook=hook,
     )
 
 
@@ -251,7 +259,7 @@ def set_compile_ddp_mode(cfg: DictConfig) -> None:
     """How torch.compile treats a DDP-wrapped model; read when the model is first traced, so set
     before the first step. (Each rank compiles on its own; they share the per-user inductor cache,
     /tmp/torchinductor_<user> by default, on one host, so nothing is to be shared by hand.)"""
-    mode = OPTIMIZE_DDP[(cfg.trainer.get("ddp") or {}).get("optimize_ddp", True)]
+    mode = OPTIMIZE_DDP[ddp_settings(cfg)["optimize_ddp"]]
     torch._dynamo.config.optimize_ddp = mode
 
 
