@@ -36,7 +36,9 @@ class FlowHNLM(TemplateLM):
             ``max_length``. Token-split models route a position by its place in the *whole* padded
             sequence, so their scores would depend on which requests share a batch; "auto" picks
             "max_length" for them (``model.split_ratio`` is not None), matching the fixed training
-            length, and "longest" otherwise.
+            length, and for a compiled model (``model.compile_scope`` set): one input shape, one
+            compile (a width per batch compiled ~23 s each for a 135M model on an H200); "longest"
+            otherwise.
         add_bos_token: prepend BOS to every context, if the model was trained with BOS-led documents.
         precision: Lightning-style precision of the forward pass; "bf16-mixed"/"16-mixed" run it
             under autocast (log-softmax stays fp32), anything 32-bit runs as is.
@@ -64,7 +66,9 @@ class FlowHNLM(TemplateLM):
         self._max_length = max_length
         self._batch_size = batch_size
         if pad_to == "auto":
-            pad_to = "max_length" if getattr(model, "split_ratio", None) is not None else "longest"
+            position_dependent = getattr(model, "split_ratio", None) is not None
+            compiled = getattr(model, "compile_scope", None) is not None
+            pad_to = "max_length" if position_dependent or compiled else "longest"
         self.pad_to = pad_to
         self.add_bos_token = add_bos_token
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -145,7 +149,9 @@ class FlowHNLM(TemplateLM):
             "are not supported. The paper's six tasks are all multiple choice.")
 
     # ------------------------------------------------------------------ scoring
-    @torch.no_grad()
+    # inference_mode, as Lightning's validation loop: a compiled model's graph guards on it, so
+    # no_grad here would compile the eval graph a second time.
+    @torch.inference_mode()
     def _score_batch(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
         rows, spans = [], []
         for context, continuation in pairs:

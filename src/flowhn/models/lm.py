@@ -58,6 +58,7 @@ class CausalLM(nn.Module):
         self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
         self.split_ratio = split_ratio
         self.config = dict(config or {})
+        self.compile_scope: str | None = None  # set by compile_in_place; readers pick static shapes then
         self._init_weights(init_std)
         if tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
@@ -103,6 +104,7 @@ class CausalLM(nn.Module):
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, len(self.layers))
         for module in self.layers if scope == "blocks" else [self]:
             getattr(module, "compile_region", module.compile)(**options)
+        self.compile_scope = scope
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
