@@ -5,10 +5,10 @@
 #   bash scripts/gpu_evidence.sh all             # ablation, then the ladder in the time left
 # Sizes measured on one H200 (2026-11-29), each block compiled on its own: a ladder row takes 4-20 s
 # (mamba2 the longest) after ~90 s of start-up, so 35 rows fit one call; fac_split rows took ~50 s
-# then, running into dynamo's recompile limit (fixed since: one graph per span). The ablation's 12 jobs,
-# one at a time, did not finish in 500 s (a job is start-up, a cold whole-model compile of ~1 min or
-# a cached one, 96 steps, 12 validations and the fixture zero-shot): on one GPU give it two calls,
-# e.g. ABLATION_SEEDS=0,1 then the rest, carrying the untarred sweep folder between them.
+# then, running into dynamo's recompile limit (fixed since: one graph per span). An ablation job takes
+# 96-159 s when its split compiles cold and 36-78 s from the inductor cache (the first on a machine
+# is cold; a call on a machine still warm keeps the cache), after 50-60 s of corpus and BPE before
+# the first: the 12 jobs took four calls on one GPU, carrying the untarred sweep folder between them.
 # The ladder stops starting rows when its time is up (DEADLINE_S after the script starts, default
 # 540) and starts from experiments/seqlen_study/throughput_<GPU>.csv when that is committed,
 # skipping the rows in it: commit $OUT/seqlen_ladder.csv there and call again to fill the rest.
@@ -61,13 +61,15 @@ PY
   # are skipped when the sweep runs again: untar the tarball into logs/sweeps/split_ablation_gpu_small
   # here, carry that folder, and call the stage again to run the rest (ABLATION_SEEDS picks seeds).
   snapshot() {
-    (cd "$SWEEP" && tar czf "$OUT/.sweep.tmp" --exclude='wandb' --exclude='checkpoints' . 2>/dev/null) \
+    (cd "$SWEEP" && tar czf "$OUT/.sweep.tmp" --exclude='wandb' --exclude='checkpoints' --exclude='index.html' . 2>/dev/null) \
       && mv -f "$OUT/.sweep.tmp" "$OUT/split_ablation_sweep.tar.gz"
   }
   # One job per GPU; a job stuck for 4 minutes is stopped and recorded as failed. Near the deadline
-  # the multirun under sweep.py (train.py -m) gets SIGINT: its launcher stops the running jobs
+  # the multirun under sweep.py (train.py -m) gets SIGTERM: its launcher stops the running jobs
   # (SIGTERM: each saves a checkpoint within its 60 s grace and records itself as stopped) and writes
-  # results.csv. 150 s are left for that and the summary.
+  # results.csv. 120 s are left for that and the summary. (Not SIGINT: bash starts a background
+  # job with SIGINT ignored, Python then installs no KeyboardInterrupt handler, and the launcher
+  # went on starting jobs until it was killed; 2026-11-29.)
   python3 sweep.py experiment=split_ablation_gpu_small logger=csv hydra.launcher.parallel="$ngpu" \
     hydra.launcher.timeout_min=4 hydra.sweep.dir="$SWEEP" ${ABLATION_SEEDS:+seed=$ABLATION_SEEDS} \
     ${ABLATION_OVERRIDES:-} > "$SWEEP/sweep.log" 2>&1 &
@@ -75,9 +77,9 @@ PY
   while kill -0 "$sweep_pid" 2>/dev/null; do
     sleep 5
     (( ++ticks % 4 == 0 )) && snapshot
-    if (( $(left) < 150 )); then
+    if (( $(left) < 120 )); then
       echo "ablation: deadline, stopping the sweep"
-      kill -INT $(ps -o pid= --ppid "$sweep_pid") 2>/dev/null
+      kill -TERM $(ps -o pid= --ppid "$sweep_pid") 2>/dev/null
       break
     fi
   done
@@ -85,8 +87,9 @@ PY
   kill -0 "$sweep_pid" 2>/dev/null && { echo "ablation: the sweep did not stop in 90 s; killed"; pkill -KILL -P "$sweep_pid"; kill -KILL "$sweep_pid"; }
   wait "$sweep_pid" 2>/dev/null
   tail -14 "$SWEEP/sweep.log"
-  python3 scripts/summarize_split_ablation.py "$SWEEP" > /dev/null  # its .md, .csv and .png go into $SWEEP
-  cp "$SWEEP/split_ablation_summary.md" "$SWEEP/split_ablation_curves.png" "$OUT/"
+  # The report's seed table (mean ± spread per split) and loss curves (one line per seed).
+  python3 -m flowhn.report "$SWEEP" --out "$SWEEP/report" > /dev/null
+  cp "$SWEEP/report/seeds.md" "$SWEEP/report/seed_curves.png" "$OUT/"
   rm -rf "${SWEEP:?}"/*/checkpoints
   snapshot
 }
@@ -149,5 +152,5 @@ fi
 echo "== done in $(( $(date +%s) - started )) s; files: $(ls "$OUT" | tr '\n' ' ')"
 [[ -f $OUT/fa_vs_fac_profile_${gpu}.md ]] && { echo; grep -E "^\| flowhn|kernel time|Row\(" "$OUT/fa_vs_fac_profile_${gpu}.md" | cut -c1-200; }
 [[ -f $OUT/seqlen_ladder_${gpu}.md ]] && { echo; grep -E "^\|" "$OUT/seqlen_ladder_${gpu}.md"; }
-[[ -f $OUT/split_ablation_summary.md ]] && { echo; sed -n '1,/^$/p' "$OUT/split_ablation_summary.md"; }
+[[ -f $OUT/seeds.md ]] && { echo; grep -E "^\|" "$OUT/seeds.md"; }
 exit 0
