@@ -148,35 +148,3 @@ def test_seqlen_ladder_refuses_a_length_that_does_not_divide_the_tokens_per_step
 
     with pytest.raises(ConfigError, match="^tokens_per_step: 100 is not a multiple of seq_len 32"):
         run_tiny_ladder(tmp_path / "x.csv", "tokens_per_step=100")
-
-
-def test_split_ablation_summary_gives_mean_and_spread_per_split_and_where_val_loss_turns(tmp_path):
-    """scripts/summarize_split_ablation.py on a sweep folder laid out as the launcher and train.py
-    write it (job.json with the swept axes, summary.json, csv/metrics.csv)."""
-    import importlib.util
-    import json
-
-    spec = importlib.util.spec_from_file_location("summarize", Path(__file__).parents[1] / "scripts" / "summarize_split_ablation.py")
-    summarize = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(summarize)
-    val = {"no_split": [6.0, 5.5, 5.2], "fa_split": [6.2, 5.9, 6.0]}  # fa_split turns up after step 16
-    for split in val:
-        for seed in (0, 1, 2):
-            job = tmp_path / "sweep" / f"seed={seed},split={split}"
-            (job / "csv").mkdir(parents=True)
-            (job / "job.json").write_text(json.dumps({"axes": {"seed": str(seed), "split": split}, "status": "completed"}))
-            curve = [v + 0.01 * seed for v in val[split]]
-            (job / "summary.json").write_text(json.dumps({
-                "status": "completed", "split": split, "val_loss": curve[-1], "tps": 200_000 + 1_000 * seed + (0 if split == "no_split" else 40_000),
-                "mfu": 0.15, "eval_avg": 0.3 + 0.01 * seed}))
-            lines = ["step,train/loss,val/loss"] + [f"{8 * (i + 1)},{v + 0.1},{v}" for i, v in enumerate(curve)]
-            (job / "csv" / "metrics.csv").write_text("\n".join(lines) + "\n")
-    assert summarize.main([str(tmp_path / "sweep"), "--out", str(tmp_path / "out")]) == 0
-    text = (tmp_path / "out" / "split_ablation_summary.md").read_text()
-    # no_split: final val 5.20, 5.21, 5.22 -> mean 5.210, sample std 0.010; tok/s 200k, 201k, 202k
-    assert "| no_split | 3/3 | 5.210 ± 0.010 (5.200–5.220, n=3) | 201.0k ± 1.0 (200.0–202.0, n=3) |" in text
-    assert "| fa_split | 3/3 | 6.010 ± 0.010" in text and "| 16 (then rises), 16 (then rises), 16 (then rises) |" in text
-    assert "lowest at step 16" in text and "fixtures do not separate the splits" in text
-    assert (tmp_path / "out" / "split_ablation_curves.png").stat().st_size > 0
-    rows = list(csv.DictReader(open(tmp_path / "out" / "split_ablation_summary.csv")))
-    assert len(rows) == 6 and {r["best_val_step"] for r in rows if r["split"] == "no_split"} == {"24"}

@@ -136,6 +136,44 @@ def test_cli_writes_tables_and_figures(sweep_dir, capsys):
     assert "Report of 5 jobs (4 completed)" in capsys.readouterr().out
 
 
+def test_seeded_sweep_gives_mean_and_spread_per_row_and_where_validation_loss_turns(tmp_path):
+    """A split x seed sweep: each split once, its numbers over the completed seeds; a run that did
+    not complete is named and left out; a run whose validation loss turns up is flagged."""
+    d = tmp_path / "split_ablation"
+    val = {"no_split": [6.0, 5.5, 5.2], "fa_split": [6.2, 5.9, 6.0]}  # fa_split turns up after step 16
+    for split, curve in val.items():
+        for seed in (0, 1, 2):
+            points = [v + 0.01 * seed for v in curve]
+            # Lightning logs in-loop validation one step early; train.py's post-fit one (step 24) at 24.
+            rows = [{"step": 8 * (i + 1) - 1, "val/loss": v} for i, v in enumerate(points[:-1])]
+            rows += [{"step": 24, "val/loss": points[-1]}] + [{"step": s, "train/loss": 7.0 - s / 10} for s in range(1, 25)]
+            make_job(d, f"seed={seed},split={split}", {"seed": str(seed), "split": split}, arch="flowhn", scale="135m",
+                     split=split, steps=24, val_loss=points[-1], mfu=0.15 + 0.01 * seed, eval_avg=0.3 + 0.01 * seed,
+                     tps=200_000 + 1_000 * seed + (0 if split == "no_split" else 40_000), metrics={"version_0": rows})
+    make_job(d, "seed=3,split=no_split", {"seed": "3", "split": "no_split"}, status="stopped", arch="flowhn",
+             scale="135m", split="no_split", val_loss=9.0, tps=1.0)
+    assert report.main([str(d), "--out", str(tmp_path / "out")]) == 0
+    text = (tmp_path / "out" / "seeds.md").read_text()
+    # no_split: final val 5.20, 5.21, 5.22 -> mean 5.210, sample std 0.010; TPS 200k, 201k, 202k; the stopped seed left out
+    assert ("| No_Split | 3/4 | 5.210 ± 0.010 (5.200–5.220, n=3) | 201.0k ± 1.0 (200.0k–202.0k, n=3) | "
+            "16.0 ± 1.0 (15.0–17.0, n=3) | 31.0 ± 1.0 (30.0–32.0, n=3) | 24, 24, 24 |") in text
+    assert "| FA_Split | 3/3 | 6.010 ± 0.010" in text and "| 16 (then rises), 16 (then rises), 16 (then rises) |" in text
+    assert "- validation loss: the seed ranges do not overlap for No_Split/FA_Split" in text
+    assert "- zero-shot Avg: the seed ranges of every pair overlap." in text
+    assert "seed=0,split=fa_split (lowest at step 16)" in text
+    assert "`seed=3,split=no_split` (stopped)" in text
+    with open(tmp_path / "out" / "seeds.csv", newline="") as f:
+        rows = {r["model"]: r for r in csv.DictReader(f)}
+    assert rows["No_Split"]["completed"] == "3" and rows["No_Split"]["runs"] == "4"
+    assert float(rows["FA_Split"]["TPS_mean"]) == 241_000.0 and rows["FA_Split"]["lowest_val_steps"] == "16 16 16"
+    assert (tmp_path / "out" / "seed_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sweeps_without_seeds_write_no_seed_table(sweep_dir):
+    assert report.main([str(sweep_dir)]) == 0
+    assert not (sweep_dir / "report" / "seeds.md").exists()
+
+
 def test_cli_refuses_bad_input_in_one_line(tmp_path, monkeypatch, capsys):
     assert report.main([str(tmp_path / "nope")]) == 2
     assert "no such sweep folder" in capsys.readouterr().err

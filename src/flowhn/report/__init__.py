@@ -17,10 +17,14 @@ Writes ``<sweep_dir>/report/`` (``--out`` elsewhere):
   jobs that did not complete (failed, stopped, running, missing) listed with their errors;
 * ``tps_mfu.png``: TPS bars and MFU line (twin axis) per scale, as in the paper's figure;
 * ``perf_curves.png`` / ``loss_curves.png``: TPS and MFU, training and validation loss over steps;
+* ``seeds.md`` / ``seeds.csv`` / ``seed_curves.png``, when the jobs were swept over ``seed``: each
+  configuration once, its validation loss, TPS, MFU and zero-shot Avg as mean ± spread over its
+  seeds, where validation loss stopped falling, which rows' seed ranges do not overlap; loss
+  curves one colour per configuration, one line per seed;
 * ``seqlen.png`` / ``seqlen.md``: tok/s against sequence length per model, when given a ladder CSV
   (``--seqlen``, or ``seqlen.csv`` / ``seqlen_ladder.csv`` in the sweep folder).
 
-Modules: ``runs`` (reading jobs and metrics), ``table``, ``figures`` (PNG), ``html``, ``seqlen``,
+Modules: ``runs`` (reading jobs and metrics), ``table``, ``seeds``, ``figures`` (PNG), ``html``, ``seqlen``,
 ``wandb_offline`` (offline W&B run files), ``cli``.
 """
 

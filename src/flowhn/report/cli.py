@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from flowhn.errors import ConfigError
-from flowhn.report import figures, seqlen
+from flowhn.report import figures, seeds, seqlen
 from flowhn.report.runs import Run, local_runs, wandb_runs
 from flowhn.report.table import markdown, table
 
@@ -37,6 +37,13 @@ def write_report(runs: list[Run], out_dir: Path, title: str, ladder: pd.DataFram
                             paths["perf_curves"])  # fmt: skip
         figures.plot_curves(runs, [("train/loss", "training loss", 1.0), ("val/loss", "validation loss", 1.0)],
                             paths["loss_curves"])  # fmt: skip
+        groups = seeds.seed_groups(runs)
+        if groups:  # a sweep over seeds: each configuration once, as mean ± spread
+            paths |= {"seeds_md": out_dir / "seeds.md", "seeds_csv": out_dir / "seeds.csv",
+                      "seed_curves": out_dir / "seed_curves.png"}
+            paths["seeds_md"].write_text(seeds.seeds_markdown(groups, title))
+            seeds.seeds_table(groups).to_csv(paths["seeds_csv"], index=False)
+            figures.plot_seed_curves(groups, paths["seed_curves"])
     if ladder is not None:
         paths["seqlen_png"], paths["seqlen_md"] = out_dir / "seqlen.png", out_dir / "seqlen.md"
         paths["seqlen_md"].write_text(seqlen.markdown(ladder, ladder_source or Path("seqlen.csv")))

@@ -92,3 +92,43 @@ def plot_seqlen(ladder: pd.DataFrame, path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_seed_curves(groups, path: Path) -> None:
+    """Training and validation loss against step: one colour per seed group (``report.seeds``), one
+    line per seed. The y range leaves out each curve's first point (an untrained model's loss would
+    flatten the rest), and says so when that cut one off."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for ax, (metric, title) in zip(axes, (("train/loss", "training loss"), ("val/loss", "validation loss"))):
+        later: list[float] = []
+        first: list[float] = []
+        for colour, group in enumerate(groups):
+            for i, run in enumerate(group.runs):
+                if metric not in run.metrics:
+                    continue
+                points = run.metrics[["step", metric]].dropna()
+                if points.empty:
+                    continue
+                seed = run.axes.get("seed", "?")
+                status = "" if run.completed else f" ({run.status})"
+                ax.plot(points["step"], points[metric], color=f"C{colour % 10}", alpha=0.85, lw=1.2,
+                        marker="o" if metric == "val/loss" else None, ms=3,
+                        label=f"{group.label} [{group.scale}]" if i == 0 else None)
+                if status or len(points) == 1:
+                    ax.annotate(f"seed {seed}{status}", (points["step"].iloc[-1], points[metric].iloc[-1]), fontsize=7)
+                first.append(float(points[metric].iloc[0]))
+                later.extend(points[metric].iloc[1:].astype(float))
+        if later:
+            lo, hi = min(later + first), max(later)
+            pad = 0.05 * (hi - lo or 1.0)
+            ax.set_ylim(lo - pad, hi + pad)
+            if max(first) > hi + pad:
+                title += " (first points above the range cut)"
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[1].legend(title="one colour per row, one line per seed", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,177 @@
+"""Runs that differ only in their seed, read as one row: mean ± spread over the seeds.
+
+A seeded ablation (``experiment=split_ablation_gpu_small``: four splits x three seeds) is judged
+by whether the gaps between its rows are larger than the spread within them. So each group
+reports, over its completed runs, validation loss, TPS, MFU and the zero-shot average as mean ±
+sample standard deviation with min–max; the step of each run's lowest validation loss, and whether
+the run ended above it (overfitting, or divergence); and which pairs of groups have seed ranges
+that do not overlap (a crude test with three seeds, said as such). Jobs that did not complete are
+named and left out of the numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+
+import pandas as pd
+
+from flowhn.report.runs import Run, order_key
+
+SEED_AXIS = "seed"
+# A run whose last validation loss is above its lowest by more than this has stopped improving.
+RISE_TOLERANCE = 0.01
+
+
+@dataclass
+class SeedGroup:
+    """The runs of one configuration, one per seed."""
+
+    label: str  # the report's row label without the seed (``FAC_Split``, ``FAC_Split (lr=0.001)``)
+    scale: str
+    runs: list[Run]
+
+    @property
+    def completed(self) -> list[Run]:
+        return [r for r in self.runs if r.completed]
+
+
+def _label_without_seed(run: Run) -> str:
+    extra = [f"{k.rsplit('.', 1)[-1]}={v}" for k, v in run.axes.items() if k not in ("model", "scale", "split", SEED_AXIS)]
+    return f"{run.base_label} ({', '.join(extra)})" if extra else run.base_label
+
+
+def seed_groups(runs: list[Run]) -> list[SeedGroup]:
+    """Runs grouped by everything but their seed, in the report's row order; empty when no run
+    was swept over seeds (nothing to aggregate)."""
+    if not any(SEED_AXIS in r.axes for r in runs):
+        return []
+    groups: dict[tuple[str, str], SeedGroup] = {}
+    for run in sorted(runs, key=order_key):
+        key = (run.scale, _label_without_seed(run))
+        groups.setdefault(key, SeedGroup(key[1], run.scale, [])).runs.append(run)
+    return list(groups.values())
+
+
+@dataclass(frozen=True)
+class Spread:
+    mean: float
+    std: float | None  # sample standard deviation; None for one run
+    lo: float
+    hi: float
+    n: int
+
+    def overlaps(self, other: Spread) -> bool:
+        return not (self.hi < other.lo or other.hi < self.lo)
+
+
+def spread(values: list[float | None]) -> Spread | None:
+    values = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    if not values:
+        return None
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return Spread(statistics.fmean(values), std, min(values), max(values), len(values))
+
+
+def format_spread(s: Spread | None, digits: int = 3, scale: float = 1.0, unit: str = "") -> str:
+    """``5.210 ± 0.010 (5.200–5.220, n=3)``; one run: ``5.210 (1 run)``."""
+    if s is None:
+        return "—"
+    f = lambda v: f"{v / scale:.{digits}f}{unit}"  # noqa: E731
+    if s.std is None:
+        return f"{f(s.mean)} (1 run)"
+    return f"{f(s.mean)} ± {s.std / scale:.{digits}f} ({f(s.lo)}–{f(s.hi)}, n={s.n})"
+
+
+def lowest_validation(run: Run, tolerance: float = RISE_TOLERANCE) -> tuple[int | None, bool]:
+    """(step of the run's lowest validation loss, whether its last one is above it by > tolerance)."""
+    if "val/loss" not in run.metrics:
+        return None, False
+    val = run.metrics[["step", "val/loss"]].dropna()
+    if val.empty:
+        return None, False
+    best = val.loc[val["val/loss"].idxmin()]
+    return int(best["step"]), float(val["val/loss"].iloc[-1]) > float(best["val/loss"]) + tolerance
+
+
+METRICS = {  # column: (summary key, factor to the printed unit)
+    "val_loss": ("val_loss", 1.0),
+    "TPS": ("tps", 1.0),
+    "MFU": ("mfu", 100.0),
+    "Avg": ("eval_avg", 100.0),
+}
+
+
+def group_spreads(group: SeedGroup) -> dict[str, Spread | None]:
+    out = {}
+    for column, (key, factor) in METRICS.items():
+        values = [r.summary.get(key) for r in group.completed]
+        out[column] = spread([None if v is None else factor * v for v in values])
+    return out
+
+
+def seeds_table(groups: list[SeedGroup], tolerance: float = RISE_TOLERANCE) -> pd.DataFrame:
+    """One row per group and statistic: ``seeds.csv``."""
+    rows = []
+    for g in groups:
+        spreads = group_spreads(g)
+        lowest = [lowest_validation(r, tolerance) for r in g.completed]
+        row = {"model": g.label, "scale": g.scale, "completed": len(g.completed), "runs": len(g.runs),
+               "seeds": " ".join(str(r.axes.get(SEED_AXIS, "")) for r in g.completed),
+               "lowest_val_steps": " ".join("" if s is None else str(s) for s, _ in lowest),
+               "rises_after_lowest": sum(rise for _, rise in lowest)}
+        for column, s in spreads.items():
+            for stat in ("mean", "std", "lo", "hi", "n"):
+                row[f"{column}_{stat}"] = None if s is None else getattr(s, stat)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def apart(groups: list[SeedGroup], column: str) -> list[str]:
+    """Pairs of groups (same scale) whose seed ranges of ``column`` do not overlap."""
+    spreads = [(g, group_spreads(g)[column]) for g in groups]
+    pairs = []
+    for i, (a, sa) in enumerate(spreads):
+        for b, sb in spreads[i + 1:]:
+            if a.scale == b.scale and sa and sb and sa.n > 1 and sb.n > 1 and not sa.overlaps(sb):
+                pairs.append(f"{a.label}/{b.label}")
+    return pairs
+
+
+def seeds_markdown(groups: list[SeedGroup], title: str, tolerance: float = RISE_TOLERANCE) -> str:
+    """``seeds.md``: a table per scale of mean ± spread over seeds, and what the spreads say."""
+    lines = [f"# {title}: over seeds", "",
+             "mean ± sample standard deviation over each row's completed seeds (min–max, n runs); TPS is "
+             "train.py's median over its post-warm-up windows; MFU and zero-shot Avg in %.", ""]
+    for scale in dict.fromkeys(g.scale for g in groups):
+        part = [g for g in groups if g.scale == scale]
+        lines += [f"## {scale}", "", "| model | runs | val loss | TPS | MFU % | zero-shot Avg % | lowest val loss at step |",
+                  "|---|---:|---|---|---|---|---|"]
+        for g in part:
+            s = group_spreads(g)
+            steps = ", ".join(f"{step}{' (then rises)' if rise else ''}" for step, rise in
+                              (lowest_validation(r, tolerance) for r in g.completed) if step is not None)
+            lines.append(f"| {g.label} | {len(g.completed)}/{len(g.runs)} | {format_spread(s['val_loss'])} | "
+                         f"{format_spread(s['TPS'], 1, 1e3, 'k')} | {format_spread(s['MFU'], 1)} | "
+                         f"{format_spread(s['Avg'], 1)} | {steps or '—'} |")
+        lines.append("")
+        for column, what in (("val_loss", "validation loss"), ("TPS", "TPS"), ("Avg", "zero-shot Avg")):
+            pairs = apart(part, column)
+            if any(group_spreads(g)[column] for g in part):
+                lines.append(f"- {what}: " + (f"the seed ranges do not overlap for {', '.join(pairs)}; every other "
+                                              "pair overlaps." if pairs else "the seed ranges of every pair overlap."))
+        rising = [(r.name, lowest_validation(r, tolerance)[0]) for g in part for r in g.completed
+                  if lowest_validation(r, tolerance)[1]]
+        if rising:
+            lines.append(f"- validation loss rose after its lowest point (by more than {tolerance}) in: "
+                         + ", ".join(f"{name} (lowest at step {step})" for name, step in rising) + ".")
+        elif any(g.completed for g in part):
+            lines.append(f"- validation loss was at its lowest (within {tolerance}) at the last evaluation of "
+                         "every run: none overfits at this step count.")
+        lines.append("")
+    unfinished = [r for g in groups for r in g.runs if not r.completed]
+    if unfinished:
+        lines += ["Not completed, left out of the numbers: "
+                  + ", ".join(f"`{r.name}` ({r.status})" for r in unfinished) + ".", ""]
+    return "\n".join(lines)
