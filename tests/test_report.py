@@ -167,11 +167,15 @@ def test_seeded_sweep_gives_mean_and_spread_per_row_and_where_validation_loss_tu
     assert rows["No_Split"]["completed"] == "3" and rows["No_Split"]["runs"] == "4"
     assert float(rows["FA_Split"]["TPS_mean"]) == 241_000.0 and rows["FA_Split"]["lowest_val_steps"] == "16 16 16"
     assert (tmp_path / "out" / "seed_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = html.unescape((tmp_path / "out" / "index.html").read_text())
+    seeds_table = page[page.index('<table id="seeds"'):]
+    assert "<td>No_Split</td><td>135m</td><td>3/4</td><td>5.210 ± 0.010 (5.200–5.220, n=3)</td>" in seeds_table
 
 
 def test_sweeps_without_seeds_write_no_seed_table(sweep_dir):
     assert report.main([str(sweep_dir)]) == 0
     assert not (sweep_dir / "report" / "seeds.md").exists()
+    assert 'id="seeds"' not in (sweep_dir / "report" / "index.html").read_text()
 
 
 def test_cli_refuses_bad_input_in_one_line(tmp_path, monkeypatch, capsys):

@@ -22,6 +22,7 @@ from typing import Any
 
 import pandas as pd
 
+from flowhn.report import seeds
 from flowhn.report.runs import NOT_COMPLETED, Run, differing_config, order_key
 from flowhn.report.table import fmt
 from flowhn.sweeping import PAPER_TASKS
@@ -270,6 +271,24 @@ def seqlen_table_html(ladder: pd.DataFrame) -> str:
             f"{head}</tr></thead><tbody>{body}</tbody></table>")
 
 
+def seeds_table_html(groups: list[seeds.SeedGroup]) -> str:
+    """Each configuration once, mean ± spread over its seeds (as seeds.md has it)."""
+    body = []
+    for g in groups:
+        spreads = seeds.group_spreads(g)
+        steps = ", ".join(f"{step}{' (then rises)' if rise else ''}" for step, rise in
+                          (seeds.lowest_validation(r) for r in g.completed) if step is not None)
+        cells = [g.label, g.scale, f"{len(g.completed)}/{len(g.runs)}", seeds.format_spread(spreads["val_loss"]),
+                 seeds.format_spread(spreads["TPS"], 1, 1e3, "k"), seeds.format_spread(spreads["MFU"], 1),
+                 seeds.format_spread(spreads["Avg"], 1), steps or "—"]
+        body.append("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in cells) + "</tr>")
+    head = "".join(f"<th>{h}</th>" for h in ("model", "scale", "runs", "val loss", "TPS", "MFU %", "zero-shot Avg %",
+                                               "lowest val loss at step"))
+    return (f'<h2>Over seeds</h2><p class="meta">mean ± sample standard deviation over each row\'s completed '
+            f"seeds (min–max, n runs); runs that did not complete are left out.</p>"
+            f'<table id="seeds" class="plain"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>')
+
+
 def _badge(status: str) -> str:
     colour = STATUS_COLOURS.get(status, "#6d6d6d")
     return f'<span class="badge" style="background:{colour}">{_esc(status)}</span>'
@@ -426,11 +445,13 @@ def runs_sections(runs: list[Run], df: pd.DataFrame, figures: dict[str, dict]) -
                         f"{_esc(r.summary.get('error') or 'no error recorded')}</li>" for r in unfinished)  # fmt: skip
         unfinished_html = f"<h3>Not completed</h3><ul>{items}</ul>"
     notes_html = f'<p class="notes">Not in this chart: {_esc("; ".join(notes))}.</p>' if notes else ""
+    groups = seeds.seed_groups(runs)
     return f"""<h2>Table 1</h2>
 <p class="meta">TPS in tokens/s, MFU and accuracies in %; grey columns are the paper's Table 1 for the
 same row and scale. Click a header to sort.</p>
 {table_html(df)}
 {unfinished_html}
+{seeds_table_html(groups) if groups else ""}
 <h2>Curves</h2>
 <p class="meta">Click a run in the legend to hide it (double-click: only it); dotted lines are runs that
 did not complete. The buttons switch every x axis.</p>
