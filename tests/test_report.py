@@ -134,6 +134,8 @@ def test_cli_writes_tables_and_figures(sweep_dir, capsys):
         assert len(list(csv.DictReader(f))) == 5
     assert (out / "table.md").read_text().startswith("# table1_smoke")
     assert "Report of 5 jobs (4 completed)" in capsys.readouterr().out
+    # Not swept over seeds: no seed table
+    assert not (out / "seeds.md").exists() and 'id="seeds"' not in (out / "index.html").read_text()
 
 
 def test_seeded_sweep_gives_mean_and_spread_per_row_and_where_validation_loss_turns(tmp_path):
@@ -170,12 +172,6 @@ def test_seeded_sweep_gives_mean_and_spread_per_row_and_where_validation_loss_tu
     page = html.unescape((tmp_path / "out" / "index.html").read_text())
     seeds_table = page[page.index('<table id="seeds"'):]
     assert "<td>No_Split</td><td>135m</td><td>3/4</td><td>5.210 ± 0.010 (5.200–5.220, n=3)</td>" in seeds_table
-
-
-def test_sweeps_without_seeds_write_no_seed_table(sweep_dir):
-    assert report.main([str(sweep_dir)]) == 0
-    assert not (sweep_dir / "report" / "seeds.md").exists()
-    assert 'id="seeds"' not in (sweep_dir / "report" / "index.html").read_text()
 
 
 def test_cli_refuses_bad_input_in_one_line(tmp_path, monkeypatch, capsys):
