@@ -112,12 +112,13 @@ ladder() {
       export CUDA_VISIBLE_DEVICES=$g
       if ((g == 0)) && [[ ${FA_FAC_PROFILE:-0} == 1 ]]; then
         # FA vs FAC at 135M with the kernel time per category (experiments/split_ablation/RESULTS.md): both
-        # give every block 564 attention / 460 SSM tokens, so each is timed twice, in turn, to see the
-        # order and run-to-run spread; then FAC at r = 0.546875 (560 / 464 tokens, multiples of 16)
-        # and AE (512 / 512) test whether the lengths that are not multiples of 8 cost the time.
+        # give every block 564 attention / 460 SSM tokens. Each row in a fresh process (isolate=true: no
+        # row inherits the compiled code and heap of the ones before), each split twice in both orders
+        # (fa, fac, fac, fa) for the run-to-run spread; then FAC at r = 0.546875 (560 / 464 tokens,
+        # multiples of 16) and AE (512 / 512): do lengths that are not multiples of 8 cost time?
         local fa="{model: flowhn, split: fa_split}" fac="{model: flowhn, split: fac_split}"
-        timeout 300 python3 -m flowhn.bench scale=135m steps=20 warmup=4 profile=true profile_steps=2 peers=[] \
-          "entries=[$fa, $fac, $fa, $fac, {model: flowhn, split: fac_split, split.ratio: 0.546875}, {model: flowhn, split: ae_split}]" \
+        timeout 360 python3 -m flowhn.bench scale=135m steps=20 warmup=4 profile=true profile_steps=2 peers=[] isolate=true \
+          "entries=[$fa, $fac, $fac, $fa, {model: flowhn, split: fac_split, split.ratio: 0.546875}, {model: flowhn, split: ae_split}]" \
           output=/tmp/ladder_logs/fa_vs_fac_profile.md hydra.run.dir=/tmp/bench_profile > /tmp/ladder_logs/profile.log 2>&1
         cp /tmp/ladder_logs/fa_vs_fac_profile.md "$OUT/fa_vs_fac_profile_${gpu}.md" 2>/dev/null \
           || grep "Row(" /tmp/ladder_logs/profile.log > "$OUT/fa_vs_fac_profile_${gpu}.md"  # cut short: the rows it logged

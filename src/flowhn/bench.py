@@ -3,7 +3,9 @@
 Each entry is built, warmed up (compile and autotune happen there) and then timed over
 ``steps`` full training steps (forward, backward, fused AdamW) between two CUDA events, in bf16
 autocast with fp32 master weights, in one process, so every row of the table shares the GPU's
-state. The peers are timed the same way: HF transformers' Llama at our llama dims (eager and
+state. ``isolate=true`` runs each row in a fresh process instead, so that no row inherits what the rows
+before it compiled and allocated (at 135M a step is bound by the host, and a row's place in the
+order has moved its tok/s by ±10 %). The peers are timed the same way: HF transformers' Llama at our llama dims (eager and
 compiled), HF's Mamba/Mamba-2 (their PyTorch paths here) and mamba-ssm's MambaLMHeadModel when it
 is installed. MFU uses our FLOP convention (``flowhn.nn.flops``) for every row; a peer with our
 architecture's dims is charged our model's FLOPs per token.
@@ -20,6 +22,8 @@ import gc
 import json
 import logging
 import os
+import shlex
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -236,9 +240,9 @@ PEERS = {
 }
 
 
-def measure(make, bench: DictConfig, peak: float | None) -> tuple[Row, str | None]:
-    """The row for one model, and its kernel-time breakdown (Markdown) when ``bench.profile``."""
-    name = "?"
+def measure(make, bench: DictConfig, peak: float | None, name: str = "?") -> tuple[Row, str | None]:
+    """The row for one model, and its kernel-time breakdown (Markdown) when ``bench.profile``;
+    ``name`` labels the row when building the model fails."""
     try:
         name, model, flops_per_token, vocab, compiled, *fused = make()  # peers: full logits, no `fused`
         step = make_train_step(model, vocab, bench.batch_size, bench.seq_len, compiled, bench.device, fused=any(fused))
@@ -267,6 +271,42 @@ def measure(make, bench: DictConfig, peak: float | None) -> tuple[Row, str | Non
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def entry_override(entry: dict) -> str:
+    """An entry as a Hydra override value, ``{model: flowhn, split: 'fa_split'}`` (strings quoted)."""
+    def value(v):
+        if isinstance(v, bool):
+            return str(v).lower()
+        return "null" if v is None else repr(v) if isinstance(v, str) else str(v)
+    return "{" + ", ".join(f"{k}: {value(v)}" for k, v in entry.items()) + "}"
+
+
+# The parent's overrides that a row's own process sets itself.
+ISOLATED_KEYS = ("entries", "peers", "isolate", "row_json", "output", "hydra.run.dir")
+
+
+def measure_in_process(index: int, kind: str, spec, bench: DictConfig, overrides: list[str],
+                       rows_dir: Path) -> tuple[Row, str | None]:
+    """One row timed in a fresh ``python -m flowhn.bench`` (``isolate=true``) with the parent's
+    ``overrides``: nothing compiled, allocated or imported for the rows before it is in the process.
+    Its log and row JSON go to ``rows_dir``."""
+    rows_dir.mkdir(parents=True, exist_ok=True)
+    result, log_file = rows_dir / f"row_{index}.json", rows_dir / f"row_{index}.log"
+    result.unlink(missing_ok=True)
+    keep = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in ISOLATED_KEYS]
+    cmd = [sys.executable, "-m", "flowhn.bench", *keep, "isolate=false", f"row_json={result}",
+           f"hydra.run.dir={rows_dir / f'row_{index}'}",
+           f"entries=[{entry_override(spec)}]" if kind == "entry" else "entries=[]",
+           f"peers=[{spec}]" if kind == "peer" else "peers=[]"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    log_file.write_text(f"$ {shlex.join(cmd)}\n{proc.stdout}{proc.stderr}")
+    data = json.loads(result.read_text()) if result.exists() else None
+    if proc.returncode != 0 or not data or not data["rows"]:
+        name = entry_label(spec, bench) if kind == "entry" else spec
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return Row(name, f"error: its process exited {proc.returncode}: {last}"[:80]), None
+    return Row(**data["rows"][0]), (data["breakdowns"] or [None])[0]
 
 
 def table(rows: list[Row], header: str) -> str:
@@ -400,6 +440,8 @@ def main(bench: DictConfig) -> None:
     peak = device_peak_tflops(bench.device, "bf16-mixed", bench.hardware.peak_tflops)
     torch.backends.cuda.matmul.allow_tf32 = True
     if bench.seqlen_ladder:
+        if bench.isolate:
+            raise ConfigError("isolate: the seq_len ladder runs its rows in one process; drop isolate=true or seqlen_ladder")
         csv_path = Path(bench.csv) if bench.csv else Path(HydraConfig.get().runtime.output_dir) / "seqlen_ladder.csv"
         rows = run_ladder(bench, peak, csv_path, started)
         header = (f"### {gpu}, scale {bench.scale.name}, {bench.tokens_per_step:,} tokens per step "
@@ -412,15 +454,22 @@ def main(bench: DictConfig) -> None:
             Path(bench.output).write_text(text + "\n")
         return
     rows, breakdowns = [], []
-    makers = [lambda entry=OmegaConf.to_container(e): ours(entry, bench) for e in bench.entries]
-    makers += [lambda peer=p: PEERS[peer](bench) for p in bench.peers]
-    for make in makers:
-        row, breakdown = measure(make, bench, peak)
+    specs = [("entry", OmegaConf.to_container(e)) for e in bench.entries] + [("peer", p) for p in bench.peers]
+    for index, (kind, spec) in enumerate(specs):
+        if bench.isolate:
+            row, breakdown = measure_in_process(index, kind, spec, bench, list(HydraConfig.get().overrides.task),
+                                                Path(HydraConfig.get().runtime.output_dir) / "rows")
+        else:
+            make = (lambda entry=spec: ours(entry, bench)) if kind == "entry" else (lambda peer=spec: PEERS[peer](bench))
+            row, breakdown = measure(make, bench, peak, entry_label(spec, bench) if kind == "entry" else spec)
         rows.append(row)
         breakdowns += [breakdown] if breakdown else []
         log.info("%s%s", row, f"\n{breakdown}" if breakdown else "")  # survives a run cut short
+    if bench.row_json:  # a row's own process (isolate=true) hands its row back
+        Path(bench.row_json).write_text(json.dumps({"rows": [asdict(r) for r in rows], "breakdowns": breakdowns}))
     header = (f"### {gpu}, scale {bench.scale.name}, batch {bench.batch_size} × seq {bench.seq_len}, bf16 autocast, "
-              f"fused AdamW, torch {torch.__version__}, peak {peak} TFLOP/s\n\n"
+              f"fused AdamW, torch {torch.__version__}, peak {peak} TFLOP/s"
+              f"{', each row in its own process' if bench.isolate else ''}\n\n"
               f"`python -m flowhn.bench {' '.join(sys.argv[1:])}`")
     text = table(rows, header)
     if breakdowns:
