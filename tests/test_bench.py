@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import shlex
 import subprocess
 import sys
@@ -69,23 +68,26 @@ def test_bench_refuses_to_run_without_a_gpu():
 
 
 def test_isolate_times_each_row_in_its_own_process(tmp_path):
-    """isolate=true (on the CPU: the same code path, wall-clock timed): the row runs in a process of
-    its own, started with the parent's overrides but not its row list, and comes back to the table."""
-    out = tmp_path / "bench.md"
-    result = subprocess.run(
-        [sys.executable, "-m", "flowhn.bench", "device=cpu", "scale=tiny", "seq_len=32", "batch_size=2", "steps=1",
-         "warmup=1", "compile=false", "peers=[]", "isolate=true", "entries=[{model: llama, data.batch_size: 2}]",
-         f"output={out}", f"hydra.run.dir={tmp_path}/run"],
-        capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    rows = json.loads(out.with_suffix(".json").read_text())
-    assert len(rows) == 1 and rows[0]["name"] == "llama/data.batch_size=2" and rows[0]["status"] == "ok"
-    assert rows[0]["tok_s"] > 0 and "each row in its own process" in out.read_text()
-    command = shlex.split((tmp_path / "run" / "rows" / "row_0.log").read_text().splitlines()[0][2:])
+    """isolate=true's row process (on the CPU: the same code path, wall-clock timed), started as
+    main() starts it: the parent's overrides without its row list, output or run dir; the row and
+    its log come back."""
+    from flowhn.bench import measure_in_process
+
+    parent = ["device=cpu", "scale=tiny", "seq_len=32", "batch_size=2", "steps=1", "warmup=1", "compile=false",
+              "isolate=true", "entries=[{model: llama}, {model: mamba}]", "peers=[hf_llama]", f"output={tmp_path}/x.md",
+              f"hydra.run.dir={tmp_path}/run"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        bench = compose("bench", overrides=parent[:-1])
+    row, breakdown = measure_in_process(0, "entry", {"model": "llama", "data.batch_size": 2}, bench, parent,
+                                        tmp_path / "rows")
+    assert row.name == "llama/data.batch_size=2" and row.status == "ok" and row.tok_s > 0 and breakdown is None
+    command = shlex.split((tmp_path / "rows" / "row_0.log").read_text().splitlines()[0][2:])
+    assert command[1:3] == ["-m", "flowhn.bench"]
     assert "entries=[{model: 'llama', data.batch_size: 2}]" in command and "peers=[]" in command
     assert "seq_len=32" in command and "isolate=false" in command
     keys = [arg.split("=", 1)[0] for arg in command[3:]]
     assert "output" not in keys and keys.count("hydra.run.dir") == 1 and keys.count("row_json") == 1
+    assert keys.count("entries") == 1 and keys.count("peers") == 1
 
 
 def test_a_row_whose_process_dies_is_kept_as_an_error(tmp_path, monkeypatch):
