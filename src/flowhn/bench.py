@@ -282,6 +282,11 @@ def entry_override(entry: dict) -> str:
     return "{" + ", ".join(f"{k}: {value(v)}" for k, v in entry.items()) + "}"
 
 
+def spec_label(kind: str, spec, bench: DictConfig) -> str:
+    """A row's name before its model is built: an entry's label, or the peer's name."""
+    return entry_label(spec, bench) if kind == "entry" else spec
+
+
 # The parent's overrides that a row's own process sets itself.
 ISOLATED_KEYS = ("entries", "peers", "isolate", "row_json", "output", "hydra.run.dir")
 
@@ -303,9 +308,8 @@ def measure_in_process(index: int, kind: str, spec, bench: DictConfig, overrides
     log_file.write_text(f"$ {shlex.join(cmd)}\n{proc.stdout}{proc.stderr}")
     data = json.loads(result.read_text()) if result.exists() else None
     if proc.returncode != 0 or not data or not data["rows"]:
-        name = entry_label(spec, bench) if kind == "entry" else spec
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return Row(name, f"error: its process exited {proc.returncode}: {last}"[:80]), None
+        return Row(spec_label(kind, spec, bench), f"error: its process exited {proc.returncode}: {last}"[:80]), None
     return Row(**data["rows"][0]), (data["breakdowns"] or [None])[0]
 
 
@@ -455,13 +459,14 @@ def main(bench: DictConfig) -> None:
         return
     rows, breakdowns = [], []
     specs = [("entry", OmegaConf.to_container(e)) for e in bench.entries] + [("peer", p) for p in bench.peers]
+    hydra_cfg = HydraConfig.get()
     for index, (kind, spec) in enumerate(specs):
         if bench.isolate:
-            row, breakdown = measure_in_process(index, kind, spec, bench, list(HydraConfig.get().overrides.task),
-                                                Path(HydraConfig.get().runtime.output_dir) / "rows")
+            row, breakdown = measure_in_process(index, kind, spec, bench, list(hydra_cfg.overrides.task),
+                                                Path(hydra_cfg.runtime.output_dir) / "rows")
         else:
             make = (lambda entry=spec: ours(entry, bench)) if kind == "entry" else (lambda peer=spec: PEERS[peer](bench))
-            row, breakdown = measure(make, bench, peak, entry_label(spec, bench) if kind == "entry" else spec)
+            row, breakdown = measure(make, bench, peak, spec_label(kind, spec, bench))
         rows.append(row)
         breakdowns += [breakdown] if breakdown else []
         log.info("%s%s", row, f"\n{breakdown}" if breakdown else "")  # survives a run cut short

@@ -272,18 +272,10 @@ def seqlen_table_html(ladder: pd.DataFrame) -> str:
 
 
 def seeds_table_html(groups: list[seeds.SeedGroup]) -> str:
-    """Each configuration once, mean ± spread over its seeds (as seeds.md has it)."""
-    body = []
-    for g in groups:
-        spreads = seeds.group_spreads(g)
-        steps = ", ".join(f"{step}{' (then rises)' if rise else ''}" for step, rise in
-                          (seeds.lowest_validation(r) for r in g.completed) if step is not None)
-        cells = [g.label, g.scale, f"{len(g.completed)}/{len(g.runs)}", seeds.format_spread(spreads["val_loss"]),
-                 seeds.format_spread(spreads["TPS"], 1, 1e3, "k"), seeds.format_spread(spreads["MFU"], 1),
-                 seeds.format_spread(spreads["Avg"], 1), steps or "—"]
-        body.append("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in cells) + "</tr>")
-    head = "".join(f"<th>{h}</th>" for h in ("model", "scale", "runs", "val loss", "TPS", "MFU %", "zero-shot Avg %",
-                                               "lowest val loss at step"))
+    """Each configuration once, mean ± spread over its seeds (the rows of seeds.md)."""
+    body = ["<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in seeds.row_cells(g, seeds.group_spreads(g))) + "</tr>"
+            for g in groups]
+    head = "".join(f"<th>{_esc(h)}</th>" for h in seeds.ROW_HEADERS)
     return (f'<h2>Over seeds</h2><p class="meta">mean ± sample standard deviation over each row\'s completed '
             f"seeds (min–max, n runs); runs that did not complete are left out.</p>"
             f'<table id="seeds" class="plain"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>')

@@ -66,12 +66,16 @@ class Run:
     @property
     def label(self) -> str:
         """Paper-style row name (FlowHN rows are named by their split), plus any other axes."""
+        return self.label_without()
+
+    def label_without(self, *axes: str) -> str:
+        """The label leaving out ``axes`` as well (``label_without("seed")``: the row of a seed group)."""
         split = self.summary.get("split") or self.axes.get("split") or self.config.get("split.name")
         if self.arch == "flowhn":
             base = SPLIT_LABELS.get(str(split), f"FlowHN {split}")
         else:
             base = ARCH_LABELS.get(self.arch, self.arch)
-        extra = [f"{k.rsplit('.', 1)[-1]}={v}" for k, v in self.axes.items() if k not in LABEL_AXES]
+        extra = [f"{k.rsplit('.', 1)[-1]}={v}" for k, v in self.axes.items() if k not in LABEL_AXES and k not in axes]
         return f"{base} ({', '.join(extra)})" if extra else base
 
     @property

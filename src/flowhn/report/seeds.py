@@ -37,11 +37,6 @@ class SeedGroup:
         return [r for r in self.runs if r.completed]
 
 
-def _label_without_seed(run: Run) -> str:
-    extra = [f"{k.rsplit('.', 1)[-1]}={v}" for k, v in run.axes.items() if k not in ("model", "scale", "split", SEED_AXIS)]
-    return f"{run.base_label} ({', '.join(extra)})" if extra else run.base_label
-
-
 def seed_groups(runs: list[Run]) -> list[SeedGroup]:
     """Runs grouped by everything but their seed, in the report's row order; empty when no run
     was swept over seeds (nothing to aggregate)."""
@@ -49,7 +44,7 @@ def seed_groups(runs: list[Run]) -> list[SeedGroup]:
         return []
     groups: dict[tuple[str, str], SeedGroup] = {}
     for run in sorted(runs, key=order_key):
-        key = (run.scale, _label_without_seed(run))
+        key = (run.scale, run.label_without(SEED_AXIS))
         groups.setdefault(key, SeedGroup(key[1], run.scale, [])).runs.append(run)
     return list(groups.values())
 
@@ -111,6 +106,19 @@ def group_spreads(group: SeedGroup) -> dict[str, Spread | None]:
     return out
 
 
+# The columns of a seed group's row, in seeds.md and in index.html's "Over seeds" table.
+ROW_HEADERS = ("model", "scale", "runs", "val loss", "TPS", "MFU %", "zero-shot Avg %", "lowest val loss at step")
+
+
+def row_cells(group: SeedGroup, spreads: dict[str, Spread | None], tolerance: float = RISE_TOLERANCE) -> list[str]:
+    """A seed group's row as printed, under ROW_HEADERS."""
+    steps = ", ".join(f"{step}{' (then rises)' if rise else ''}" for step, rise in
+                      (lowest_validation(r, tolerance) for r in group.completed) if step is not None)
+    return [group.label, group.scale, f"{len(group.completed)}/{len(group.runs)}", format_spread(spreads["val_loss"]),
+            format_spread(spreads["TPS"], 1, 1e3, "k"), format_spread(spreads["MFU"], 1), format_spread(spreads["Avg"], 1),
+            steps or "—"]
+
+
 def seeds_table(groups: list[SeedGroup], tolerance: float = RISE_TOLERANCE) -> pd.DataFrame:
     """One row per group and statistic: ``seeds.csv``."""
     rows = []
@@ -128,12 +136,11 @@ def seeds_table(groups: list[SeedGroup], tolerance: float = RISE_TOLERANCE) -> p
     return pd.DataFrame(rows)
 
 
-def apart(groups: list[SeedGroup], column: str) -> list[str]:
-    """Pairs of groups (same scale) whose seed ranges of ``column`` do not overlap."""
-    spreads = [(g, group_spreads(g)[column]) for g in groups]
+def apart(groups: list[SeedGroup], spreads: list[Spread | None]) -> list[str]:
+    """Pairs of groups (same scale) whose seed ranges (``spreads``, one per group) do not overlap."""
     pairs = []
-    for i, (a, sa) in enumerate(spreads):
-        for b, sb in spreads[i + 1:]:
+    for i, (a, sa) in enumerate(zip(groups, spreads)):
+        for b, sb in zip(groups[i + 1:], spreads[i + 1:]):
             if a.scale == b.scale and sa and sb and sa.n > 1 and sb.n > 1 and not sa.overlaps(sb):
                 pairs.append(f"{a.label}/{b.label}")
     return pairs
@@ -146,23 +153,21 @@ def seeds_markdown(groups: list[SeedGroup], title: str, tolerance: float = RISE_
              "train.py's median over its post-warm-up windows; MFU and zero-shot Avg in %.", ""]
     for scale in dict.fromkeys(g.scale for g in groups):
         part = [g for g in groups if g.scale == scale]
-        lines += [f"## {scale}", "", "| model | runs | val loss | TPS | MFU % | zero-shot Avg % | lowest val loss at step |",
-                  "|---|---:|---|---|---|---|---|"]
-        for g in part:
-            s = group_spreads(g)
-            steps = ", ".join(f"{step}{' (then rises)' if rise else ''}" for step, rise in
-                              (lowest_validation(r, tolerance) for r in g.completed) if step is not None)
-            lines.append(f"| {g.label} | {len(g.completed)}/{len(g.runs)} | {format_spread(s['val_loss'])} | "
-                         f"{format_spread(s['TPS'], 1, 1e3, 'k')} | {format_spread(s['MFU'], 1)} | "
-                         f"{format_spread(s['Avg'], 1)} | {steps or '—'} |")
+        spreads = [group_spreads(g) for g in part]
+        headers = [h for h in ROW_HEADERS if h != "scale"]  # the section says the scale
+        lines += [f"## {scale}", "", "| " + " | ".join(headers) + " |", "|---|---:|---|---|---|---|---|"]
+        for g, s in zip(part, spreads):
+            cells = row_cells(g, s, tolerance)
+            lines.append("| " + " | ".join(c for h, c in zip(ROW_HEADERS, cells) if h != "scale") + " |")
         lines.append("")
         for column, what in (("val_loss", "validation loss"), ("TPS", "TPS"), ("Avg", "zero-shot Avg")):
-            pairs = apart(part, column)
-            if any(group_spreads(g)[column] for g in part):
+            column_spreads = [s[column] for s in spreads]
+            if any(column_spreads):
+                pairs = apart(part, column_spreads)
                 lines.append(f"- {what}: " + (f"the seed ranges do not overlap for {', '.join(pairs)}; every other "
                                               "pair overlaps." if pairs else "the seed ranges of every pair overlap."))
-        rising = [(r.name, lowest_validation(r, tolerance)[0]) for g in part for r in g.completed
-                  if lowest_validation(r, tolerance)[1]]
+        lowest = [(r.name, *lowest_validation(r, tolerance)) for g in part for r in g.completed]
+        rising = [(name, step) for name, step, rises in lowest if rises]
         if rising:
             lines.append(f"- validation loss rose after its lowest point (by more than {tolerance}) in: "
                          + ", ".join(f"{name} (lowest at step {step})" for name, step in rising) + ".")
