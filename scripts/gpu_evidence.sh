@@ -4,8 +4,9 @@
 #   bash scripts/gpu_evidence.sh ladder          # the 1B seq_len ladder, resumable (FA_FAC_PROFILE=1: a 135M FA vs FAC profile first)
 #   bash scripts/gpu_evidence.sh all             # ablation, then the ladder in the time left
 # Sizes measured on one H200 (2026-11-29), each block compiled on its own: a ladder row takes 4-20 s
-# (mamba2 the longest) after ~90 s of start-up, so 35 rows fit one call; fac_split rows took ~50 s
-# then, running into dynamo's recompile limit (fixed since: one graph per span). An ablation job takes
+# (mamba2 the longest) after ~90 s of start-up, so 35 rows fit one call (17 took 330 s on a cold
+# machine; fac_split rows once took ~50 s, running into dynamo's recompile limit, fixed since: one
+# graph per span). An ablation job takes
 # 96-159 s when its split compiles cold and 36-78 s from the inductor cache (the first on a machine
 # is cold; a call on a machine still warm keeps the cache), after 50-60 s of corpus and BPE before
 # the first: the 12 jobs took four calls on one GPU, carrying the untarred sweep folder between them.
@@ -138,7 +139,7 @@ import sys, torch
 from flowhn.bench import ladder_markdown, read_ladder_csv
 rows = read_ladder_csv(sys.argv[1])
 head = (f"### {torch.cuda.get_device_name()}, scale 1b, 16,384 tokens per step (batch = 16,384 / seq_len), "
-        f"compiled whole, bf16 autocast, fused AdamW, torch {torch.__version__}")
+        f"compiled as each row says, bf16 autocast, fused AdamW, torch {torch.__version__}")
 open(sys.argv[2], "w").write(ladder_markdown(rows, head) + "\n")
 missing = 35 - sum(r["status"] in ("ok", "OOM") for r in rows.values())
 print(f"ladder: {len(rows)} rows in the CSV, {missing} of the 7 x 5 still to measure (call the stage again)")

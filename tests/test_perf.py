@@ -204,7 +204,8 @@ def expected_windows(batches, warmup, window, accumulate=1, n_steps=None):
     return out
 
 
-def fit(tmp_path, batches, monitor, *, max_steps, accumulate=1, val_every=None, val_dt=0.0, logger=None, **trainer_kw):
+def fit(tmp_path, batches, monitor, *, max_steps, accumulate=1, val_every=None, val_dt=0.0, logger=None,
+        progress_bar=None, **trainer_kw):
     clock = monitor.clock
     model = TinyLM(clock, val_dt=val_dt)
     kw = dict(limit_val_batches=0)
@@ -213,8 +214,8 @@ def fit(tmp_path, batches, monitor, *, max_steps, accumulate=1, val_every=None, 
     trainer = L.Trainer(
         accelerator="cpu", devices=1, max_steps=max_steps, accumulate_grad_batches=accumulate,
         logger=logger or L.pytorch.loggers.CSVLogger(tmp_path, name="csv", version=""), log_every_n_steps=50,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, callbacks=[monitor], **kw, **trainer_kw)
+        enable_checkpointing=False, enable_progress_bar=progress_bar is not None, enable_model_summary=False,
+        num_sanity_val_steps=0, callbacks=[monitor] + ([progress_bar] if progress_bar else []), **kw, **trainer_kw)
     loader = DataLoader(Batches(batches), batch_size=None)
     trainer.fit(model, loader, DataLoader(Batches(batches[:1]), batch_size=None) if val_every else None)
     return trainer
@@ -433,3 +434,32 @@ def test_cuda_run_reports_consistent_throughput_and_mfu(tmp_path):
     summary = monitor.final
     assert summary["windows"] == 3 and summary["tps"] > 0
     assert float(trainer.callback_metrics["perf/tps"]) == pytest.approx(monitor.windows[-1]["tps"], rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# the progress bar does not read the loss (a host-device sync) at every step
+
+
+@pytest.mark.parametrize(("ours", "batches", "max_steps", "expected"), [
+    (False, 7, 7, [1, 2, 3, 4, 5, 6, 7, 7]),
+    (True, 7, 7, [3, 6, 7, 7]),  # and at the epoch's end, as Lightning's
+    (True, 12, 12, [4, 8, 12, 12]),  # halfway (step 6) is not mistaken for the last batch
+    (True, 12, 10, [4, 8, 10, 10]),  # max_steps ends the run inside the epoch: it redraws at the end
+])
+def test_progress_bar_reads_metrics_only_when_it_redraws(tmp_path, ours, batches, max_steps, expected):
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    from flowhn.training.callbacks import StepRateProgressBar
+
+    reads = []
+
+    class CountingBar(StepRateProgressBar if ours else RichProgressBar):
+        def get_metrics(self, trainer, pl_module):
+            reads.append(trainer.global_step)
+            return super().get_metrics(trainer, pl_module)
+
+    monitor = ThroughputMonitor(window=3, warmup_steps=1, clock=StepClock())
+    fit(tmp_path, make_batches(batches), monitor, max_steps=max_steps,
+        progress_bar=CountingBar(refresh_rate=3 if batches == 7 else 4))
+    # Lightning's bar reads after every batch; ours at its redraws (every refresh_rate batches and the last).
+    assert reads == expected

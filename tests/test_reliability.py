@@ -239,6 +239,48 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
     assert all(torch.isfinite(t).all() for t in last["state_dict"].values())
 
 
+def test_nan_loss_at_the_last_step_is_still_reported(tmp_path):
+    # The loss is read on the host one step late (no sync inside a step); the last step's is read at
+    # the end of training, here with no checkpoint due at that step.
+    cfg = train_cfg(tmp_path, f"debug.nan_at_step={MAX_STEPS - 1}", "callbacks.checkpoint.every_n_train_steps=5")
+    with pytest.raises(NonFiniteLossError, match=f"at step {MAX_STEPS - 1}"):
+        run(cfg, tmp_path)
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 10
+
+
+def test_a_step_with_a_non_finite_loss_does_not_update_the_weights(tmp_path):
+    """The fused AdamW skips the update of a step whose loss is NaN (found_inf, on the device), so the
+    weights stay as they were before it until the next step reads the loss and stops the run; a
+    finite step updates them."""
+    module = CausalLMModule(OmegaConf.to_container(train_cfg(tmp_path), resolve=True))
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-2, fused=True)
+    ids = torch.randint(0, module.cfg.scale.vocab_size, (2, 9), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids[:, :-1], "labels": ids[:, 1:]}
+
+    def step(batch_idx: int) -> None:
+        module.training_step(batch, batch_idx).backward()
+        module.on_before_optimizer_step(optimizer)
+        optimizer.step()
+        optimizer.zero_grad()
+
+    norm = module.model.norm.weight
+    good = norm.detach().clone()
+    with torch.no_grad():
+        norm[0] = math.nan  # the loss and every gradient become NaN
+    before = {n: p.detach().clone() for n, p in module.named_parameters()}
+    step(0)
+    for name, p in module.named_parameters():
+        torch.testing.assert_close(p, before[name], rtol=0, atol=0, equal_nan=True, msg=name)
+    with pytest.raises(NonFiniteLossError, match="training loss is nan at step 0"):
+        module.training_step(batch, 1)
+    with torch.no_grad():
+        norm.copy_(good)
+    step(1)
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+    assert sum(not torch.equal(p, before[n]) for n, p in module.named_parameters()) > len(before) // 2
+
+
 def test_checkpoint_with_non_finite_weights_is_refused(tmp_path):
     module = CausalLMModule(OmegaConf.to_container(train_cfg(tmp_path), resolve=True))
     module.on_save_checkpoint({})  # finite weights: saved
@@ -266,3 +308,37 @@ def test_ddp_rank_failure_fails_the_job_fast(tmp_path):
     assert "debug.fail_at_step=2: failing on purpose at step 2 on rank 1" in output
     assert elapsed < 120, f"the job took {elapsed:.0f} s to fail"
     assert read_summary(tmp_path)["status"] == "failed"  # rank 0 saw its peer go
+
+
+def test_a_run_without_validation_completes(tmp_path):
+    # trainer.limit_val_batches=0: no validation during training or at its end (the summary says None).
+    summary = run(train_cfg(tmp_path, "trainer.limit_val_batches=0"), tmp_path)
+    assert summary["status"] == "completed" and summary["steps"] == MAX_STEPS
+    assert summary["val_loss"] is None and summary["tps"] is not None
+
+
+def test_training_logs_no_progress_bar_metric_yet_the_bar_shows_the_loss(tmp_path, monkeypatch):
+    """Lightning converts every prog_bar metric to a Python number after every batch (a host-device
+    sync per step on a GPU). The training loss is logged without prog_bar, so during training
+    nothing is converted, and StepRateProgressBar shows it when it redraws."""
+    from lightning.pytorch.trainer.connectors.logger_connector import result
+
+    from flowhn.training.callbacks import StepRateProgressBar
+
+    converted, shown = [], []
+    convert = result.convert_tensors_to_scalars
+    monkeypatch.setattr(result, "convert_tensors_to_scalars", lambda v: converted.append(v) or convert(v))
+
+    class Bar(StepRateProgressBar):
+        def get_metrics(self, trainer, pl_module):
+            shown.append(super().get_metrics(trainer, pl_module))
+            return shown[-1]
+
+    module = CausalLMModule(OmegaConf.to_container(train_cfg(tmp_path), resolve=True))
+    ids = torch.randint(0, module.cfg.scale.vocab_size, (8, 2, 9), generator=torch.Generator().manual_seed(0))
+    batches = [{"input_ids": x[:, :-1], "labels": x[:, 1:]} for x in ids]
+    trainer = L.Trainer(accelerator="cpu", max_steps=8, limit_val_batches=0, log_every_n_steps=100, logger=False,
+                        enable_checkpointing=False, enable_model_summary=False, callbacks=[Bar(refresh_rate=4)])
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
+    assert converted == []
+    assert len(shown) >= 2 and all(math.isfinite(m["train/loss"]) for m in shown)

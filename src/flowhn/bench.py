@@ -74,19 +74,22 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
 
 
-def make_train_step(model, vocab: int, batch: int, seq_len: int, compiled, device: str = "cuda", fused: bool = False):
+def make_train_step(model, vocab: int, batch: int, seq_len: int, compiled, device: str = "cuda",
+                    fused: bool | str = False):
     """One training step (forward, loss, backward, fused AdamW) on fixed random tokens. A compiled
     row (``compiled``: True, or its torch.compile mode) compiles its loss too: the fp32 log-softmax
     over the vocabulary is then fused, not eager. ``fused``: our models' fused LM head + loss, as
-    train.py runs it on GPU. On CPU (tests, the ladder's format) the step runs in fp32 without autocast."""
+    train.py runs it on GPU (True: ``auto``'s implementation, or one by name: ``liger``, ``chunked``,
+    ``cce``). On CPU (tests, the ladder's format) the step runs in fp32 without autocast."""
     on_gpu = torch.device(device).type == "cuda"
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=on_gpu)
     mode = compiled if isinstance(compiled, str) else None
     if fused:
         head_and_loss = torch.compile(linear_cross_entropy, mode=mode) if compiled else linear_cross_entropy
+        impl = "auto" if fused is True else fused
 
         def forward_loss(inputs, labels):
-            return head_and_loss(model(inputs, return_hidden=True), model.lm_head.weight, labels)
+            return head_and_loss(model(inputs, return_hidden=True), model.lm_head.weight, labels, impl=impl)
     else:
         loss_fn = torch.compile(cross_entropy, mode=mode) if compiled else cross_entropy
 
@@ -170,8 +173,9 @@ def ours(entry: dict, bench: DictConfig):
     flops = model.flops_per_token(bench.seq_len)
     if compiled:
         model.compile_in_place("blocks" if compiled == "blocks" else "model", mode=mode)
-    fused = entry.get("fused_loss", bench.fused_loss)
-    fused = torch.device(bench.device).type == "cuda" if fused == "auto" else bool(fused)
+    fused = entry.get("fused_loss", bench.fused_loss)  # auto, true, false or an implementation's name
+    fused = torch.device(bench.device).type == "cuda" if fused == "auto" else fused
+    fused = "auto" if fused is True else fused or False
     return name, model, flops, cfg.scale.vocab_size, (mode or True) if compiled else False, fused
 
 
@@ -245,7 +249,8 @@ def measure(make, bench: DictConfig, peak: float | None, name: str = "?") -> tup
     ``name`` labels the row when building the model fails."""
     try:
         name, model, flops_per_token, vocab, compiled, *fused = make()  # peers: full logits, no `fused`
-        step = make_train_step(model, vocab, bench.batch_size, bench.seq_len, compiled, bench.device, fused=any(fused))
+        step = make_train_step(model, vocab, bench.batch_size, bench.seq_len, compiled, bench.device,
+                               fused=fused[0] if fused else False)
         ms, mem = time_steps(step, bench.steps, bench.warmup, bench.device)
         tok_s = bench.batch_size * bench.seq_len / (ms / 1e3)
         params = sum(p.numel() for p in model.parameters())

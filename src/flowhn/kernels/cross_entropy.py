@@ -155,6 +155,9 @@ def linear_cross_entropy_cce(hidden, weight, labels, ignore_index: int = IGNORE_
     return cce(hidden.to(dtype), weight.to(dtype), labels, ignore_index=ignore_index, filter_eps=None, impl="cce")
 
 
+# Not traced: under torch.compile dynamo would trace the import machinery of liger-kernel (and the
+# transformers modules it imports), running into its recompile limit on their classes.
+@torch.compiler.disable
 @functools.lru_cache(maxsize=None)
 def import_problem(impl: str) -> str | None:
     """Why ``impl``'s package does not import (None if it does, or needs none)."""

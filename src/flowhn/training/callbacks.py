@@ -14,6 +14,7 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.distributed as dist
+from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnector
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -163,6 +164,35 @@ class _AgreedSignalConnector(_SignalConnector):
 
     def _sigterm_notifier_fn(self, signum, frame) -> None:
         self._stop.request(signum, frame)
+
+
+class StepRateProgressBar(RichProgressBar):
+    """Lightning's rich progress bar, redrawn every ``refresh_rate`` training batches (and at the
+    epoch's last), showing ``shown`` (logged without ``prog_bar``) as it redraws.
+
+    Reading a logged loss is a host-device sync: the host then waits for the step's GPU work to end
+    before it can queue the next step, which a host-bound model pays for on every step. Lightning's
+    bar (2.6) reads the metrics after every batch, and Lightning itself converts every ``prog_bar``
+    metric to a number after every batch; this bar reads only when it redraws."""
+
+    def __init__(self, refresh_rate: int = 1, shown: tuple[str, ...] = ("train/loss",), **kwargs):
+        super().__init__(refresh_rate=refresh_rate, **kwargs)
+        self.shown = tuple(shown)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+        # The epoch's or the run's last batch. (Not total_train_batches: with max_steps it is the
+        # steps *remaining*, which meets batch_idx + 1 halfway through the run.)
+        last = trainer.is_last_batch or 0 < trainer.max_steps <= trainer.global_step
+        if self.refresh_rate and ((batch_idx + 1) % self.refresh_rate == 0 or last):
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
+        items = super().get_metrics(trainer, pl_module)
+        for name in self.shown:
+            value = trainer.callback_metrics.get(name)
+            if value is not None and name not in items:
+                items[name] = value.item() if isinstance(value, torch.Tensor) else value
+        return items
 
 
 class FirstStepTimer(L.Callback):

@@ -20,6 +20,8 @@ IGNORE = -100
 # torch.compile modes that capture CUDA graphs (each training/validation step then begins a new
 # graph-tree step, so the last step's outputs may be overwritten).
 CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
+# fused_loss values that name an implementation of flowhn.kernels.cross_entropy.
+FUSED_LOSS_IMPLS = ("liger", "chunked", "cce")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -51,6 +53,10 @@ class CausalLMModule(L.LightningModule):
         vocab = self.cfg.scale.vocab_size
         self.val_loss = MeanMetric()
         self.val_token_acc = MulticlassAccuracy(num_classes=vocab, average="micro", ignore_index=IGNORE, validate_args=False)
+        self._watched_loss: torch.Tensor | None = None  # host copy of the last training loss
+        self._watched_loss_ready: torch.cuda.Event | None = None
+        self._watched_loss_step: int | None = None  # its step, until it has been checked
+        self._skip_update_if: torch.Tensor | None = None
 
     def forward(self, input_ids: torch.Tensor, return_hidden: bool = False) -> torch.Tensor:
         return self.model(input_ids, return_hidden=return_hidden)
@@ -61,12 +67,15 @@ class CausalLMModule(L.LightningModule):
     def fused_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """LM head + cross-entropy without the full-vocabulary logits (flowhn.kernels.cross_entropy);
         the head's weight is the embedding when they are tied."""
-        return linear_cross_entropy(hidden, self.model.lm_head.weight, labels, ignore_index=IGNORE)
+        setting = self.cfg.get("fused_loss", "auto")
+        impl = setting if setting in FUSED_LOSS_IMPLS else "auto"
+        return linear_cross_entropy(hidden, self.model.lm_head.weight, labels, ignore_index=IGNORE, impl=impl)
 
     @property
     def uses_fused_loss(self) -> bool:
-        """``fused_loss``: true, false, or auto (on when training on a GPU). Training only: validation
-        and lm-eval keep the full logits (accuracy and per-token scores need them)."""
+        """``fused_loss``: auto (on when training on a GPU), false, true (auto's implementation) or an
+        implementation of flowhn.kernels.cross_entropy by name. Training only: validation and lm-eval
+        keep the full logits (accuracy and per-token scores need them)."""
         setting = self.cfg.get("fused_loss", "auto")
         return self.device.type == "cuda" if setting == "auto" else bool(setting)
 
@@ -97,13 +106,52 @@ class CausalLMModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         self._begin_cudagraph_step()
+        self.raise_if_a_loss_was_not_finite()
         loss = self.training_loss(batch["input_ids"], batch["labels"])
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"training loss is {loss.item()} at step {self.global_step}; stopping (the last good checkpoint is kept)"
-            )
-        self.log("train/loss", loss, prog_bar=True)
+        self._watch_loss(loss)
+        # Not prog_bar=True: Lightning (2.6) converts progress-bar metrics to Python numbers after
+        # every batch, a host-device sync per step; StepRateProgressBar shows the loss when it redraws.
+        self.log("train/loss", loss)
         return loss
+
+    # A NaN/inf loss stops training, but reading the loss on the host here would be a sync between
+    # forward and backward: the host could not queue the backward while the GPU runs the forward,
+    # which costs a host-bound (135M) model its overlap on every step. So the loss is copied to
+    # pinned memory without waiting and read at the next step, by when the GPU has long finished
+    # that forward (and at a checkpoint and at the end of training). Meanwhile the fused AdamW
+    # skips the bad step's update on the device (``found_inf``): the weights stay those from before
+    # it, and the error still names the step whose loss was not finite.
+    def _watch_loss(self, loss: torch.Tensor) -> None:
+        value = loss.detach().float()
+        if self._watched_loss is None or self._watched_loss.device.type != "cpu":
+            self._watched_loss = torch.empty((), pin_memory=value.is_cuda)
+        self._watched_loss.copy_(value, non_blocking=True)
+        self._watched_loss_ready = torch.cuda.Event() if value.is_cuda else None
+        if self._watched_loss_ready is not None:
+            self._watched_loss_ready.record()
+        self._watched_loss_step = self.global_step
+        self._skip_update_if = (~torch.isfinite(value)).float()  # found_inf for the fused optimizer
+
+    def raise_if_a_loss_was_not_finite(self) -> None:
+        """Raise ``NonFiniteLossError`` if the last training loss copied to the host is NaN or inf."""
+        if self._watched_loss_step is None:
+            return
+        if self._watched_loss_ready is not None:
+            self._watched_loss_ready.synchronize()
+        value, step = self._watched_loss.item(), self._watched_loss_step
+        self._watched_loss_step = None
+        if not math.isfinite(value):
+            raise NonFiniteLossError(
+                f"training loss is {value} at step {step}; stopping (the last good checkpoint is kept)"
+            )
+
+    def on_before_optimizer_step(self, optimizer):
+        if self._skip_update_if is not None and all(g.get("fused") for g in optimizer.param_groups):
+            optimizer.found_inf = self._skip_update_if
+        self._skip_update_if = None
+
+    def on_train_end(self):
+        self.raise_if_a_loss_was_not_finite()  # the last step's
 
     def validation_step(self, batch, batch_idx):
         self._begin_cudagraph_step()
@@ -140,7 +188,10 @@ class CausalLMModule(L.LightningModule):
             (no_decay if p.ndim < 2 or name.endswith(("A_log", "D", "dt_bias")) else decay).append(p)
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=self.device.type == "cuda",
+            lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+            # Fused on CPU too: one kernel per group, and the device-side skip of a step whose
+            # loss is not finite (found_inf, see _watch_loss) exists only in the fused kernels.
+            fused=True,
         )
         total = self.trainer.max_steps
         warmup = max(1, int(o.warmup_fraction * total))
@@ -150,6 +201,7 @@ class CausalLMModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint):
+        self.raise_if_a_loss_was_not_finite()
         # A bad update (inf gradients) poisons the weights one step before the loss shows it;
         # refusing to save then keeps the previous last.ckpt, the last good state, on disk.
         params = dict(self.named_parameters())

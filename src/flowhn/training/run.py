@@ -30,7 +30,7 @@ from flowhn.errors import ConfigError, require
 from flowhn.perf.throughput import ThroughputMonitor
 from flowhn.training.callbacks import AgreedStop, FaultInjection, FirstStepTimer
 from flowhn.training.checkpointing import AtomicCheckpointIO
-from flowhn.training.module import CausalLMModule
+from flowhn.training.module import FUSED_LOSS_IMPLS, CausalLMModule
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,8 @@ def check_compile_mode_and_fused_loss(cfg: DictConfig) -> None:
     require(mode not in ("reduce-overhead", "max-autotune") or cfg.trainer.accumulate_grad_batches == 1, "compile_mode",
             f"{mode} captures CUDA graphs, which do not support trainer.accumulate_grad_batches > 1 here")
     fused = cfg.get("fused_loss", "auto")
-    require(fused in ("auto", True, False), "fused_loss", f"must be auto, true or false, got {fused!r}")
+    require(fused in ("auto", True, False, *FUSED_LOSS_IMPLS), "fused_loss",
+            f"must be auto, true, false or one of {', '.join(FUSED_LOSS_IMPLS)}, got {fused!r}")
 
 
 def check_model(cfg: DictConfig) -> None:
@@ -367,7 +368,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         lg.log_hyperparams({"params": base["params"], "flops_per_token": base["flops_per_token"], "split_ratio": base["split_ratio"]})
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
-        val = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+        # trainer.limit_val_batches=0 switches validation off: no final validation either (None in the summary).
+        val = (trainer.validate(module, datamodule=datamodule, verbose=False) or [{}])[0]
         evaluation = {}
         if cfg.eval.get("tasks"):
             from flowhn.evaluation import evaluate_module
