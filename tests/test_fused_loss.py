@@ -121,11 +121,11 @@ def _module(*overrides):
     return CausalLMModule(OmegaConf.to_container(cfg, resolve=True))
 
 
-@pytest.mark.parametrize("tie", ["true", "false"])
-def test_training_loss_fused_equals_unfused(tie):
-    """fused_loss=true trains on the same loss and gradients as the full logits; the tied head's
-    gradient reaches the embedding."""
-    fused = _module("fused_loss=true", f"scale.tie_embeddings={tie}")
+@pytest.mark.parametrize(("tie", "setting"), [("true", "true"), ("false", "true"), ("true", "chunked")])
+def test_training_loss_fused_equals_unfused(tie, setting):
+    """fused_loss=true (or an implementation by name) trains on the same loss and gradients as the
+    full logits; the tied head's gradient reaches the embedding."""
+    fused = _module(f"fused_loss={setting}", f"scale.tie_embeddings={tie}")
     plain = copy.deepcopy(fused)
     with open_dict(plain.cfg):
         plain.cfg.fused_loss = False
@@ -154,6 +154,13 @@ def test_bad_fused_loss_or_compile_mode_is_a_config_error(override, key):
     cfg = small_cfg("llama", "compile=false", override)
     with pytest.raises(ConfigError, match=rf"^{key}: "):
         resolve_trainer_settings(cfg)
+
+
+@pytest.mark.parametrize("setting", ["auto", "true", "false", "liger", "chunked", "cce"])
+def test_fused_loss_settings_that_are_accepted(setting):
+    from flowhn.training.run import resolve_trainer_settings
+
+    resolve_trainer_settings(small_cfg("llama", "compile=false", f"fused_loss={setting}"))
 
 
 # ---------------------------------------------------------------- GPU: every adoptable implementation

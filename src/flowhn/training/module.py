@@ -123,14 +123,16 @@ class CausalLMModule(L.LightningModule):
     # it, and the error still names the step whose loss was not finite.
     def _watch_loss(self, loss: torch.Tensor) -> None:
         value = loss.detach().float()
-        if self._watched_loss is None or self._watched_loss.device.type != "cpu":
+        if self._watched_loss is None:
             self._watched_loss = torch.empty((), pin_memory=value.is_cuda)
+            self._watched_loss_ready = torch.cuda.Event() if value.is_cuda else None
         self._watched_loss.copy_(value, non_blocking=True)
-        self._watched_loss_ready = torch.cuda.Event() if value.is_cuda else None
         if self._watched_loss_ready is not None:
             self._watched_loss_ready.record()
         self._watched_loss_step = self.global_step
-        self._skip_update_if = (~torch.isfinite(value)).float()  # found_inf for the fused optimizer
+        # found_inf for the fused optimizer; under gradient accumulation any micro-batch's counts.
+        bad = (~torch.isfinite(value)).float()
+        self._skip_update_if = bad if self._skip_update_if is None else torch.maximum(self._skip_update_if, bad)
 
     def raise_if_a_loss_was_not_finite(self) -> None:
         """Raise ``NonFiniteLossError`` if the last training loss copied to the host is NaN or inf."""
@@ -146,8 +148,10 @@ class CausalLMModule(L.LightningModule):
             )
 
     def on_before_optimizer_step(self, optimizer):
-        if self._skip_update_if is not None and all(g.get("fused") for g in optimizer.param_groups):
-            optimizer.found_inf = self._skip_update_if
+        # Only the fused kernels take found_inf (an optimizer resumed from an older, unfused
+        # checkpoint keeps its param groups' fused=False and updates as before).
+        fused = all(g.get("fused") for g in optimizer.param_groups)
+        optimizer.found_inf = self._skip_update_if if fused else None
         self._skip_update_if = None
 
     def on_train_end(self):
