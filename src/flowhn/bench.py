@@ -38,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 import flowhn
 from flowhn.errors import ConfigError
-from flowhn.kernels.cross_entropy import linear_cross_entropy
+from flowhn.kernels.cross_entropy import fused_loss_impl, linear_cross_entropy
 from flowhn.perf.hardware import device_peak_tflops
 from flowhn.perf.profile import profile_steps
 
@@ -75,21 +75,20 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def make_train_step(model, vocab: int, batch: int, seq_len: int, compiled, device: str = "cuda",
-                    fused: bool | str = False):
+                    fused: str | None = None):
     """One training step (forward, loss, backward, fused AdamW) on fixed random tokens. A compiled
     row (``compiled``: True, or its torch.compile mode) compiles its loss too: the fp32 log-softmax
     over the vocabulary is then fused, not eager. ``fused``: our models' fused LM head + loss, as
-    train.py runs it on GPU (True: ``auto``'s implementation, or one by name: ``liger``, ``chunked``,
-    ``cce``). On CPU (tests, the ladder's format) the step runs in fp32 without autocast."""
+    train.py runs it on GPU, by implementation (``fused_loss_impl``: ``auto``, ``liger``, ``chunked``,
+    ``cce``); None keeps the full logits. On CPU (tests, the ladder's format) the step runs in fp32 without autocast."""
     on_gpu = torch.device(device).type == "cuda"
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=on_gpu)
     mode = compiled if isinstance(compiled, str) else None
     if fused:
         head_and_loss = torch.compile(linear_cross_entropy, mode=mode) if compiled else linear_cross_entropy
-        impl = "auto" if fused is True else fused
 
         def forward_loss(inputs, labels):
-            return head_and_loss(model(inputs, return_hidden=True), model.lm_head.weight, labels, impl=impl)
+            return head_and_loss(model(inputs, return_hidden=True), model.lm_head.weight, labels, impl=fused)
     else:
         loss_fn = torch.compile(cross_entropy, mode=mode) if compiled else cross_entropy
 
@@ -173,9 +172,7 @@ def ours(entry: dict, bench: DictConfig):
     flops = model.flops_per_token(bench.seq_len)
     if compiled:
         model.compile_in_place("blocks" if compiled == "blocks" else "model", mode=mode)
-    fused = entry.get("fused_loss", bench.fused_loss)  # auto, true, false or an implementation's name
-    fused = torch.device(bench.device).type == "cuda" if fused == "auto" else fused
-    fused = "auto" if fused is True else fused or False
+    fused = fused_loss_impl(entry.get("fused_loss", bench.fused_loss), torch.device(bench.device).type)
     return name, model, flops, cfg.scale.vocab_size, (mode or True) if compiled else False, fused
 
 
@@ -250,7 +247,7 @@ def measure(make, bench: DictConfig, peak: float | None, name: str = "?") -> tup
     try:
         name, model, flops_per_token, vocab, compiled, *fused = make()  # peers: full logits, no `fused`
         step = make_train_step(model, vocab, bench.batch_size, bench.seq_len, compiled, bench.device,
-                               fused=fused[0] if fused else False)
+                               fused=fused[0] if fused else None)
         ms, mem = time_steps(step, bench.steps, bench.warmup, bench.device)
         tok_s = bench.batch_size * bench.seq_len / (ms / 1e3)
         params = sum(p.numel() for p in model.parameters())

@@ -39,6 +39,18 @@ import torch.nn.functional as F
 
 IGNORE_INDEX = -100
 IMPLS = ("auto", "chunked", "liger", "cce", "reference")
+# What the ``fused_loss`` setting (train.py, the bench) may name besides auto, true and false.
+FUSED_LOSS_IMPLS = ("liger", "chunked", "cce")
+
+
+def fused_loss_impl(setting, device_type: str) -> str | None:
+    """The implementation a ``fused_loss`` setting means on ``device_type``, None for full logits:
+    auto is ``auto`` on CUDA and off elsewhere, true is ``auto``, false is off, a name is itself."""
+    if setting == "auto":
+        return "auto" if device_type == "cuda" else None
+    if setting in FUSED_LOSS_IMPLS:
+        return setting
+    return "auto" if setting else None
 # Logit elements held at once by the chunked implementation (fp32: 4 bytes each, plus the bf16 GEMM
 # output): 2**27 is 512 MiB of fp32 logits, about 6 chunks at 135M's 16,384 tokens × 49,152 words.
 DEFAULT_CHUNK_ELEMENTS = 2**27

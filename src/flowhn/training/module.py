@@ -14,14 +14,12 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from flowhn import build_model
-from flowhn.kernels.cross_entropy import linear_cross_entropy
+from flowhn.kernels.cross_entropy import fused_loss_impl, linear_cross_entropy
 
 IGNORE = -100
 # torch.compile modes that capture CUDA graphs (each training/validation step then begins a new
 # graph-tree step, so the last step's outputs may be overwritten).
 CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
-# fused_loss values that name an implementation of flowhn.kernels.cross_entropy.
-FUSED_LOSS_IMPLS = ("liger", "chunked", "cce")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -67,17 +65,20 @@ class CausalLMModule(L.LightningModule):
     def fused_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """LM head + cross-entropy without the full-vocabulary logits (flowhn.kernels.cross_entropy);
         the head's weight is the embedding when they are tied."""
-        setting = self.cfg.get("fused_loss", "auto")
-        impl = setting if setting in FUSED_LOSS_IMPLS else "auto"
+        impl = self.fused_loss_impl or "auto"
         return linear_cross_entropy(hidden, self.model.lm_head.weight, labels, ignore_index=IGNORE, impl=impl)
 
     @property
+    def fused_loss_impl(self) -> str | None:
+        """The training loss's implementation (None: full logits) by ``fused_loss``: auto (on when
+        training on a GPU), false, true (auto's implementation) or an implementation of
+        flowhn.kernels.cross_entropy by name. Training only: validation and lm-eval keep the full
+        logits (accuracy and per-token scores need them)."""
+        return fused_loss_impl(self.cfg.get("fused_loss", "auto"), self.device.type)
+
+    @property
     def uses_fused_loss(self) -> bool:
-        """``fused_loss``: auto (on when training on a GPU), false, true (auto's implementation) or an
-        implementation of flowhn.kernels.cross_entropy by name. Training only: validation and lm-eval
-        keep the full logits (accuracy and per-token scores need them)."""
-        setting = self.cfg.get("fused_loss", "auto")
-        return self.device.type == "cuda" if setting == "auto" else bool(setting)
+        return self.fused_loss_impl is not None
 
     def training_loss(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.uses_fused_loss:

@@ -27,10 +27,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from flowhn import build_model
 from flowhn.errors import ConfigError, require
+from flowhn.kernels.cross_entropy import FUSED_LOSS_IMPLS
 from flowhn.perf.throughput import ThroughputMonitor
 from flowhn.training.callbacks import AgreedStop, FaultInjection, FirstStepTimer
 from flowhn.training.checkpointing import AtomicCheckpointIO
-from flowhn.training.module import FUSED_LOSS_IMPLS, CausalLMModule
+from flowhn.training.module import CausalLMModule
 
 log = logging.getLogger(__name__)
 
