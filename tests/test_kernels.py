@@ -167,7 +167,23 @@ _INTERPRETER_SCRIPT = textwrap.dedent("""
         inputs = scan_inputs(*shape, D=D, z=z, delta_bias=bias, delta_softplus=softplus, seed=sum(shape))
         fn = functools.partial(selective_scan_triton, block_d=block_d, chunk=chunk)
         results[f"scan{shape}"] = compare(fn, reference_fn("selective_scan"), inputs)
-    flowhn.kernels.triton_scan.BWD_SUB_BLOCKS = 1
+    # The backward on a tile of its own (2 channels x 2 blocks a program, the forward 4 channels):
+    # 7 channels make 2 backward programs, the second with a masked channel.
+    scan_module = flowhn.kernels.triton_scan
+    scan_module.BWD_BLOCK_D, scan_module.BWD_SUB_BLOCKS = 2, 2
+    inputs = scan_inputs(2, 7, 19, 3, seed=31)
+    fn = functools.partial(selective_scan_triton, block_d=4, chunk=8)
+    results["own_backward_tile"] = compare(fn, reference_fn("selective_scan"), inputs)
+    scan_module.BWD_BLOCK_D, scan_module.BWD_SUB_BLOCKS = None, 1
+    # The backward that loops over channels (a (states x steps) tile): a program of 4 channels over 5
+    # (the second program masks 3), 3 chunks, the last partial; then without z and softplus.
+    scan_module.BWD_LOOP, scan_module.BWD_CHANNELS = "channels", 4
+    for shape, (D, z, bias, softplus), chunk in [((2, 5, 19, 3), (True, True, True, True), 8),
+                                                 ((2, 6, 33, 5), (True, False, True, False), 16)]:
+        inputs = scan_inputs(*shape, D=D, z=z, delta_bias=bias, delta_softplus=softplus, seed=sum(shape) + 1)
+        fn = functools.partial(selective_scan_triton, block_d=4, chunk=chunk)
+        results[f"channels_loop{shape}"] = compare(fn, reference_fn("selective_scan"), inputs)
+    scan_module.BWD_LOOP = "states"
     inputs = scan_inputs(2, 4, 10, 4, seed=9)
     results["dispatch"] = compare(functools.partial(selective_scan, backend="triton"),
                                   reference_fn("selective_scan"), inputs)
@@ -198,7 +214,7 @@ _INTERPRETER_SCRIPT = textwrap.dedent("""
 @pytest.mark.skipif(not has_triton, reason="triton is not installed")
 def test_triton_kernels_in_interpreter():
     results = json.loads(run_in_triton_interpreter(_INTERPRETER_SCRIPT))
-    assert {"channel_last", "mamba1_mixer"} <= set(results)
+    assert {"channel_last", "mamba1_mixer", "own_backward_tile", "channels_loop(2, 5, 19, 3)"} <= set(results)
     for case, errors in results.items():
         assert set(errors) >= {"out", "du", "ddelta", "dA", "dB", "dC"} or case in ("ssd", "mamba1_mixer"), case
         assert_errors_below({f"{case}:{k}": v for k, v in errors.items()}, 2e-5)
@@ -279,8 +295,13 @@ GPU_TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
 @cuda
 @pytest.mark.skipif(not has_triton, reason="triton is not installed")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_triton_selective_scan_gpu(dtype):
-    inputs = _scan_case((2, 1536, 1024, 16), "all", dtype=dtype, device="cuda", seed=11)
+@pytest.mark.parametrize("backward_loop", ["states", "channels"])
+def test_triton_selective_scan_gpu(dtype, backward_loop, monkeypatch):
+    import flowhn.kernels.triton_scan as triton_scan
+
+    monkeypatch.setattr(triton_scan, "BWD_LOOP", backward_loop)
+    # 1500 channels: not a multiple of any channel tile; 1000 steps: not a multiple of the chunk.
+    inputs = _scan_case((2, 1500, 1000, 16), "all", dtype=dtype, device="cuda", seed=11)
     errors = compare(functools.partial(selective_scan, backend="triton"), reference_fn("selective_scan"), inputs)
     assert_errors_below(errors, GPU_TOL[dtype])
 

@@ -72,21 +72,32 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out.double() - ref).norm() / ref.norm().clamp_min(1e-300)).item()
 
 
-def compare(fn: Callable, ref_fn: Callable, inputs: dict, seed: int = 1) -> dict:
-    """Relative errors of ``fn`` vs ``ref_fn`` (fed the same inputs in float64): 'out' and 'd<name>' per input."""
-    tensors = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+def reference_result(ref_fn: Callable, inputs: dict, seed: int = 1) -> dict:
+    """``ref_fn``'s output and gradients in float64 under one random cotangent: what ``errors_against``
+    compares a kernel with (compute it once to check many kernel variants)."""
+    tensors = {k: v.detach().double().requires_grad_() for k, v in inputs.items() if isinstance(v, torch.Tensor)}
     flags = {k: v for k, v in inputs.items() if not isinstance(v, torch.Tensor)}
-    mine = {k: v.detach().clone().requires_grad_() for k, v in tensors.items()}
-    ref = {k: v.detach().double().requires_grad_() for k, v in tensors.items()}
-    out = fn(**mine, **flags)
-    expected = ref_fn(**ref, **flags)
+    expected = ref_fn(**tensors, **flags)
     gen = torch.Generator(device=expected.device).manual_seed(seed)
     cotangent = torch.randn(expected.shape, generator=gen, device=expected.device, dtype=torch.float64)
-    grads = torch.autograd.grad(out, list(mine.values()), cotangent.to(out.dtype))
-    ref_grads = torch.autograd.grad(expected, list(ref.values()), cotangent)
-    errors = {"out": relative_error(out, expected)}
-    errors.update({f"d{k}": relative_error(g, r) for k, g, r in zip(mine, grads, ref_grads)})
+    grads = torch.autograd.grad(expected, list(tensors.values()), cotangent)
+    return {"out": expected.detach(), "cotangent": cotangent, "grads": dict(zip(tensors, grads))}
+
+
+def errors_against(fn: Callable, inputs: dict, reference_: dict) -> dict:
+    """Relative errors of ``fn`` on ``inputs`` against ``reference_result``: 'out' and 'd<name>' per input."""
+    mine = {k: v.detach().clone().requires_grad_() for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+    flags = {k: v for k, v in inputs.items() if not isinstance(v, torch.Tensor)}
+    out = fn(**mine, **flags)
+    grads = torch.autograd.grad(out, list(mine.values()), reference_["cotangent"].to(out.dtype))
+    errors = {"out": relative_error(out, reference_["out"])}
+    errors.update({f"d{k}": relative_error(g, reference_["grads"][k]) for k, g in zip(mine, grads)})
     return errors
+
+
+def compare(fn: Callable, ref_fn: Callable, inputs: dict, seed: int = 1) -> dict:
+    """Relative errors of ``fn`` vs ``ref_fn`` (fed the same inputs in float64): 'out' and 'd<name>' per input."""
+    return errors_against(fn, inputs, reference_result(ref_fn, inputs, seed))
 
 
 def saved_tensor_bytes(call: Callable[[], object]) -> int:

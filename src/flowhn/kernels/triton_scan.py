@@ -78,10 +78,11 @@ def _compose(a_first, x_first, a_then, x_then):
 
 @triton.jit
 def _delta(delta_ptr, offs, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """Raw delta (+ bias) and the step size actually used, zero where masked (zero step = identity)."""
+    """Raw delta (+ bias, broadcast to the tile's shape) and the step size actually used, zero where
+    masked (zero step = identity)."""
     pre = tl.load(delta_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
-        pre += bias[:, None]
+        pre += bias
     step = pre
     if SOFTPLUS:
         # Same threshold as torch.nn.functional.softplus.
@@ -118,7 +119,7 @@ def _chunk_steps(delta_ptr, bias_ptr, DIM, L, sdl_b, sdl_d, sdl_t, HAS_BIAS: tl.
     t = c * CHUNK + tl.arange(0, CHUNK)
     mask_t = t < L
     m = mask_d[:, None] & mask_t[None, :]
-    bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32) if HAS_BIAS else None
+    bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[:, None] if HAS_BIAS else None
     _, step = _delta(delta_ptr, _offsets(pid_b, offs_d, t, sdl_b, sdl_d, sdl_t), m, bias, HAS_BIAS, SOFTPLUS)
     return pid_b, offs_d, c, mask_d, t, mask_t, m, step
 
@@ -255,7 +256,7 @@ def _scan_bwd_kernel(
         mask_d = offs_d < DIM
         m = mask_d[:, None] & mask_t[None, :]
         m_next = mask_d[:, None] & (t + 1 < L)[None, :]
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32) if HAS_BIAS else None
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[:, None] if HAS_BIAS else None
         u = _tile(u_ptr, _offsets(pid_b, offs_d, t, su_b, su_d, su_t), m)
         delta_at = _offsets(pid_b, offs_d, t, sdl_b, sdl_d, sdl_t)
         pre, step = _delta(delta_ptr, delta_at, m, bias, HAS_BIAS, SOFTPLUS)
@@ -320,8 +321,115 @@ def _scan_bwd_kernel(
     tl.atomic_add(dC_ptr + bc_at, dC_acc, mask=m_bc)
 
 
-# Backward programs walk this many channel blocks so that fewer of them add into dB/dC atomically.
+@triton.jit
+def _scan_bwd_channels_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, states_ptr, later_ptr,
+    du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
+    DIM, L, N, n_chunks,
+    su_b, su_d, su_t, sdl_b, sdl_d, sdl_t, sB_b, sB_n, sB_t, sC_b, sC_n, sC_t, sz_b, sz_d, sz_t,
+    sdo_b, sdo_d, sdo_t, sg_b, sg_d, sg_t, sdB_b, sdB_n,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    CHANNELS: tl.constexpr, CHUNK: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """The same backward as ``_scan_bwd_kernel`` with the loops the other way round: a program walks
+    CHANNELS channels one at a time, and its tile is (states × steps), so a channel's N recurrences
+    run as one scan. What ``_scan_bwd_kernel`` pays per (channel block, state) goes: B and C are
+    loaded once per program (every channel shares them), dB and dC accumulate elementwise (no sum
+    over channels inside the loop, no one-hot rows), and A, the entering state, the carry and dA are
+    each one contiguous N-vector per channel. The sums over states (y, dL/du, dL/dΔ) are per channel."""
+    pid_b = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(2)
+    offs_t = tl.arange(0, CHUNK)
+    offs_n = tl.arange(0, BLOCK_N)
+    t = c * CHUNK + offs_t
+    mask_t = t < L
+    mask_n = offs_n < N
+    m_nt = mask_n[:, None] & mask_t[None, :]
+    first = (offs_t == 0)[None, :]
+    B = tl.load(B_ptr + pid_b * sB_b + offs_n[:, None] * sB_n + t[None, :] * sB_t, mask=m_nt, other=0.0).to(tl.float32)
+    C = tl.load(C_ptr + pid_b * sC_b + offs_n[:, None] * sC_n + t[None, :] * sC_t, mask=m_nt, other=0.0).to(tl.float32)
+    # The adjoint runs backwards in time; Triton's reverse scan costs about 10x the lane shuffles of
+    # a forward one (scripts/kernel_stats.py), so it runs as a forward scan in reversed time order
+    # (suffix _r): B and C are flipped once per program, a channel's rows cost a flip of 64 values,
+    # and the one (states × steps) flip a channel needs is that of h - x.
+    B_r = tl.flip(B, 1)
+    C_r = tl.flip(C, 1)
+    dB_acc_r = tl.zeros((BLOCK_N, CHUNK), dtype=tl.float32)
+    dC_acc = tl.zeros((BLOCK_N, CHUNK), dtype=tl.float32)
+    for i in range(CHANNELS):
+        d = tl.program_id(1) * CHANNELS + i
+        valid = d < DIM
+        m = mask_t & valid
+        m_next = (t + 1 < L) & valid
+        bias = tl.load(bias_ptr + d, mask=valid, other=0.0).to(tl.float32) if HAS_BIAS else None
+        u = tl.load(u_ptr + pid_b * su_b + d * su_d + t * su_t, mask=m, other=0.0).to(tl.float32)
+        delta_at = pid_b * sdl_b + d * sdl_d + t * sdl_t
+        pre, step = _delta(delta_ptr, delta_at, m, bias, HAS_BIAS, SOFTPLUS)
+        _, step_next = _delta(delta_ptr, delta_at + sdl_t, m_next, bias, HAS_BIAS, SOFTPLUS)
+        stepu = step * u
+        dy = tl.load(dout_ptr + pid_b * sdo_b + d * sdo_d + t * sdo_t, mask=m, other=0.0).to(tl.float32)
+        if HAS_Z:
+            z = tl.load(z_ptr + pid_b * sz_b + d * sz_d + t * sz_t, mask=m, other=0.0).to(tl.float32)
+            sig = tl.sigmoid(z)
+            dout = dy
+            dy = dout * z * sig
+        An = tl.load(A_ptr + d * N + offs_n, mask=mask_n & valid, other=0.0).to(tl.float32)
+        A2 = An * LOG2E
+        chunk_at = ((pid_b * DIM + d) * n_chunks + c) * N
+        h0 = tl.load(states_ptr + chunk_at - N + offs_n, mask=mask_n & valid & (c > 0), other=0.0)
+        carry = tl.load(later_ptr + chunk_at + N + offs_n, mask=mask_n & valid & (c + 1 < n_chunks), other=0.0)
+        a = tl.exp2(A2[:, None] * step[None, :])
+        x = stepu[None, :] * B
+        _, hs = tl.associative_scan((a, tl.where(first, x + a * h0[:, None], x)), 1, _compose)
+        dC_acc += hs * dy[None, :]
+        # g_t = C_t dy_t + a_{t+1} g_{t+1}; the chunk's last step (first in reversed order) also gets
+        # a_s g_s from the next chunk.
+        gy_r = tl.flip(dy, 0)[None, :] * C_r
+        gy_r = tl.where(first, gy_r + carry[:, None], gy_r)
+        a_next_r = tl.exp2(A2[:, None] * tl.flip(step_next, 0)[None, :])
+        _, g_r = tl.associative_scan((a_next_r, gy_r), 1, _compose)
+        ga_r = g_r * tl.flip(hs - x, 1)  # dL/da_t * a_t = g_t a_t h_{t-1}
+        tl.store(dA_ptr + chunk_at + offs_n, tl.sum(ga_r * tl.flip(step, 0)[None, :], axis=1), mask=mask_n & valid)
+        dB_acc_r += g_r * tl.flip(stepu, 0)[None, :]
+        gB = tl.flip(tl.sum(g_r * B_r, axis=0), 0)
+        dstep = tl.flip(tl.sum(ga_r * An[:, None], axis=0), 0) + u * gB
+        du = step * gB
+        partial_at = (pid_b * DIM + d) * n_chunks + c
+        grad_at = pid_b * sg_b + d * sg_d + t * sg_t
+        if HAS_D:
+            skip = tl.load(D_ptr + d, mask=valid, other=0.0).to(tl.float32)
+            tl.store(dD_ptr + partial_at, tl.sum(dy * u, axis=0), mask=valid)
+            du += dy * skip
+        if HAS_Z:
+            y = tl.sum(hs * C, axis=0)
+            if HAS_D:
+                y += skip * u
+            dz = dout * y * sig * (1.0 + z * (1.0 - sig))
+            tl.store(dz_ptr + grad_at, dz.to(dz_ptr.dtype.element_ty), mask=m)
+        if SOFTPLUS:
+            dstep = tl.where(pre <= 20.0, dstep * tl.sigmoid(pre), dstep)
+        dstep = tl.where(m, dstep, 0.0)
+        if HAS_BIAS:
+            tl.store(dbias_ptr + partial_at, tl.sum(dstep, axis=0), mask=valid)
+        tl.store(du_ptr + grad_at, du.to(du_ptr.dtype.element_ty), mask=m)
+        tl.store(ddelta_ptr + grad_at, dstep.to(ddelta_ptr.dtype.element_ty), mask=m)
+    bc_at = pid_b * sdB_b + offs_n[:, None] * sdB_n + t[None, :]
+    tl.atomic_add(dB_ptr + bc_at, tl.flip(dB_acc_r, 1), mask=m_nt)
+    tl.atomic_add(dC_ptr + bc_at, dC_acc, mask=m_nt)
+
+# The backward kernel and its tile. It needs more registers per element than the forward, so it may
+# use other channel blocks and warps (the chunk must be the forward's: the saved states are per chunk).
+# BWD_LOOP: "states" runs _scan_bwd_kernel (the timed default), "channels" _scan_bwd_channels_kernel
+# (checked against float64 on the CPU interpreter, not yet timed on a GPU).
+# states: BWD_SUB_BLOCKS channel blocks each program walks, so that fewer programs add into dB/dC
+# atomically; BWD_BLOCK_D / BWD_NUM_WARPS: None takes the forward's.
+# channels: BWD_CHANNELS channels a program, BWD_CHANNEL_WARPS warps.
+BWD_LOOP = "states"
 BWD_SUB_BLOCKS = 8
+BWD_BLOCK_D: int | None = None
+BWD_NUM_WARPS: int | None = None
+BWD_CHANNELS = 64
+BWD_CHANNEL_WARPS = 2
 
 
 def launch_config(length: int, block_d: int | None = None, chunk: int | None = None,
@@ -441,13 +549,21 @@ def _scan_bwd(dout: _Tensor, u: _Tensor, delta: _Tensor, A: _Tensor, B: _Tensor,
     dbias = torch.empty_like(totals) if delta_bias is not None else None
     dB, dC = torch.zeros(B.shape, **f32), torch.zeros(C.shape, **f32)
     block_n = max(triton.next_power_of_2(state), 2)
-    grid = (batch, triton.cdiv(dim, block_d * BWD_SUB_BLOCKS), n_chunks)
-    _scan_bwd_kernel[grid](
-        u, delta, A, B, C, _or(D, u), _or(z, u), _or(delta_bias, u), dout, states, later,
-        du, ddelta, _or(dz, du), dA, dB, dC, _or(dD, dA), _or(dbias, dA), *sizes,
-        *_strides(u), *_strides(delta), *_strides(B), *_strides(C), *zs, *_strides(dout), *_strides(du),
-        dB.stride(0), dB.stride(1),
-        HAS_D=D is not None, BLOCK_N=block_n, SUB_BLOCKS=BWD_SUB_BLOCKS, **flags)
+    args = (u, delta, A, B, C, _or(D, u), _or(z, u), _or(delta_bias, u), dout, states, later,
+            du, ddelta, _or(dz, du), dA, dB, dC, _or(dD, dA), _or(dbias, dA), *sizes,
+            *_strides(u), *_strides(delta), *_strides(B), *_strides(C), *zs, *_strides(dout), *_strides(du),
+            dB.stride(0), dB.stride(1))
+    if BWD_LOOP == "channels":
+        grid = (batch, triton.cdiv(dim, BWD_CHANNELS), n_chunks)
+        _scan_bwd_channels_kernel[grid](
+            *args, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
+            CHANNELS=BWD_CHANNELS, CHUNK=chunk, BLOCK_N=block_n, num_warps=BWD_CHANNEL_WARPS)
+    elif BWD_LOOP == "states":
+        flags.update(BLOCK_D=BWD_BLOCK_D or block_d, num_warps=BWD_NUM_WARPS or num_warps)
+        grid = (batch, triton.cdiv(dim, flags["BLOCK_D"] * BWD_SUB_BLOCKS), n_chunks)
+        _scan_bwd_kernel[grid](*args, HAS_D=D is not None, BLOCK_N=block_n, SUB_BLOCKS=BWD_SUB_BLOCKS, **flags)
+    else:
+        raise ValueError(f"triton_scan.BWD_LOOP must be 'states' or 'channels', got {BWD_LOOP!r}")
     du, ddelta, dz = (_zero_padding(t, length) for t in (du, ddelta, dz))
     summed = lambda t, like: u.new_empty(0) if t is None else t.sum((0, 2)).to(like.dtype)
     return [du, ddelta, dz, dB.to(B.dtype), dC.to(C.dtype), dA.sum((0, 2)).to(A.dtype), summed(dD, D),

@@ -1,0 +1,141 @@
+#!/usr/bin/env python
+"""What the Mamba-1 scan kernels compile to on sm_90, without a GPU: registers, spills, lane shuffles.
+
+  PYTHONPATH=src python scripts/kernel_stats.py [--tiles 8,64,1,8 8,64,2,8 ...]
+
+Triton compiles for a target it is given (``GPUTarget("cuda", 90, 32)``) and ships ptxas and cuobjdump,
+so a CPU-only machine can see what the H100/H200 would run. The kernels are specialised as at run
+time on the row-major path: unit step strides, pointers and the other strides divisible by 16 (so the
+loads vectorise and the layout matches the GPU's). Printed per kernel: registers and spill bytes per
+thread (ptxas -v), and the lane shuffles (SHFL) and instructions in the SASS of the main loop (the
+innermost loop with an exponential: over states in _scan_fwd/_scan_bwd_kernel, over channels in
+_scan_bwd_channels_kernel), and that loop's instructions per (channel, state, step) element, which
+compares the two loop orders. Then Triton's scan primitives alone on an
+(8, 64) tile, to show what each costs: a forward ``associative_scan``, a ``reverse=True`` one, flips.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import tempfile
+
+import triton
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+import flowhn.kernels.triton_scan as triton_scan
+
+TARGET = GPUTarget("cuda", 90, 32)
+BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+HALF_POINTERS = {"u_ptr", "delta_ptr", "B_ptr", "C_ptr", "z_ptr", "dout_ptr", "du_ptr", "ddelta_ptr", "dz_ptr", "out_ptr"}
+UNIT_STRIDES = {"su_t", "sdl_t", "sB_t", "sC_t", "sz_t", "sdo_t", "sg_t", "so_t"}
+
+
+def compile_for_sm90(fn, constexprs: dict, num_warps: int):
+    """The CompiledKernel of ``fn`` with run-time-like specialisation."""
+    constexprs = dict(constexprs)
+    signature, divisible = {}, []
+    for i, name in enumerate(fn.arg_names):
+        if name in UNIT_STRIDES:
+            constexprs[name] = 1
+        if name in constexprs:
+            signature[name] = "constexpr"
+            continue
+        signature[name] = ("*bf16" if name in HALF_POINTERS else "*fp32") if name.endswith("_ptr") else "i32"
+        if name.endswith("_ptr") or name.startswith("s") or name in ("DIM", "N", "n_chunks"):
+            divisible.append(i)
+    attrs = {(i,): [["tt.divisibility", 16]] for i in divisible}
+    source = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+    return triton.compile(source, target=TARGET, options=dict(num_warps=num_warps))
+
+
+def machine_code_stats(kernel) -> dict:
+    """Registers and spills (ptxas -v), and SASS counts: whole kernel and its innermost loop."""
+    with tempfile.TemporaryDirectory() as folder:
+        ptx, cubin = os.path.join(folder, "k.ptx"), os.path.join(folder, "k.cubin")
+        with open(ptx, "w") as f:
+            f.write(kernel.asm["ptx"])
+        report = subprocess.run([os.path.join(BIN, "ptxas"), "-v", "--gpu-name", "sm_90a", ptx, "-o", cubin],
+                                capture_output=True, text=True, check=True).stderr
+        sass = subprocess.run([os.path.join(BIN, "cuobjdump"), "-sass", cubin], capture_output=True, text=True,
+                              check=True).stdout
+    registers = int(re.search(r"Used (\d+) registers", report).group(1))
+    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", report)
+    instructions = [line for line in sass.splitlines() if re.match(r"\s+/\*[0-9a-f]+\*/", line)]
+    # The state loop: the shortest span from a branch target back to a branch that jumps to it, among
+    # those with an exponential in them.
+    address = {int(re.match(r"\s+/\*([0-9a-f]+)\*/", line).group(1), 16): i for i, line in enumerate(instructions)}
+    loops = []
+    for i, line in enumerate(instructions):
+        target = re.search(r"BRA\s+0x([0-9a-f]+)", line)
+        start = address.get(int(target.group(1), 16)) if target else None
+        if start is not None and start < i and any("MUFU.EX2" in x for x in instructions[start:i]):
+            loops.append(instructions[start:i + 1])
+    inner = min(loops, key=len) if loops else []
+    count = lambda lines, op: sum(f" {op}" in line for line in lines)  # noqa: E731
+    return {"registers": registers, "spill_bytes": int(spills.group(1)) if spills else 0,
+            "instructions": len(instructions), "SHFL": count(instructions, "SHFL"),
+            "loop_instructions": len(inner), "loop_SHFL": count(inner, "SHFL"), "loop_MUFU": count(inner, "MUFU")}
+
+
+@triton.jit
+def _primitive(a_ptr, x_ptr, out_ptr, stride, OP: tl.constexpr, ROWS: tl.constexpr, STEPS: tl.constexpr):
+    offs = tl.arange(0, ROWS)[:, None] * stride + tl.arange(0, STEPS)[None, :]
+    a = tl.load(a_ptr + offs).to(tl.float32)
+    x = tl.load(x_ptr + offs).to(tl.float32)
+    if OP == 0:
+        _, h = tl.associative_scan((a, x), 1, triton_scan._compose)
+    elif OP == 1:
+        _, h = tl.associative_scan((a, x), 1, triton_scan._compose, reverse=True)
+    elif OP == 2:
+        h = tl.flip(a, 1)
+    else:
+        _, h = tl.associative_scan((tl.flip(a, 1), tl.flip(x, 1)), 1, triton_scan._compose)
+        h = tl.flip(h, 1)
+    tl.store(out_ptr + offs, h)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tiles", nargs="*", default=["8,64,1,8", "8,64,2,8", "8,32,2,1"],
+                        help="_scan_bwd_kernel tiles: block_d,chunk,warps,sub_blocks (the first is the default)")
+    parser.add_argument("--channel-warps", nargs="*", type=int, default=[1, 2, 4],
+                        help="warps for _scan_bwd_channels_kernel (64 channels a program, chunk 64)")
+    args = parser.parse_args()
+    flags = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True)
+    print("| kernel | tile | registers | spill bytes | SHFL | main loop: instructions | SHFL | MUFU "
+          "| instructions per (channel, state, step) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    # (name, kernel, constexprs, warps, elements one pass of the main loop covers)
+    rows = [("_scan_fwd_kernel", triton_scan._scan_fwd_kernel, dict(BLOCK_D=8, CHUNK=64), 1, 8 * 64)]
+    for tile in args.tiles:
+        block_d, chunk, warps, sub = (int(v) for v in tile.split(","))
+        rows.append(("_scan_bwd_kernel", triton_scan._scan_bwd_kernel,
+                     dict(BLOCK_D=block_d, CHUNK=chunk, BLOCK_N=16, SUB_BLOCKS=sub), warps, block_d * chunk))
+    for warps in args.channel_warps:
+        rows.append(("_scan_bwd_channels_kernel", triton_scan._scan_bwd_channels_kernel,
+                     dict(CHANNELS=64, CHUNK=64, BLOCK_N=16), warps, 16 * 64))
+    for name, fn, tile, warps, elements in rows:
+        s = machine_code_stats(compile_for_sm90(fn, dict(flags, **tile), warps))
+        per_element = s["loop_instructions"] * 32 * warps / elements
+        shown = ", ".join(f"{k}={v}" for k, v in tile.items() if k != "BLOCK_N")
+        print(f"| `{name}` | {shown}, {warps} warp(s) | {s['registers']} | {s['spill_bytes']} | {s['SHFL']} "
+              f"| {s['loop_instructions']} | {s['loop_SHFL']} | {s['loop_MUFU']} | {per_element:.1f} |")
+    print("\n| primitive on an (8, 64) fp32 tile, 1 warp | SASS instructions | SHFL |\n|---|---:|---:|")
+    for op, name in enumerate(["associative_scan (forward)", "associative_scan(reverse=True)", "tl.flip",
+                               "flip, forward scan, flip"]):
+        source = ASTSource(fn=_primitive, signature={"a_ptr": "*bf16", "x_ptr": "*bf16", "out_ptr": "*fp32",
+                                                     "stride": "i32", "OP": "constexpr", "ROWS": "constexpr",
+                                                     "STEPS": "constexpr"},
+                           constexprs={"OP": op, "ROWS": 8, "STEPS": 64},
+                           attrs={(i,): [["tt.divisibility", 16]] for i in range(4)})
+        s = machine_code_stats(triton.compile(source, target=TARGET, options=dict(num_warps=1)))
+        print(f"| {name} | {s['instructions']} | {s['SHFL']} |")
+
+
+if __name__ == "__main__":
+    main()
