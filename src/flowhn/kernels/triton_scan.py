@@ -108,16 +108,24 @@ def _row(ptr, pid_b, n, t, mask_t, stride_b, stride_n, stride_t):
 
 
 @triton.jit
+def _chunk_position(L, CHUNK: tl.constexpr):
+    """Of a program on grid (batch, ·, chunk): its batch, chunk, and the chunk's steps (offsets in the
+    chunk, positions in the sequence, which of them exist)."""
+    pid_b = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(2)
+    offs_t = tl.arange(0, CHUNK)
+    t = c * CHUNK + offs_t
+    return pid_b, c, offs_t, t, t < L
+
+
+@triton.jit
 def _chunk_steps(delta_ptr, bias_ptr, DIM, L, sdl_b, sdl_d, sdl_t, HAS_BIAS: tl.constexpr,
                  SOFTPLUS: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr):
     """The (channels × steps) tile of a program on grid (batch, channel block, chunk): its indices,
     masks and step sizes."""
-    pid_b = tl.program_id(0).to(tl.int64)
+    pid_b, c, _, t, mask_t = _chunk_position(L, CHUNK)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    c = tl.program_id(2)
     mask_d = offs_d < DIM
-    t = c * CHUNK + tl.arange(0, CHUNK)
-    mask_t = t < L
     m = mask_d[:, None] & mask_t[None, :]
     bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[:, None] if HAS_BIAS else None
     _, step = _delta(delta_ptr, _offsets(pid_b, offs_d, t, sdl_b, sdl_d, sdl_t), m, bias, HAS_BIAS, SOFTPLUS)
@@ -241,12 +249,8 @@ def _scan_bwd_kernel(
     summed afterwards; dB, dC sum over channels: this program's share is accumulated over its
     sub-blocks in registers, then added with one atomic per (state, step). du, ddelta, dz share one
     layout (strides sg_*); dB, dC are (B, N, ·) fp32 buffers with unit step stride."""
-    pid_b = tl.program_id(0).to(tl.int64)
-    c = tl.program_id(2)
-    offs_t = tl.arange(0, CHUNK)
+    pid_b, c, offs_t, t, mask_t = _chunk_position(L, CHUNK)
     offs_n = tl.arange(0, BLOCK_N)
-    t = c * CHUNK + offs_t
-    mask_t = t < L
     first = (offs_t == 0)[None, :]
     last = (offs_t == CHUNK - 1)[None, :]
     dB_acc = tl.zeros((BLOCK_N, CHUNK), dtype=tl.float32)
@@ -337,12 +341,8 @@ def _scan_bwd_channels_kernel(
     loaded once per program (every channel shares them), dB and dC accumulate elementwise (no sum
     over channels inside the loop, no one-hot rows), and A, the entering state, the carry and dA are
     each one contiguous N-vector per channel. The sums over states (y, dL/du, dL/dΔ) are per channel."""
-    pid_b = tl.program_id(0).to(tl.int64)
-    c = tl.program_id(2)
-    offs_t = tl.arange(0, CHUNK)
+    pid_b, c, offs_t, t, mask_t = _chunk_position(L, CHUNK)
     offs_n = tl.arange(0, BLOCK_N)
-    t = c * CHUNK + offs_t
-    mask_t = t < L
     mask_n = offs_n < N
     m_nt = mask_n[:, None] & mask_t[None, :]
     first = (offs_t == 0)[None, :]
