@@ -6,10 +6,10 @@
 Each candidate is a backward kernel and its tile: ``_scan_bwd_kernel`` (loop over states; chunk,
 channels a block, warps, blocks a program) or ``_scan_bwd_channels_kernel`` (loop over channels;
 chunk, channels a program, warps). The chunk is shared with the forward (the saved states are per
-chunk), whose tile stays 8 channels and 1 warp. To time a rewrite of the backward against the kept kernel, save the kept
-module first, apply the rewrite, and pass the saved file as --before, e.g. with the patches in
-experiments/bench/H200_scan_backward/ (what they showed, and what bounds the backward: H200.md,
-"The scan's backward"):
+chunk), whose tile stays 8 channels and 1 warp. To time a rewrite of the backward against the kept
+kernel, save the kept module first, apply the rewrite, and pass the saved file as --before, e.g. with
+the patches in experiments/bench/H200_scan_backward/ (what they showed, and what bounds the
+backward: H200.md, "The scan's backward"):
 
   git show HEAD:src/flowhn/kernels/triton_scan.py > /tmp/kept_scan.py
   git apply experiments/bench/H200_scan_backward/adjoint_in_reversed_time.patch

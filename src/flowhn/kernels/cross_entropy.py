@@ -51,6 +51,8 @@ def fused_loss_impl(setting, device_type: str) -> str | None:
     if setting in FUSED_LOSS_IMPLS:
         return setting
     return "auto" if setting else None
+
+
 # Logit elements held at once by the chunked implementation (fp32: 4 bytes each, plus the bf16 GEMM
 # output): 2**27 is 512 MiB of fp32 logits, about 6 chunks at 135M's 16,384 tokens × 49,152 words.
 DEFAULT_CHUNK_ELEMENTS = 2**27

@@ -346,8 +346,8 @@ def _scan_bwd_channels_kernel(
     mask_n = offs_n < N
     m_nt = mask_n[:, None] & mask_t[None, :]
     first = (offs_t == 0)[None, :]
-    B = tl.load(B_ptr + pid_b * sB_b + offs_n[:, None] * sB_n + t[None, :] * sB_t, mask=m_nt, other=0.0).to(tl.float32)
-    C = tl.load(C_ptr + pid_b * sC_b + offs_n[:, None] * sC_n + t[None, :] * sC_t, mask=m_nt, other=0.0).to(tl.float32)
+    B = _tile(B_ptr, pid_b * sB_b + offs_n[:, None] * sB_n + t[None, :] * sB_t, m_nt)
+    C = _tile(C_ptr, pid_b * sC_b + offs_n[:, None] * sC_n + t[None, :] * sC_t, m_nt)
     # The adjoint runs backwards in time; Triton's reverse scan costs about 10x the lane shuffles of
     # a forward one (scripts/kernel_stats.py), so it runs as a forward scan in reversed time order
     # (suffix _r): B and C are flipped once per program, a channel's rows cost a flip of 64 values,
@@ -362,14 +362,14 @@ def _scan_bwd_channels_kernel(
         m = mask_t & valid
         m_next = (t + 1 < L) & valid
         bias = tl.load(bias_ptr + d, mask=valid, other=0.0).to(tl.float32) if HAS_BIAS else None
-        u = tl.load(u_ptr + pid_b * su_b + d * su_d + t * su_t, mask=m, other=0.0).to(tl.float32)
+        u = _tile(u_ptr, pid_b * su_b + d * su_d + t * su_t, m)
         delta_at = pid_b * sdl_b + d * sdl_d + t * sdl_t
         pre, step = _delta(delta_ptr, delta_at, m, bias, HAS_BIAS, SOFTPLUS)
         _, step_next = _delta(delta_ptr, delta_at + sdl_t, m_next, bias, HAS_BIAS, SOFTPLUS)
         stepu = step * u
-        dy = tl.load(dout_ptr + pid_b * sdo_b + d * sdo_d + t * sdo_t, mask=m, other=0.0).to(tl.float32)
+        dy = _tile(dout_ptr, pid_b * sdo_b + d * sdo_d + t * sdo_t, m)
         if HAS_Z:
-            z = tl.load(z_ptr + pid_b * sz_b + d * sz_d + t * sz_t, mask=m, other=0.0).to(tl.float32)
+            z = _tile(z_ptr, pid_b * sz_b + d * sz_d + t * sz_t, m)
             sig = tl.sigmoid(z)
             dout = dy
             dy = dout * z * sig
@@ -416,6 +416,7 @@ def _scan_bwd_channels_kernel(
     bc_at = pid_b * sdB_b + offs_n[:, None] * sdB_n + t[None, :]
     tl.atomic_add(dB_ptr + bc_at, tl.flip(dB_acc_r, 1), mask=m_nt)
     tl.atomic_add(dC_ptr + bc_at, dC_acc, mask=m_nt)
+
 
 # The backward kernel and its tile. It needs more registers per element than the forward, so it may
 # use other channel blocks and warps (the chunk must be the forward's: the saved states are per chunk).
