@@ -3,6 +3,7 @@
 
   PYTHONPATH=src python scripts/gpu_mamba1.py            # everything (about 4-5 minutes on an H200)
   PYTHONPATH=src python scripts/gpu_mamba1.py --quick    # no tile sweeps, no pytest
+  PYTHONPATH=src python scripts/gpu_mamba1.py --conv     # only the conv: its accuracy, timings, sweeps
 
 1. GPU tests: pytest -m gpu on tests/test_triton_conv.py and the Mamba-1 tests of tests/test_kernels.py.
 2. Accuracy (rel. L2 error of output and every gradient vs the float64 definition; allocator cache
@@ -10,7 +11,8 @@
    PyTorch conv compiled, the Triton scan row-major (old layout) and channel-last (new), fp32 and bf16.
 3. Conv at the 1B Mamba layer (16 × 1024 × 4096, width 4, bf16, x the hidden half of a (B, L, 8192)
    in_proj output): F.pad + F.conv1d + SiLU on the transposed view (old, eager and compiled) vs the
-   Triton kernels vs the shifted multiply-adds compiled; a forward and backward tile sweep; the floor
+   Triton kernels (each backward: ``recompute`` and ``staged``, triton_conv.BWD_KERNEL) vs the shifted
+   multiply-adds compiled; a forward and a backward tile sweep per backward kernel; the floor
    = 5·B·L·C·2 bytes (fwd: read x, write out; bwd: read x and dy, write dx) at copy bandwidth.
 4. Scan at 16×4096×1024×16 and 16×4096×369×16 bf16: row-major (old) vs channel-last (new, inputs as
    the mixer hands them over), a channel-last tile sweep, and the two floors: bytes (3·inputs + 2·output)
@@ -24,6 +26,7 @@ Prints a table last; writes the log to $OUT/mamba1.log when $OUT is set. Exits 1
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import subprocess
@@ -110,7 +113,27 @@ def compile_fn(fn):
 
 # ---------------------------------------------------------------- accuracy
 
-def accuracy(seed):
+BACKWARD_KERNELS = ("recompute", "staged")  # triton_conv.BWD_KERNEL
+
+
+@contextlib.contextmanager
+def conv_backward(kernel, tile=None):
+    """The conv's backward kernel (and its tile: block_l, block_c, seg_tiles, warps) while inside."""
+    names = ("BLOCK_L", "BLOCK_C", "SEG_TILES", "WARPS")
+    prefix = "STAGED_" if kernel == "staged" else "BWD_"
+    saved = triton_conv.BWD_KERNEL, [getattr(triton_conv, prefix + n) for n in names]
+    triton_conv.BWD_KERNEL = kernel
+    for n, v in zip(names, tile or saved[1]):
+        setattr(triton_conv, prefix + n, v)
+    try:
+        yield
+    finally:
+        triton_conv.BWD_KERNEL = saved[0]
+        for n, v in zip(names, saved[1]):
+            setattr(triton_conv, prefix + n, v)
+
+
+def accuracy(seed, conv_only=False):
     log("\nAccuracy vs float64 (relative L2 error of the output and every gradient):")
     shifted_compiled = compile_fn(causal_conv1d_silu_shifted)
     for dtype in DTYPES:
@@ -118,8 +141,13 @@ def accuracy(seed):
             poison_allocator_cache()
             inputs = conv_inputs(*shape, dtype=dtype, device=DEVICE, row_stride=stride, seed=seed)
             tag = f"{'x'.join(map(str, shape))} {str(dtype)[6:]}"
-            check(f"conv triton {tag}", compare_conv(triton_conv.causal_conv1d_silu_triton, inputs), TOL[dtype])
+            for kernel in BACKWARD_KERNELS:
+                with conv_backward(kernel):
+                    check(f"conv triton, {kernel} bwd {tag}", compare_conv(triton_conv.causal_conv1d_silu_triton, inputs),
+                          TOL[dtype])
             check(f"conv shifted compiled {tag}", compare_conv(shifted_compiled, inputs), TOL[dtype])
+    if conv_only:
+        return
     cl = lambda t: None if t is None else t.transpose(1, 2).contiguous().transpose(1, 2)
     for dtype in DTYPES:
         inputs = scan_inputs(*SIZES["acc_scan"], dtype=dtype, device=DEVICE, seed=seed)
@@ -168,22 +196,26 @@ def time_conv(bandwidth, sweep, shape, stride, label):
     nbytes = 5 * batch * length * channels * 2
     floor = nbytes / bandwidth / 1e6
     tag = f"{batch}x{length}x{channels} k{width}"
-    variants = {
-        "F.conv1d+SiLU eager (old)": conv_old,
-        "F.conv1d+SiLU compiled": compile_fn(conv_old),
-        "shifted madds compiled": compile_fn(causal_conv1d_silu_shifted),
-        "triton": triton_conv.causal_conv1d_silu_triton,
+    variants = {  # name: (function, the Triton conv's backward kernel while it runs)
+        "F.conv1d+SiLU eager (old)": (conv_old, None),
+        "F.conv1d+SiLU compiled": (compile_fn(conv_old), None),
+        "shifted madds compiled": (compile_fn(causal_conv1d_silu_shifted), None),
+        **{f"triton, {kernel} bwd": (triton_conv.causal_conv1d_silu_triton, kernel) for kernel in BACKWARD_KERNELS},
     }
     log(f"\n{label} {tag} bf16 (x: column view, row stride {stride}); floor {floor:.3f} ms "
         f"({nbytes / 1e6:.0f} MB at {bandwidth:.0f} GB/s)")
-    for name, fn in variants.items():
+    for name, (fn, kernel) in variants.items():
         call = lambda fn=fn: fn(x, w, b)
-        fwd = fwd_bwd_ms(call, leaves, fwd_only=True)
-        ms = fwd_bwd_ms(call, leaves)
+        with conv_backward(kernel or triton_conv.BWD_KERNEL):
+            fwd = fwd_bwd_ms(call, leaves, fwd_only=True)
+            ms = fwd_bwd_ms(call, leaves)
         log(f"  {name:28s} fwd {fwd:.3f}  fwd+bwd {ms:.3f} ms  ({ms / floor:.2f}x floor)")
         rows.append((label, name, tag, ms, floor, f"fwd {fwd:.3f}"))
-    if not sweep:
-        return
+    if sweep:
+        sweep_conv_tiles(x, w, b, leaves, label, tag, floor)
+
+
+def sweep_conv_tiles(x, w, b, leaves, label, tag, floor):
     log("  Triton forward tiles (block_l, block_c, warps): fwd ms")
     best = (float("inf"), None)
     for bl, bc, nw in ((16, 128, 4), (32, 64, 4), (32, 128, 4), (32, 256, 4), (64, 128, 4), (64, 256, 8),
@@ -195,21 +227,25 @@ def time_conv(bandwidth, sweep, shape, stride, label):
         best = min(best, (fwd, (bl, bc, nw)))
         log(f"    ({bl:3d}, {bc:3d}, {nw}) {fwd:.3f}")
     log(f"  best forward tile {best[1]}: {best[0]:.3f} ms")
-    log("  Triton backward tiles (block_l, block_c, seg_tiles, warps): fwd+bwd ms (forward at its default)")
-    saved = (triton_conv.BWD_BLOCK_L, triton_conv.BWD_BLOCK_C, triton_conv.BWD_SEG_TILES, triton_conv.BWD_WARPS)
-    best_bwd = (float("inf"), None)
-    for cfg in ((16, 128, 8, 4), (32, 64, 8, 4), (32, 128, 4, 4), (32, 128, 8, 4), (32, 128, 16, 4),
-                (32, 256, 8, 8), (64, 128, 4, 8), (64, 64, 8, 4), (16, 256, 16, 4), (32, 128, 32, 4)):
-        if time.time() - STARTED > SWEEP_BUDGET_S:
-            break
-        (triton_conv.BWD_BLOCK_L, triton_conv.BWD_BLOCK_C, triton_conv.BWD_SEG_TILES,
-         triton_conv.BWD_WARPS) = cfg
-        ms = fwd_bwd_ms(lambda: triton_conv.causal_conv1d_silu_triton(x, w, b), leaves)
-        best_bwd = min(best_bwd, (ms, cfg))
-        log(f"    {cfg} {ms:.3f}")
-    (triton_conv.BWD_BLOCK_L, triton_conv.BWD_BLOCK_C, triton_conv.BWD_SEG_TILES, triton_conv.BWD_WARPS) = saved
-    log(f"  best backward tile {best_bwd[1]}: fwd+bwd {best_bwd[0]:.3f} ms")
-    rows.append((label, "triton, best backward tile", tag, best_bwd[0], floor, f"fwd {best[1]} bwd {best_bwd[1]}"))
+    # The staged kernel's tiles (scripts/kernel_stats.py --conv on sm_90): 8 x 128 x 4 warps (the
+    # default) has no spills in 128 registers; 16 x 128 x 4 the fewest instructions per element.
+    tiles = {"recompute": ((16, 128, 8, 4), (32, 64, 8, 4), (32, 128, 4, 4), (32, 128, 8, 4), (32, 128, 16, 4),
+                           (32, 256, 8, 8), (64, 128, 4, 8), (64, 64, 8, 4), (16, 256, 16, 4), (32, 128, 32, 4)),
+             "staged": ((8, 128, 32, 4), (8, 128, 16, 4), (16, 128, 16, 4), (16, 128, 8, 4), (16, 64, 16, 2),
+                        (16, 128, 16, 8), (32, 64, 16, 4), (8, 256, 16, 4), (16, 128, 32, 4), (4, 128, 32, 2))}
+    for kernel in ("staged", "recompute"):
+        log(f"  Triton {kernel} backward tiles (block_l, block_c, seg_tiles, warps): fwd+bwd ms (forward at its default)")
+        best_bwd = (float("inf"), None)
+        for cfg in tiles[kernel]:
+            if time.time() - STARTED > SWEEP_BUDGET_S:
+                break
+            with conv_backward(kernel, cfg):
+                ms = fwd_bwd_ms(lambda: triton_conv.causal_conv1d_silu_triton(x, w, b), leaves)
+            best_bwd = min(best_bwd, (ms, cfg))
+            log(f"    {cfg} {ms:.3f}")
+        log(f"  best {kernel} backward tile {best_bwd[1]}: fwd+bwd {best_bwd[0]:.3f} ms")
+        rows.append((label, f"triton, {kernel} bwd, best tile", tag, best_bwd[0], floor,
+                     f"fwd {best[1]} bwd {best_bwd[1]}"))
 
 
 # ---------------------------------------------------------------- scan timing
@@ -347,6 +383,7 @@ def time_mixer():
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="no tile sweeps, no pytest")
+    parser.add_argument("--conv", action="store_true", help="only the conv: accuracy, timings and tile sweeps")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--cpu-smoke", action="store_true",
                         help="tiny shapes on CPU under TRITON_INTERPRET=1, to check this script runs (no timings)")
@@ -366,7 +403,7 @@ def main():
     started = STARTED
     name = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu (smoke)"
     log(f"device: {name}  torch {torch.__version__}  triton {triton.__version__}  seed {seed}")
-    if not args.quick:
+    if not args.quick and not args.conv:
         tests = ["tests/test_triton_conv.py", "tests/test_kernels.py", "-k", "conv or selective_scan or mamba1"]
         proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", *tests],
                               capture_output=True, text=True, timeout=240)
@@ -374,15 +411,15 @@ def main():
         log("\npytest -m gpu (conv, selective scan, mamba1):\n  " + "\n  ".join(tail))
         if proc.returncode != 0:
             failures.append("pytest -m gpu")
-    sections = [("accuracy", lambda: accuracy(seed))]
+    sections = [("accuracy", lambda: accuracy(seed, conv_only=args.conv))]
     bandwidth = copy_bandwidth()
     log(f"\nDevice-to-device copy bandwidth (1 GiB, read + write): {bandwidth:.0f} GB/s")
     sections += [
         ("conv", lambda: time_conv(bandwidth, not args.quick, *SIZES["conv"][0])),
-        ("conv mamba2", lambda: time_conv(bandwidth, False, *SIZES["conv"][1])),
-        ("scan", lambda: time_scan(bandwidth, not args.quick)),
-        ("mixer", time_mixer),
+        ("conv mamba2", lambda: time_conv(bandwidth, args.conv and not args.quick, *SIZES["conv"][1])),
     ]
+    if not args.conv:
+        sections += [("scan", lambda: time_scan(bandwidth, not args.quick)), ("mixer", time_mixer)]
     for name, run in sections:
         try:
             run()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 14's "train.py measured as well as the bench" on one GPU, at 135M, 16 x 1024, bf16:
 #   1. train.py (ThroughputMonitor, medians of 10-step windows after 10 warm-up steps, 130 steps,
-#      validation only at the end, no checkpoint) for llama and flowhn/fac_split, with the code of BEFORE_TAR
+#      validation only at the end, no checkpoint) for each of MODELS (a model, or a FlowHN split), with the code of BEFORE_TAR
 #      (a `git archive <commit> src conf train.py | gzip`, default logs/before.tar.gz: the code before
 #      the sync-free training step) and with this tree, with each fused-loss implementation in FUSED;
 #   2. the bench rows of the same models and losses (`python -m flowhn.bench`, one process);
@@ -31,13 +31,14 @@ STEPS=${STEPS:-130}
 CODES=${CODES:-before after} BENCH=${BENCH:-1} TESTS=${TESTS:-1}
 echo "== $(date -u +%FT%TZ) $(python3 -c 'import torch; print(torch.cuda.get_device_name(), torch.__version__)')"
 
+is_split() { [[ $1 == *_split ]]; }  # a FlowHN split (no_split, fac_split, ...), else a model name
 # model -> train.py overrides (the split ablation's 135M preset: corpus BPE, 16 x 1024)
 overrides() {
   local m=$1
   echo "experiment=split_ablation_gpu_small eval=default logger=csv trainer.max_steps=$STEPS trainer.limit_val_batches=1" \
     "trainer.val_check_interval=100000 trainer.log_every_n_steps=10 callbacks.throughput.warmup_steps=10 callbacks.throughput.window=10" \
     "callbacks.checkpoint.every_n_train_steps=100000" \
-    "$([[ $m == llama ]] && echo model=llama || echo split=$m)" ${EXTRA:-}
+    "$(is_split "$m" && echo split=$m || echo model=$m)" ${EXTRA:-}
 }
 
 echo "code,model,fused_loss,tok_s,mfu,step_ms,max_mem_gib,first_step_s,wall_s" > "$OUT/train_speed.csv"
@@ -77,7 +78,7 @@ done
 entries=""
 for m in $(tr ' ' '\n' <<< "$MODELS" | awk 'NF && !seen[$0]++'); do
   for f in ${BENCH_FUSED:-$FUSED}; do
-    e=$([[ $m == llama ]] && echo "{model: llama, fused_loss: $f}" || echo "{model: flowhn, split: $m, fused_loss: $f}")
+    e=$(is_split "$m" && echo "{model: flowhn, split: $m, fused_loss: $f}" || echo "{model: $m, fused_loss: $f}")
     entries+="${entries:+, }$e"
   done
 done

@@ -2,6 +2,7 @@
 """What the Mamba-1 scan kernels compile to on sm_90, without a GPU: registers, spills, lane shuffles.
 
   PYTHONPATH=src python scripts/kernel_stats.py [--tiles 8,64,1,8 8,64,2,8 ...]
+  PYTHONPATH=src python scripts/kernel_stats.py --conv    # the conv's two backward kernels instead
 
 Triton compiles for a target it is given (``GPUTarget("cuda", 90, 32)``) and ships ptxas and cuobjdump,
 so a CPU-only machine can see what the H100/H200 would run. The kernels are specialised as at run
@@ -12,6 +13,8 @@ innermost loop with an exponential: over states in _scan_fwd/_scan_bwd_kernel, o
 _scan_bwd_channels_kernel), and that loop's instructions per (channel, state, step) element, which
 compares the two loop orders. Then Triton's scan primitives alone on an
 (8, 64) tile, to show what each costs: a forward ``associative_scan``, a ``reverse=True`` one, flips.
+``--conv``: the same for the causal conv's backward kernels (width 4, bias, SiLU; the main loop is the
+one over row tiles), per (row, channel) element.
 """
 
 from __future__ import annotations
@@ -27,16 +30,19 @@ import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+import flowhn.kernels.triton_conv as triton_conv
 import flowhn.kernels.triton_scan as triton_scan
 
 TARGET = GPUTarget("cuda", 90, 32)
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-HALF_POINTERS = {"u_ptr", "delta_ptr", "B_ptr", "C_ptr", "z_ptr", "dout_ptr", "du_ptr", "ddelta_ptr", "dz_ptr", "out_ptr"}
+HALF_POINTERS = {"u_ptr", "delta_ptr", "B_ptr", "C_ptr", "z_ptr", "dout_ptr", "du_ptr", "ddelta_ptr", "dz_ptr", "out_ptr",
+                 "x_ptr", "dy_ptr", "dx_ptr"}
 UNIT_STRIDES = {"su_t", "sdl_t", "sB_t", "sC_t", "sz_t", "sdo_t", "sg_t", "so_t"}
 
 
-def compile_for_sm90(fn, constexprs: dict, num_warps: int):
-    """The CompiledKernel of ``fn`` with run-time-like specialisation."""
+def compile_for_sm90(fn, constexprs: dict, num_warps: int, sizes=("DIM", "N", "n_chunks")):
+    """The CompiledKernel of ``fn`` with run-time-like specialisation; ``sizes``: the integer arguments
+    besides strides that are multiples of 16 at the shapes of interest."""
     constexprs = dict(constexprs)
     signature, divisible = {}, []
     for i, name in enumerate(fn.arg_names):
@@ -46,7 +52,7 @@ def compile_for_sm90(fn, constexprs: dict, num_warps: int):
             signature[name] = "constexpr"
             continue
         signature[name] = ("*bf16" if name in HALF_POINTERS else "*fp32") if name.endswith("_ptr") else "i32"
-        if name.endswith("_ptr") or name.startswith("s") or name in ("DIM", "N", "n_chunks"):
+        if name.endswith("_ptr") or name.startswith("s") or name in sizes:
             divisible.append(i)
     attrs = {(i,): [["tt.divisibility", 16]] for i in divisible}
     source = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
@@ -105,7 +111,10 @@ def main():
                         help="_scan_bwd_kernel tiles: block_d,chunk,warps,sub_blocks (the first is the default)")
     parser.add_argument("--channel-warps", nargs="*", type=int, default=[1, 2, 4],
                         help="warps for _scan_bwd_channels_kernel (64 channels a program, chunk 64)")
+    parser.add_argument("--conv", action="store_true", help="the conv's backward kernels instead of the scan's")
     args = parser.parse_args()
+    if args.conv:
+        return conv_stats()
     flags = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True)
     print("| kernel | tile | registers | spill bytes | SHFL | main loop: instructions | SHFL | MUFU "
           "| instructions per (channel, state, step) |")
@@ -135,6 +144,23 @@ def main():
                            attrs={(i,): [["tt.divisibility", 16]] for i in range(4)})
         s = machine_code_stats(triton.compile(source, target=TARGET, options=dict(num_warps=1)))
         print(f"| {name} | {s['instructions']} | {s['SHFL']} |")
+
+
+def conv_stats():
+    print("| kernel | tile (rows × channels, warps, row tiles a program) | registers | spill bytes "
+          "| main loop: instructions | MUFU | instructions per (row, channel) |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    flags = dict(K=4, K_POW2=4, HAS_BIAS=True, SILU=True)
+    rows = [(triton_conv._conv_bwd_kernel, tile) for tile in ((32, 128, 4, 8), (16, 128, 4, 8))]
+    rows += [(triton_conv._conv_bwd_staged_kernel, tile) for tile in
+             ((16, 128, 4, 16), (8, 128, 4, 16), (16, 64, 2, 16), (16, 128, 8, 16), (32, 64, 4, 16), (8, 256, 4, 16))]
+    for fn, (block_l, block_c, warps, seg_tiles) in rows:
+        tile = dict(BLOCK_L=block_l, BLOCK_C=block_c, SEG_TILES=seg_tiles)
+        # L and C multiples of 16, as at the model shapes (1024 rows; 1536, 4096, 4352 channels)
+        s = machine_code_stats(compile_for_sm90(fn, dict(flags, **tile), warps, sizes=("L", "C")))
+        per_element = s["loop_instructions"] * 32 * warps / (block_l * block_c)
+        print(f"| `{fn.__name__}` | {block_l} × {block_c}, {warps} warps, {seg_tiles} | {s['registers']} "
+              f"| {s['spill_bytes']} | {s['loop_instructions']} | {s['loop_MUFU']} | {per_element:.1f} |")
 
 
 if __name__ == "__main__":

@@ -59,6 +59,23 @@ def test_bench_config_composes_with_profile_and_eager_entries():
     assert cfg.profile and cfg.entries[0].compile is False and cfg.scale.name == "tiny"
 
 
+@pytest.mark.parametrize(("overrides", "entry", "label"), [
+    (["scale=135m"], {"model": "llama"}, "llama/reduce-overhead"),  # auto: 135m's mode, as train.py
+    (["scale=135m"], {"model": "flowhn", "split": "fac_split", "compile_mode": None}, "flowhn/fac_split"),
+    (["scale=135m"], {"model": "llama", "compile": False}, "llama (eager)"),
+    (["scale=135m", "compile_mode=null"], {"model": "llama"}, "llama"),
+    (["scale=135m", "device=cpu"], {"model": "llama"}, "llama"),
+    (["scale=1b"], {"model": "llama"}, "llama"),
+    (["scale=1b"], {"model": "llama", "compile_mode": "reduce-overhead"}, "llama/reduce-overhead"),
+])
+def test_rows_take_the_scales_compile_mode_unless_they_set_one(overrides, entry, label):
+    from flowhn.bench import entry_label
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        bench = compose("bench", overrides=overrides)
+    assert entry_label(entry, bench) == label
+
+
 def test_bench_refuses_to_run_without_a_gpu():
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")

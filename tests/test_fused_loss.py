@@ -15,7 +15,7 @@ from omegaconf import OmegaConf, open_dict
 from flowhn.errors import ConfigError
 from flowhn.kernels import cross_entropy as ce
 from flowhn.kernels.cross_entropy import IGNORE_INDEX, linear_cross_entropy, linear_cross_entropy_chunked
-from tests.conftest import ROOT, small_cfg
+from tests.conftest import ROOT, compose_train, small_cfg
 
 
 def make_inputs(n=37, d=24, vocab=101, dtype=torch.float64, device="cpu", ignored_every=5, seed=0):
@@ -154,6 +154,27 @@ def test_bad_fused_loss_or_compile_mode_is_a_config_error(override, key):
     cfg = small_cfg("llama", "compile=false", override)
     with pytest.raises(ConfigError, match=rf"^{key}: "):
         resolve_trainer_settings(cfg)
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    (("scale=135m",), "reduce-overhead"),  # the one scale whose steps the host bound (conf/scale/135m.yaml)
+    (("scale=1b",), None), ((), None),  # tiny, 350m and 1b set none
+    (("scale=135m", "trainer.devices=2"), None),  # DDP: CUDA graphs not tested under it here
+    (("scale=135m", "trainer.accumulate_grad_batches=2"), None),
+    (("scale=135m", "compile=false"), None),
+    (("scale=135m", "trainer.accelerator=cpu"), None),  # compile: auto is off on the CPU
+    (("scale=135m", "compile_mode=max-autotune"), "max-autotune"),  # a mode set by hand stays
+    (("scale=1b", "compile_mode=reduce-overhead"), "reduce-overhead"),
+])
+def test_compile_mode_auto_is_the_scales_mode_on_one_gpu(overrides, expected, monkeypatch):
+    from flowhn.training.run import resolve_trainer_settings
+
+    # A config resolved as on a machine with two GPUs (nothing is built or run on them).
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    cfg = compose_train("model=llama", "compile=auto", *overrides)
+    resolve_trainer_settings(cfg)
+    assert cfg.compile_mode == expected
 
 
 @pytest.mark.parametrize("setting", ["auto", "true", "false", "liger", "chunked", "cce"])

@@ -156,6 +156,8 @@ _INTERPRETER_SCRIPT = textwrap.dedent("""
     # so their backward spans several programs along the channels (dB, dC summed by atomics across them),
     # and so do the checks after them (routing, layout, the mixer's wiring) on 1.
     default_sub_blocks = flowhn.kernels.triton_scan.BWD_SUB_BLOCKS
+    default_loop = flowhn.kernels.triton_scan.BWD_LOOP
+    flowhn.kernels.triton_scan.BWD_LOOP = "states"
     cases = [  # shape, (D, z, bias, softplus), tile override (block_d, chunk, backward sub-blocks)
         ((2, 5, 19, 3), (True, True, True, True), (2, 8, 2)),      # 3 chunks, last one partial; a masked sub-block
         ((1, 3, 16, 4), (False, False, False, False), (4, 4, 1)),  # exact chunks, a masked channel row
@@ -183,7 +185,8 @@ _INTERPRETER_SCRIPT = textwrap.dedent("""
         inputs = scan_inputs(*shape, D=D, z=z, delta_bias=bias, delta_softplus=softplus, seed=sum(shape) + 1)
         fn = functools.partial(selective_scan_triton, block_d=4, chunk=chunk)
         results[f"channels_loop{shape}"] = compare(fn, reference_fn("selective_scan"), inputs)
-    scan_module.BWD_LOOP = "states"
+    # The checks after this take the default loop (4 channels a program keep the interpreter's work small).
+    scan_module.BWD_LOOP = default_loop
     inputs = scan_inputs(2, 4, 10, 4, seed=9)
     results["dispatch"] = compare(functools.partial(selective_scan, backend="triton"),
                                   reference_fn("selective_scan"), inputs)
@@ -230,6 +233,7 @@ _COMPILE_SCRIPT = textwrap.dedent("""
     # What is checked here is the ops' registration and graphs, not the tiles (test_triton_kernels_in_interpreter
     # checks those): one channel block per program and one backward sub-block keep the interpreter's work small.
     flowhn.kernels.triton_scan.BWD_SUB_BLOCKS = 1
+    flowhn.kernels.triton_scan.BWD_CHANNELS = 4
 
     # The scan's custom ops: schema, fake (meta) shapes, autograd registration, and the same outputs
     # traced by AOTAutograd as run eagerly.

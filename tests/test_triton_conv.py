@@ -76,12 +76,39 @@ _INTERPRETER_SCRIPT = textwrap.dedent("""
         inputs = conv_inputs(*shape, bias=bias, row_stride=stride, seed=sum(shape))
         fn = functools.partial(tc.causal_conv1d_silu_triton, block_l=fl, block_c=fc)
         results[f"conv{shape}"] = compare_conv(fn, inputs)
-    # The op's schema, fake shapes and autograd registration, on a strided input.
+    # The staged backward (g once per element, staged in a ring of two row tiles per program): partial
+    # row and channel tiles, segments of 1-3 tiles (the first tile's shifted rows come from the next
+    # segment's g, computed once more), widths 2-4, with and without bias, a strided input.
+    tc.BWD_KERNEL = "staged"
+    default_staged_tile = (tc.STAGED_BLOCK_L, tc.STAGED_BLOCK_C, tc.STAGED_SEG_TILES)
+    for shape, bias, stride, tile in [
+        ((2, 13, 11, 4), True, 24, (4, 8, 2)), ((1, 9, 20, 3), False, None, (4, 16, 3)),
+        ((2, 37, 16, 4), True, None, (4, 8, 3)), ((1, 40, 9, 2), True, 12, (8, 8, 1)),
+        ((2, 5, 16, 4), True, None, None),  # default tile, L < one tile
+    ]:
+        tc.STAGED_BLOCK_L, tc.STAGED_BLOCK_C, tc.STAGED_SEG_TILES = tile or default_staged_tile
+        inputs = conv_inputs(*shape, bias=bias, row_stride=stride, seed=sum(shape) + 1)
+        results[f"staged{shape}"] = compare_conv(tc.causal_conv1d_silu_triton, inputs)
+    tc.STAGED_BLOCK_L = 2  # under the width's 4 rows: a clear error before the backward kernel runs
+    inputs = conv_inputs(1, 9, 8, 4, seed=5)
+    try:
+        compare_conv(tc.causal_conv1d_silu_triton, inputs)
+    except ValueError as exc:
+        results["errors"] = {"small_staged_tile": str(exc)}
+    tc.BWD_KERNEL = "fastest"
+    try:
+        compare_conv(tc.causal_conv1d_silu_triton, inputs)
+    except ValueError as exc:
+        results["errors"]["unknown_kernel"] = str(exc)
+    # The op's schema, fake shapes and autograd registration, on a strided input, with each backward.
     inputs = conv_inputs(2, 7, 6, 4, row_stride=12, seed=1)
     args = (inputs["x"].detach().requires_grad_(), inputs["weight"].requires_grad_(),
             inputs["bias"].requires_grad_(), True, 4, 8, 1)
     tc.BWD_BLOCK_L, tc.BWD_BLOCK_C, tc.BWD_SEG_TILES = 4, 8, 1
-    torch.library.opcheck(torch.ops.flowhn.causal_conv1d_silu_fwd.default, args)
+    tc.STAGED_BLOCK_L, tc.STAGED_BLOCK_C, tc.STAGED_SEG_TILES = 4, 8, 1
+    for kernel in ("recompute", "staged"):
+        tc.BWD_KERNEL = kernel
+        torch.library.opcheck(torch.ops.flowhn.causal_conv1d_silu_fwd.default, args)
     json.dump(results, sys.stdout)
 """)
 
@@ -89,7 +116,10 @@ _INTERPRETER_SCRIPT = textwrap.dedent("""
 @pytest.mark.skipif(not has_triton, reason="triton is not installed")
 def test_triton_conv_in_interpreter():
     results = json.loads(run_in_triton_interpreter(_INTERPRETER_SCRIPT))
-    assert len(results) == 3
+    errors = results.pop("errors")
+    assert "at least 4 rows for width 4, got 2" in errors["small_staged_tile"]
+    assert "BWD_KERNEL must be 'recompute' or 'staged', got 'fastest'" in errors["unknown_kernel"]
+    assert len(results) == 8
     for case, errors in results.items():
         assert {"out", "dx", "dweight"} <= set(errors), case
         assert_errors_below({f"{case}:{k}": v for k, v in errors.items()}, 1e-5)
@@ -104,9 +134,12 @@ GPU_TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("shape,row_stride", [((2, 1000, 1536, 4), 3072), ((3, 77, 4352, 4), None),
                                               ((1, 333, 100, 3), 256)], ids=str)
-def test_triton_conv_gpu(dtype, shape, row_stride):
+@pytest.mark.parametrize("backward", ["recompute", "staged"])
+def test_triton_conv_gpu(dtype, shape, row_stride, backward, monkeypatch):
+    import flowhn.kernels.triton_conv as triton_conv
     from flowhn.kernels.triton_conv import causal_conv1d_silu_triton
 
+    monkeypatch.setattr(triton_conv, "BWD_KERNEL", backward)
     inputs = conv_inputs(*shape, dtype=dtype, device="cuda", row_stride=row_stride, seed=7)
     assert_errors_below(compare_conv(causal_conv1d_silu_triton, inputs), GPU_TOL[dtype])
     assert_errors_below(compare_conv(functools.partial(kernels.causal_conv1d_silu, backend="triton"), inputs),

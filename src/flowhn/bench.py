@@ -112,16 +112,22 @@ def make_train_step(model, vocab: int, batch: int, seq_len: int, compiled, devic
 
 def time_steps(step, steps: int, warmup: int, device: str = "cuda") -> tuple[float, float | None]:
     """(mean ms per step over ``steps`` after ``warmup``, peak GiB): one event pair around all
-    timed steps, so no host sync sits inside the timed loop. On CPU: wall time, no memory figure."""
+    timed steps, so no host sync sits inside the timed loop. On CPU: wall time, no memory figure.
+    The peak is over the warm-up too: a CUDA-graph row allocates its graphs' memory pool while it
+    records them in the warm-up, and replays allocate nothing (the peak of the timed steps alone
+    missed that pool: 2.0 against 7.4 GiB for fac_split at 135M, train.py's peak)."""
+    on_gpu = torch.device(device).type == "cuda"
+    if on_gpu:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     for _ in range(warmup):
         step()
-    if torch.device(device).type != "cuda":
+    if not on_gpu:
         start = time.perf_counter()
         for _ in range(steps):
             step()
         return (time.perf_counter() - start) * 1e3 / steps, None
     torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     for _ in range(steps):
@@ -137,12 +143,22 @@ def train_config(entry: dict, scale: str, seq_len: int) -> DictConfig:
     return compose("train", overrides=overrides)
 
 
+def compile_mode(entry: dict, bench: DictConfig) -> str | None:
+    """The torch.compile mode of an entry (or of a compiled peer: ``{}``): its own, else the bench's
+    (auto: the scale's on a GPU, as train.py on one GPU; torch's default on the CPU)."""
+    mode = entry.get("compile_mode", bench.get("compile_mode"))
+    if mode == "auto":
+        return bench.scale.get("compile_mode") if bench.get("device", "cuda") == "cuda" else None
+    return mode
+
+
 def entry_label(entry: dict, bench: DictConfig) -> str:
     """The row name of an entry: its model, split and other overrides (known before it is built, so
-    the ladder can skip rows it measured before)."""
+    the ladder can skip rows it measured before), and its compile mode when it is not torch's default."""
     entry = dict(entry)
     compiled = entry.pop("compile", bench.compile)
-    mode = entry.pop("compile_mode", None)
+    mode = compile_mode(entry, bench) if compiled else None
+    entry.pop("compile_mode", None)
     cudnn = bool(entry.pop("cudnn_attention", True))
     extras = [f"{k}={v}" for k, v in entry.items() if k not in ("model", "split")] + ([] if cudnn else ["no cuDNN SDPA"])
     extras += [mode] if mode else []
@@ -159,7 +175,8 @@ def ours(entry: dict, bench: DictConfig):
     name = entry_label(entry, bench)
     entry = dict(entry)
     compiled = entry.pop("compile", bench.compile)  # True (whole model), "blocks", False
-    mode = entry.pop("compile_mode", None)  # torch.compile mode, e.g. reduce-overhead (CUDA graphs)
+    mode = compile_mode(entry, bench)  # torch.compile mode, e.g. reduce-overhead (CUDA graphs)
+    entry.pop("compile_mode", None)
     # cuDNN's fused attention is one of SDPA's backends (PyTorch picks it first on Hopper); an entry
     # can switch it off to compare with the flash kernel. The switch is global: set it per row.
     cudnn = bool(entry.pop("cudnn_attention", True))
@@ -190,9 +207,12 @@ def hf_llama(bench: DictConfig, compiled: bool):
         model = LogitsOnly(transformers.LlamaForCausalLM(hf_cfg))
     with torch.device("meta"):
         flops = flowhn.build_model(cfg).flops_per_token(bench.seq_len)
-    if compiled:
-        model = torch.compile(model)
-    return ("hf_llama (compiled)" if compiled else "hf_llama (eager)"), model, flops, cfg.scale.vocab_size, compiled
+    if not compiled:
+        return "hf_llama (eager)", model, flops, cfg.scale.vocab_size, False
+    # The same compile mode as our rows (CUDA graphs at 135M), so the ratio compares models, not modes.
+    mode = compile_mode({}, bench)
+    name = f"hf_llama (compiled{', ' + mode if mode else ''})"
+    return name, torch.compile(model, mode=mode), flops, cfg.scale.vocab_size, mode or True
 
 
 def hf_mamba(bench: DictConfig, version: int):

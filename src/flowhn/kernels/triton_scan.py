@@ -26,9 +26,10 @@ Every (B, D, L) and (B, N, L) tensor is addressed through its own strides, so th
 channel-last views Mamba1Mixer hands over (transposed (B, L, ·) projections, u and z possibly the two
 halves of one in_proj output) in place and write a channel-last result: no layout copies around the
 scan. Contiguous (B, D, L) inputs take the row-major path with rows padded to an aligned pitch.
-Default tiles (8 channels × 64 steps, 1 warp, 8 channel blocks per backward program) come from a
-sweep on an H100 at B=16, D=4096, L=1024 and 384, N=16 in bf16 (scripts/gpu_check_kernels.py --sweep):
-7.0 ms forward+backward at L=1024 against 8.4 ms for the earlier 8 × 32 tiles.
+The forward's tile (8 channels × 64 steps, 1 warp) comes from a sweep on an H100 at B=16, D=4096,
+L=1024 and 384, N=16 in bf16 (scripts/gpu_check_kernels.py --sweep): 7.0 ms forward+backward at
+L=1024 against 8.4 ms for the earlier 8 × 32 tiles. The backward's (64 channels a program, 1 warp,
+looping over channels) from one on an H200 (scripts/gpu_scan_tiles.py; BWD_LOOP below).
 """
 
 from __future__ import annotations
@@ -420,17 +421,19 @@ def _scan_bwd_channels_kernel(
 
 # The backward kernel and its tile. It needs more registers per element than the forward, so it may
 # use other channel blocks and warps (the chunk must be the forward's: the saved states are per chunk).
-# BWD_LOOP: "states" runs _scan_bwd_kernel (the timed default), "channels" _scan_bwd_channels_kernel
-# (checked against float64 on the CPU interpreter, not yet timed on a GPU).
+# BWD_LOOP: "channels" runs _scan_bwd_channels_kernel, "states" _scan_bwd_kernel. On an H200 (bf16,
+# scripts/gpu_scan_tiles.py, experiments/bench/H200.md) channels with 64 channels and 1 warp a program
+# took the backward at 16×4096×1024×16 from 5.76 to 5.21 ms (at D = 369: 2.69 to 2.59 ms); 2 or 4 warps
+# ran 2-5x slower.
 # states: BWD_SUB_BLOCKS channel blocks each program walks, so that fewer programs add into dB/dC
 # atomically; BWD_BLOCK_D / BWD_NUM_WARPS: None takes the forward's.
 # channels: BWD_CHANNELS channels a program, BWD_CHANNEL_WARPS warps.
-BWD_LOOP = "states"
+BWD_LOOP = "channels"
 BWD_SUB_BLOCKS = 8
 BWD_BLOCK_D: int | None = None
 BWD_NUM_WARPS: int | None = None
 BWD_CHANNELS = 64
-BWD_CHANNEL_WARPS = 2
+BWD_CHANNEL_WARPS = 1
 
 
 def launch_config(length: int, block_d: int | None = None, chunk: int | None = None,

@@ -142,9 +142,22 @@ def check_ddp_settings(cfg: DictConfig) -> None:
             f"must be true, false, ddp_optimizer or no_optimization, got {mode!r}")
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def auto_compile_mode(cfg: DictConfig) -> str | None:
+    """What ``compile_mode: auto`` means for a resolved config: the scale's ``compile_mode`` when the
+    model is compiled in one process (CUDA graphs under DDP and across accumulated micro-batches are
+    not tested here) without gradient accumulation, else torch's default (None)."""
+    single = world_size(cfg) == 1 and cfg.trainer.accumulate_grad_batches == 1
+    return cfg.scale.get("compile_mode") if cfg.compile and single and cfg.trainer.accelerator == "gpu" else None
+
+
 def check_compile_mode_and_fused_loss(cfg: DictConfig) -> None:
-    mode, modes = cfg.get("compile_mode"), ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-    require(mode is None or mode in modes, "compile_mode", f"must be null or one of {', '.join(modes)}, got {mode!r}")
+    if cfg.get("compile_mode") == "auto":
+        cfg.compile_mode = auto_compile_mode(cfg)
+    mode, modes = cfg.get("compile_mode"), COMPILE_MODES
+    require(mode is None or mode in modes, "compile_mode", f"must be null, auto or one of {', '.join(modes)}, got {mode!r}")
     require(mode is None or cfg.compile, "compile_mode", f"{mode} needs compile=true (compile is off)")
     # CUDA graph trees start a new step per micro-batch; gradients accumulated across graph replays
     # would live in memory the next replay reuses.
