@@ -4,6 +4,7 @@ logs to W&B offline when there is no key, and every split strategy learns."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -29,6 +30,9 @@ def test_default_train_py_run_writes_every_artifact(default_train_py_run):
     resolved = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
     assert "${" not in (run_dir / "config.yaml").read_text()
     assert resolved["model"]["name"] == "flowhn" and resolved["data"]["seq_len"] == SEQ_LEN
+    # compile: auto and compile_mode: auto resolve to off on the CPU, and the run says so
+    assert resolved["compile"] is False and resolved["compile_mode"] is None
+    assert re.search(r"GFLOPs/token \(train\), split ratio [0-9.]+, not compiled\n", (run_dir / "train.log").read_text())
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == STEPS and last["hyper_parameters"]["cfg"] == resolved
     header = (run_dir / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")

@@ -376,8 +376,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         # .hydra/config.yaml keeps the interpolations; this is the config with every value as trained.
         OmegaConf.save(module.hparams["cfg"], run_dir / "config.yaml")
         write_summary(run_dir, base)
-        log.info("%s: %.2fM parameters, %.3f GFLOPs/token (train), split ratio %s",
-                 cfg.meta.name, base["params"] / 1e6, base["flops_per_token"] / 1e9, base["split_ratio"])
+        compiled = (f"compiled ({cfg.compile_scope}, {cfg.compile_mode or 'default'} mode)" if cfg.compile
+                    else "not compiled")
+        log.info("%s: %.2fM parameters, %.3f GFLOPs/token (train), split ratio %s, %s",
+                 cfg.meta.name, base["params"] / 1e6, base["flops_per_token"] / 1e9, base["split_ratio"], compiled)
     for lg in loggers:
         lg.log_hyperparams({"params": base["params"], "flops_per_token": base["flops_per_token"], "split_ratio": base["split_ratio"]})
     try:
