@@ -63,6 +63,7 @@ def test_bench_config_composes_with_profile_and_eager_entries():
     (["scale=135m"], {"model": "llama"}, "llama/reduce-overhead"),  # auto: 135m's mode, as train.py
     (["scale=135m"], {"model": "flowhn", "split": "fac_split", "compile_mode": None}, "flowhn/fac_split"),
     (["scale=135m"], {"model": "llama", "compile": False}, "llama (eager)"),
+    (["scale=135m"], {"model": "llama", "compile": "blocks"}, "llama (blocks compiled)"),
     (["scale=135m", "compile_mode=null"], {"model": "llama"}, "llama"),
     (["scale=135m", "device=cpu"], {"model": "llama"}, "llama"),
     (["scale=1b"], {"model": "llama"}, "llama"),

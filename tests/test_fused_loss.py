@@ -162,6 +162,7 @@ def test_bad_fused_loss_or_compile_mode_is_a_config_error(override, key):
     (("scale=135m", "trainer.devices=2"), None),  # DDP: CUDA graphs not tested under it here
     (("scale=135m", "trainer.accumulate_grad_batches=2"), None),
     (("scale=135m", "compile=false"), None),
+    (("scale=135m", "compile_scope=blocks"), None),
     (("scale=135m", "trainer.accelerator=cpu"), None),  # compile: auto is off on the CPU
     (("scale=135m", "compile_mode=max-autotune"), "max-autotune"),  # a mode set by hand stays
     (("scale=1b", "compile_mode=reduce-overhead"), "reduce-overhead"),

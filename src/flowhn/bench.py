@@ -145,10 +145,11 @@ def train_config(entry: dict, scale: str, seq_len: int) -> DictConfig:
 
 def compile_mode(entry: dict, bench: DictConfig) -> str | None:
     """The torch.compile mode of an entry (or of a compiled peer: ``{}``): its own, else the bench's
-    (auto: the scale's on a GPU, as train.py on one GPU; torch's default on the CPU)."""
+    (auto: the scale's for a whole-model compile on a GPU, as train.py on one GPU; else torch's default)."""
     mode = entry.get("compile_mode", bench.get("compile_mode"))
     if mode == "auto":
-        return bench.scale.get("compile_mode") if bench.get("device", "cuda") == "cuda" else None
+        whole = entry.get("compile", bench.compile) is True and bench.get("device", "cuda") == "cuda"
+        return bench.scale.get("compile_mode") if whole else None
     return mode
 
 
@@ -156,8 +157,9 @@ def entry_label(entry: dict, bench: DictConfig) -> str:
     """The row name of an entry: its model, split and other overrides (known before it is built, so
     the ladder can skip rows it measured before), and its compile mode when it is not torch's default."""
     entry = dict(entry)
+    mode = compile_mode(entry, bench)
     compiled = entry.pop("compile", bench.compile)
-    mode = compile_mode(entry, bench) if compiled else None
+    mode = mode if compiled else None
     entry.pop("compile_mode", None)
     cudnn = bool(entry.pop("cudnn_attention", True))
     extras = [f"{k}={v}" for k, v in entry.items() if k not in ("model", "split")] + ([] if cudnn else ["no cuDNN SDPA"])
@@ -174,8 +176,8 @@ def ours(entry: dict, bench: DictConfig):
     """Our model for one entry: {model, split?, compile?, any other train-config override}."""
     name = entry_label(entry, bench)
     entry = dict(entry)
-    compiled = entry.pop("compile", bench.compile)  # True (whole model), "blocks", False
     mode = compile_mode(entry, bench)  # torch.compile mode, e.g. reduce-overhead (CUDA graphs)
+    compiled = entry.pop("compile", bench.compile)  # True (whole model), "blocks", False
     entry.pop("compile_mode", None)
     # cuDNN's fused attention is one of SDPA's backends (PyTorch picks it first on Hopper); an entry
     # can switch it off to compare with the flash kernel. The switch is global: set it per row.

@@ -147,10 +147,12 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 
 def auto_compile_mode(cfg: DictConfig) -> str | None:
     """What ``compile_mode: auto`` means for a resolved config: the scale's ``compile_mode`` when the
-    model is compiled on one GPU without gradient accumulation, else torch's default (None). CUDA
-    graphs under DDP are not tested here, and accumulated micro-batches would reuse a replay's memory."""
+    whole model is compiled on one GPU without gradient accumulation, else torch's default (None).
+    CUDA graphs under DDP or per block are neither measured nor tested here, and accumulated
+    micro-batches would reuse a replay's memory."""
+    measured = cfg.compile and cfg.compile_scope == "model" and cfg.trainer.accelerator == "gpu"
     single = world_size(cfg) == 1 and cfg.trainer.accumulate_grad_batches == 1
-    return cfg.scale.get("compile_mode") if cfg.compile and single and cfg.trainer.accelerator == "gpu" else None
+    return cfg.scale.get("compile_mode") if measured and single else None
 
 
 def check_compile_mode_and_fused_loss(cfg: DictConfig) -> None:
