@@ -29,8 +29,8 @@ import triton
 from triton.testing import do_bench
 
 from flowhn.kernels import available_backends, selective_scan, ssd
-from flowhn.kernels.testing import (ScriptLog, compare, dtype_name, poison_allocator_cache, reference_fn, scan_inputs,
-                                    ssd_inputs)
+from flowhn.kernels.testing import (ScriptLog, compare, copy_bandwidth, dtype_name, poison_allocator_cache, reference_fn,
+                                    scan_inputs, ssd_inputs)
 from flowhn.kernels.triton_scan import BWD_SUB_BLOCKS, selective_scan_triton
 
 TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
@@ -94,13 +94,6 @@ def scan_scratch_bytes(shape, dtype):
     out.backward(dy)
     torch.cuda.synchronize()
     return torch.cuda.max_memory_allocated() - torch.cuda.memory_allocated()
-
-
-def copy_bandwidth():
-    src = torch.empty(1 << 28, device="cuda")  # 1 GiB
-    dst = torch.empty_like(src)
-    ms = do_bench(lambda: dst.copy_(src), return_mode="median")
-    return 2 * src.numel() * 4 / ms / 1e6  # GB/s, read + write
 
 
 def sweep_tiles(shape, dtype):

@@ -41,7 +41,8 @@ from triton.testing import do_bench
 import flowhn.kernels as kernels
 import flowhn.kernels.triton_conv as triton_conv
 import flowhn.kernels.triton_scan as triton_scan
-from flowhn.kernels.testing import ScriptLog, compare, poison_allocator_cache, reference_fn, scan_inputs
+from flowhn.kernels.testing import (ScriptLog, compare, copy_bandwidth, poison_allocator_cache, reference_fn,
+                                    scan_inputs)
 from flowhn.kernels.torch_conv import causal_conv1d_silu_shifted, compare_conv, conv_inputs
 from flowhn.nn.ssm import Mamba1Mixer
 
@@ -77,15 +78,6 @@ def check(name, errors, tol):
     if not ok:
         failures.append(name)
     return worst
-
-
-def copy_bandwidth():
-    if DEVICE != "cuda":
-        return 1e3
-    src = torch.empty(1 << 28, device="cuda")
-    dst = torch.empty_like(src)
-    ms = do_bench(lambda: dst.copy_(src), return_mode="median")
-    return 2 * src.numel() * 4 / ms / 1e6  # GB/s = bytes / ms / 1e6
 
 
 def fwd_bwd_ms(fn, leaves, *, fwd_only=False):
@@ -412,7 +404,7 @@ def main():
         if proc.returncode != 0:
             failures.append("pytest -m gpu")
     sections = [("accuracy", lambda: accuracy(seed, conv_only=args.conv))]
-    bandwidth = copy_bandwidth()
+    bandwidth = copy_bandwidth() if DEVICE == "cuda" else 1e3  # --cpu-smoke: a stand-in
     log(f"\nDevice-to-device copy bandwidth (1 GiB, read + write): {bandwidth:.0f} GB/s")
     sections += [
         ("conv", lambda: time_conv(bandwidth, not args.quick, *SIZES["conv"][0])),

@@ -29,7 +29,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from flowhn.kernels.testing import ScriptLog, relative_error
+from flowhn.kernels.testing import ScriptLog, compare, copy_bandwidth
 from flowhn.nn.norm import RMSNorm
 
 log = ScriptLog()
@@ -63,47 +63,24 @@ def residual_norm_liger(residual, branch, weight):
 
 
 def swiglu(gate, up):
-    return (F.silu(gate) * up,)
+    return F.silu(gate) * up
 
 
 def swiglu_liger(gate, up):
     from liger_kernel.ops.swiglu import LigerSiLUMulFunction
 
-    return (LigerSiLUMulFunction.apply(gate, up),)
-
-
-def errors(fn, reference, inputs: dict) -> dict[str, float]:
-    """Relative errors of every output and input gradient of ``fn`` against ``reference`` run in
-    float64 on the same values, under the same random cotangents."""
-    exact = {k: v.detach().double().requires_grad_() for k, v in inputs.items()}
-    want = reference(**exact)
-    gen = torch.Generator(device=want[0].device).manual_seed(1)
-    cotangents = [torch.randn(w.shape, generator=gen, device=w.device, dtype=torch.float64) for w in want]
-    want_grads = torch.autograd.grad(want, list(exact.values()), cotangents)
-    mine = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()}
-    got = fn(**mine)
-    got_grads = torch.autograd.grad(got, list(mine.values()), [c.to(g.dtype) for c, g in zip(cotangents, got)])
-    result = {f"out{i}": relative_error(g, w) for i, (g, w) in enumerate(zip(got, want))}
-    result.update({f"d{k}": relative_error(g, w) for k, g, w in zip(mine, got_grads, want_grads)})
-    return result
+    return LigerSiLUMulFunction.apply(gate, up)
 
 
 def fwd_bwd_ms(fn, inputs: dict) -> float:
     from triton.testing import do_bench
 
     leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()}
-    cotangents = [torch.randn_like(out) for out in fn(**leaves)]
+    out = fn(**leaves)
+    outs = (out,) if isinstance(out, torch.Tensor) else out
+    cotangents = [torch.randn_like(o) for o in outs]
     step = lambda: torch.autograd.backward(fn(**leaves), cotangents)  # noqa: E731
     return do_bench(step, grad_to_none=list(leaves.values()), return_mode="median")
-
-
-def copy_bandwidth() -> float:
-    """GB/s of a device-to-device copy of 1 GiB (read + write)."""
-    from triton.testing import do_bench
-
-    src = torch.empty(1 << 28, device="cuda")
-    dst = torch.empty_like(src)
-    return 2 * src.numel() * 4 / do_bench(lambda: dst.copy_(src), return_mode="median") / 1e6
 
 
 def cases(tokens: int, dim: int, ffn: int, device: str, compile_fn):
@@ -145,7 +122,7 @@ def main() -> int:
             if args.cpu_smoke and variant == "liger":
                 continue
             try:
-                errs = errors(fn, reference, inputs)
+                errs = compare(fn, reference, inputs)
                 ms = fwd_bwd_ms(fn, inputs) if device == "cuda" else float("nan")
             except Exception as exc:  # one broken variant must not hide the others
                 log(f"  {op:24s} {variant:15s} FAILED: {type(exc).__name__}: {exc}")

@@ -72,32 +72,49 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out.double() - ref).norm() / ref.norm().clamp_min(1e-300)).item()
 
 
+def _outputs(result) -> tuple:
+    """A function's outputs as a tuple: one tensor, or a tuple of them."""
+    return (result,) if isinstance(result, torch.Tensor) else tuple(result)
+
+
 def reference_result(ref_fn: Callable, inputs: dict, seed: int = 1) -> dict:
-    """``ref_fn``'s output and gradients in float64 under one random cotangent: what ``errors_against``
-    compares a kernel with (compute it once to check many kernel variants)."""
+    """``ref_fn``'s outputs and gradients in float64 under one random cotangent per output: what
+    ``errors_against`` compares a kernel with (compute it once to check many kernel variants)."""
     tensors = {k: v.detach().double().requires_grad_() for k, v in inputs.items() if isinstance(v, torch.Tensor)}
     flags = {k: v for k, v in inputs.items() if not isinstance(v, torch.Tensor)}
-    expected = ref_fn(**tensors, **flags)
-    gen = torch.Generator(device=expected.device).manual_seed(seed)
-    cotangent = torch.randn(expected.shape, generator=gen, device=expected.device, dtype=torch.float64)
-    grads = torch.autograd.grad(expected, list(tensors.values()), cotangent)
-    return {"out": expected.detach(), "cotangent": cotangent, "grads": dict(zip(tensors, grads))}
+    expected = _outputs(ref_fn(**tensors, **flags))
+    gen = torch.Generator(device=expected[0].device).manual_seed(seed)
+    cotangents = [torch.randn(e.shape, generator=gen, device=e.device, dtype=torch.float64) for e in expected]
+    grads = torch.autograd.grad(expected, list(tensors.values()), cotangents)
+    return {"outs": [e.detach() for e in expected], "cotangents": cotangents, "grads": dict(zip(tensors, grads))}
 
 
 def errors_against(fn: Callable, inputs: dict, reference_: dict) -> dict:
-    """Relative errors of ``fn`` on ``inputs`` against ``reference_result``: 'out' and 'd<name>' per input."""
+    """Relative errors of ``fn`` on ``inputs`` against ``reference_result``: 'out' ('out0', 'out1', ...
+    for a function with several outputs) and 'd<name>' per input."""
     mine = {k: v.detach().clone().requires_grad_() for k, v in inputs.items() if isinstance(v, torch.Tensor)}
     flags = {k: v for k, v in inputs.items() if not isinstance(v, torch.Tensor)}
-    out = fn(**mine, **flags)
-    grads = torch.autograd.grad(out, list(mine.values()), reference_["cotangent"].to(out.dtype))
-    errors = {"out": relative_error(out, reference_["out"])}
+    outs = _outputs(fn(**mine, **flags))
+    grads = torch.autograd.grad(outs, list(mine.values()), [c.to(o.dtype) for c, o in zip(reference_["cotangents"], outs)])
+    names = ["out"] if len(outs) == 1 else [f"out{i}" for i in range(len(outs))]
+    errors = {name: relative_error(o, e) for name, o, e in zip(names, outs, reference_["outs"])}
     errors.update({f"d{k}": relative_error(g, reference_["grads"][k]) for k, g in zip(mine, grads)})
     return errors
 
 
 def compare(fn: Callable, ref_fn: Callable, inputs: dict, seed: int = 1) -> dict:
-    """Relative errors of ``fn`` vs ``ref_fn`` (fed the same inputs in float64): 'out' and 'd<name>' per input."""
+    """Relative errors of ``fn`` vs ``ref_fn`` (fed the same inputs in float64): 'out' (or 'out0', ...
+    per output) and 'd<name>' per input."""
     return errors_against(fn, inputs, reference_result(ref_fn, inputs, seed))
+
+
+def copy_bandwidth() -> float:
+    """GB/s of a device-to-device copy of 1 GiB on the current GPU (read + write): the floors' bandwidth."""
+    from triton.testing import do_bench
+
+    src = torch.empty(1 << 28, device="cuda")
+    dst = torch.empty_like(src)
+    return 2 * src.numel() * 4 / do_bench(lambda: dst.copy_(src), return_mode="median") / 1e6
 
 
 def saved_tensor_bytes(call: Callable[[], object]) -> int:
