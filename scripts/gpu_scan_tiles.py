@@ -106,6 +106,21 @@ def _wall(call):
     return time.perf_counter() - started
 
 
+def check_and_time(name, fn, references):
+    """(passes every float64 check, [(fwd ms, fwd+bwd ms) per timing shape])."""
+    worst = 0.0
+    for dtype, (inputs, ref) in references.items():
+        errors = errors_against(fn, inputs, ref)
+        bad = max(errors.values(), key=lambda v: float("inf") if v != v else v)
+        ok = bad <= TOL[dtype]
+        worst = max(worst, bad / TOL[dtype]) if bad == bad else float("inf")
+        log(f"  {name:52s} {str(dtype)[6:]:8s} {'PASS' if ok else 'FAIL'} worst {bad:.1e}  "
+            + " ".join(f"{k}={v:.1e}" for k, v in errors.items()))
+    times = [timings(fn, shape) for shape in TIMING_SHAPES]
+    log(f"  {name:52s} " + "  ".join(f"L={s[2]}: fwd {f:.3f} fwd+bwd {b:.3f} ms" for s, (f, b) in zip(TIMING_SHAPES, times)))
+    return worst <= 1.0, times
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--before", help="triton_scan.py of an earlier commit, timed at its default tiles")
@@ -135,17 +150,10 @@ def main():
             log(f"  budget reached: {name} and later candidates not run")
             break
         fn = configure(*variant) if isinstance(variant, tuple) else variant
-        worst = 0.0
-        for dtype, (inputs, ref) in references.items():
-            errors = errors_against(fn, inputs, ref)
-            bad = max(errors.values(), key=lambda v: float("inf") if v != v else v)
-            ok = bad <= TOL[dtype]
-            worst = max(worst, bad / TOL[dtype]) if bad == bad else float("inf")
-            log(f"  {name:52s} {str(dtype)[6:]:8s} {'PASS' if ok else 'FAIL'} worst {bad:.1e}  "
-                + " ".join(f"{k}={v:.1e}" for k, v in errors.items()))
-        times = [timings(fn, shape) for shape in TIMING_SHAPES]
-        rows.append((name, worst <= 1.0, times))
-        log(f"  {name:52s} " + "  ".join(f"L={s[2]}: fwd {f:.3f} fwd+bwd {b:.3f} ms" for s, (f, b) in zip(TIMING_SHAPES, times)))
+        try:
+            rows.append((name, *check_and_time(name, fn, references)))
+        except Exception as exc:  # a candidate that does not compile or launch must not hide the others
+            log(f"  {name:52s} ERROR {type(exc).__name__}: {str(exc)[:2000]}")
     passing = [r for r in rows if r[1]]
     best = min(passing, key=lambda r: r[2][0][1]) if passing else None
     log(f"\nSummary ({time.time() - started:.0f} s), bf16, ms (median); backward = fwd+bwd - fwd:")

@@ -66,6 +66,8 @@ _INTERPRETER_SCRIPT = textwrap.dedent("""
     import flowhn.kernels.triton_conv as tc
 
     results = {}
+    # The recompute backward (the staged one is the default; this one takes widths over 4).
+    tc.BWD_KERNEL = "recompute"
     cases = [  # (B, L, C, K), bias, row stride, forward tile (block_l, block_c), backward tile (l, c, seg_tiles)
         ((2, 13, 11, 4), True, 24, (4, 8), (4, 8, 2)),     # partial row and channel tiles, partial segment
         ((1, 9, 20, 3), False, None, (8, 16), (2, 16, 3)),  # no bias, odd width
@@ -85,6 +87,7 @@ _INTERPRETER_SCRIPT = textwrap.dedent("""
         ((2, 13, 11, 4), True, 24, (4, 8, 2)), ((1, 9, 20, 3), False, None, (4, 16, 3)),
         ((2, 37, 16, 4), True, None, (4, 8, 3)), ((1, 40, 9, 2), True, 12, (8, 8, 1)),
         ((2, 5, 16, 4), True, None, None),  # default tile, L < one tile
+        ((1, 11, 8, 5), True, None, None),  # width 5: over STAGED_MAX_WIDTH, so the recompute kernel runs
     ]:
         tc.STAGED_BLOCK_L, tc.STAGED_BLOCK_C, tc.STAGED_SEG_TILES = tile or default_staged_tile
         inputs = conv_inputs(*shape, bias=bias, row_stride=stride, seed=sum(shape) + 1)
@@ -119,7 +122,7 @@ def test_triton_conv_in_interpreter():
     errors = results.pop("errors")
     assert "at least 4 rows for width 4, got 2" in errors["small_staged_tile"]
     assert "BWD_KERNEL must be 'recompute' or 'staged', got 'fastest'" in errors["unknown_kernel"]
-    assert len(results) == 8
+    assert len(results) == 9
     for case, errors in results.items():
         assert {"out", "dx", "dweight"} <= set(errors), case
         assert_errors_below({f"{case}:{k}": v for k, v in errors.items()}, 1e-5)

@@ -9,11 +9,11 @@ Forward: a program owns a (BLOCK_L rows × BLOCK_C channels) tile and sums K row
 
 Backward: the pre-activation is recomputed, not stored. With p_t = bias + Σ_k w_k x_{t-K+1+k} and
 g_t = dy_t · silu'(p_t):  dx_t = Σ_j w_{K-1-j} g_{t+j},  dw_k = Σ_t g_t x_{t-K+1+k},  dbias = Σ_t g_t.
-Two kernels do this (``BWD_KERNEL``). ``recompute``: a program recomputes g at its rows shifted by
-j = 0..K-1 (K sigmoids and K² loads of x per element), writes dx once, and accumulates dw/dbias in
-registers over a segment of SEG_TILES row tiles. ``staged``: g is computed once per element and
-staged in a small per-program ring buffer, from which dx and dw read its K shifts (a register tile
-cannot be shifted along its rows). Either way the per-segment partial sums (B · L/segment · (K+1) · C
+Two kernels do this (``BWD_KERNEL``). ``staged`` (the default; about 2x faster on an H200): g is
+computed once per element and staged in a small per-program ring buffer, from which dx and dw read its
+K shifts (a register tile cannot be shifted along its rows). ``recompute``: a program recomputes g at
+its rows shifted by j = 0..K-1 (K sigmoids and K² loads of x per element), writes dx once, and
+accumulates dw/dbias in registers over a segment of SEG_TILES row tiles. Either way the per-segment partial sums (B · L/segment · (K+1) · C
 floats) are summed after.
 Both are ``torch.library`` custom ops with fake shapes and ``register_autograd``, so ``torch.compile``
 keeps one graph across them.
@@ -210,14 +210,17 @@ def _conv_bwd_staged_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, dx_ptr, ring_ptr, dw_pa
 # 128-byte lines in bf16.
 FWD_BLOCK_L, FWD_BLOCK_C, FWD_WARPS = 32, 128, 4
 BWD_BLOCK_L, BWD_BLOCK_C, BWD_SEG_TILES, BWD_WARPS = 32, 128, 8, 4
-# The backward kernel: "recompute" (_conv_bwd_kernel: the pre-activation recomputed at K shifts, the
-# timed default) or "staged" (_conv_bwd_staged_kernel: g once per element, staged for its shifts; widths
-# up to 4; float64-checked on the CPU interpreter, not yet timed on a GPU), with its own tile. Compiled
-# for sm_90 (scripts/kernel_stats.py --conv): 161 SASS instructions per element in the main loop and
-# 796 bytes of spills per thread for "recompute" at its tile; 61 and none for "staged" at this one
-# (8 rows × 128 channels, 4 warps, 128 registers).
-BWD_KERNEL = "recompute"
-STAGED_BLOCK_L, STAGED_BLOCK_C, STAGED_SEG_TILES, STAGED_WARPS = 8, 128, 32, 4
+# The backward kernel: "staged" (_conv_bwd_staged_kernel: g once per element, staged for its shifts;
+# widths up to STAGED_MAX_WIDTH, wider kernels take "recompute") or "recompute" (_conv_bwd_kernel: the
+# pre-activation recomputed at K shifts), each with its own tile. On an H200 (scripts/gpu_mamba1.py
+# --conv, bf16, fwd+bwd, experiments/bench/H200.md): at the 1B Mamba layer (16×1024×4096) recompute
+# 1.254 ms, staged at this tile 0.581 ms; at Mamba-2's xBC (16×1024×4352) 1.380 and 0.652 ms. Of the
+# ten staged tiles swept, (16, 128, 32, 4) was fastest at 4096 channels (0.473) but 0.869 at 4352;
+# this one has the lowest sum over the two. Compiled for sm_90 (scripts/kernel_stats.py --conv):
+# 57 SASS instructions per element in its main loop and no spills, against 161 and 796 bytes of
+# spills for "recompute".
+BWD_KERNEL = "staged"
+STAGED_BLOCK_L, STAGED_BLOCK_C, STAGED_SEG_TILES, STAGED_WARPS = 8, 256, 16, 4
 STAGED_MAX_WIDTH = 4
 
 

@@ -62,8 +62,8 @@ TILES = ((32, 4), (32, 8), (64, 8), (128, 8))
 # illegal address (4 and 8 warps, pipelined or not) or gave NaN (8 warps, not pipelined); 64 and 128 passed
 # (worst error 7.1e-3), pipelined or not. The interpreter finds no out-of-bounds address for any tile
 # (tests/test_triton_ssd.py::test_triton_ssd_kernels_stay_in_bounds_for_every_tile), so the fault is in
-# code generation for that tile. Not yet re-run end to end in bf16 on the GPU: triton_ssd.ssd_gpu still
-# sends half precision to the compiled chunked path.
+# code generation for that tile. Without it every bf16 case of gpu_ssd.py passes (fifth session), and
+# triton_ssd.ssd_gpu now takes these kernels in bf16.
 DBC_TILES = tuple(tile for tile in TILES if tile[0] != 32)
 # Software-pipelining depth of the dB/dC kernel's loop over a group's heads (1-8): both depths passed
 # at N blocks 64 and 128; 1 is kept (it buys little at so few iterations).
