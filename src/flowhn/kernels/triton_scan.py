@@ -322,8 +322,8 @@ def _scan_bwd_kernel(
 
     bc_at = pid_b * sdB_b + offs_n[:, None] * sdB_n + t[None, :]
     m_bc = (offs_n < N)[:, None] & mask_t[None, :]
-    tl.atomic_add(dB_ptr + bc_at, dB_acc, mask=m_bc)
-    tl.atomic_add(dC_ptr + bc_at, dC_acc, mask=m_bc)
+    tl.atomic_add(dB_ptr + bc_at, dB_acc, mask=m_bc, sem="relaxed")
+    tl.atomic_add(dC_ptr + bc_at, dC_acc, mask=m_bc, sem="relaxed")
 
 
 @triton.jit
@@ -415,8 +415,10 @@ def _scan_bwd_channels_kernel(
         tl.store(du_ptr + grad_at, du.to(du_ptr.dtype.element_ty), mask=m)
         tl.store(ddelta_ptr + grad_at, dstep.to(ddelta_ptr.dtype.element_ty), mask=m)
     bc_at = pid_b * sdB_b + offs_n[:, None] * sdB_n + t[None, :]
-    tl.atomic_add(dB_ptr + bc_at, tl.flip(dB_acc_r, 1), mask=m_nt)
-    tl.atomic_add(dC_ptr + bc_at, dC_acc, mask=m_nt)
+    # Relaxed: the sums need no ordering (the next kernel reads them), and Triton's default (acq_rel)
+    # puts a MEMBAR.GPU before each of the 64 atomics a thread issues here and waits for their results.
+    tl.atomic_add(dB_ptr + bc_at, tl.flip(dB_acc_r, 1), mask=m_nt, sem="relaxed")
+    tl.atomic_add(dC_ptr + bc_at, dC_acc, mask=m_nt, sem="relaxed")
 
 
 # The backward kernel and its tile. It needs more registers per element than the forward, so it may
