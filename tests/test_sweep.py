@@ -356,3 +356,12 @@ def test_parallel_jobs_get_their_own_gpu_groups(tmp_path):
     assert sorted(r["gpus"] for r in records) == [["0", "1"], ["2", "3"]]
     for row in read_results(tmp_path).values():
         assert row["status"] == "failed" and row["error"].startswith("config error: trainer.accelerator"), row
+
+
+def test_kernel_parity_sweeps_the_ssm_backend_over_seeds():
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=kernel_parity"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert dict(params) == {"seed": "0,1", "split": "fac_split", "model.ssm_backend": "triton,torch"}
+    assert (cfg.model.name, cfg.scale.name, cfg.trainer.max_steps) == ("flowhn", "135m", 200)
+    assert cfg.data.sources is None and cfg.train_tokens is None  # the shipped corpus
