@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""One Mamba-1 scan configuration at the issue's shape: CUDA time per kernel of a forward + backward.
+"""Mamba-1 scan configurations at the issue's shape: GPU time per kernel of one forward + backward
+(flowhn.perf.profile: by category and the top kernels).
 
   PYTHONPATH=src python scripts/gpu_scan_profile.py channels,64,64,1 states,64,8,1,8
   ncu --clock-control none -k regex:_scan_bwd -c 1 --section SchedulerStats --section WarpStateStats \\
@@ -19,9 +20,9 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_scan_tiles import candidate_name, configure  # noqa: E402
+from gpu_scan_tiles import candidate_name, configure, scan_calls  # noqa: E402
 
-from flowhn.kernels.testing import scan_inputs  # noqa: E402
+from flowhn.perf.profile import profile_steps  # noqa: E402
 
 
 def parse(text):
@@ -38,25 +39,16 @@ def main():
     shape = tuple(int(v) for v in args.shape.split(","))
     for text in args.candidates:
         candidate = parse(text)
-        fn = configure(*candidate)
-        inputs = scan_inputs(*shape, dtype=torch.bfloat16, device="cuda", seed=0)
-        leaves = {k: v.requires_grad_() for k, v in inputs.items() if isinstance(v, torch.Tensor)}
-        flags = {k: v for k, v in inputs.items() if not isinstance(v, torch.Tensor)}
-        dy = torch.randn_like(fn(**leaves, **flags))
-        for _ in range(2):
-            fn(**leaves, **flags).backward(dy)
+        _, both, _ = scan_calls(configure(*candidate), shape, torch.bfloat16, "cuda")
+        for _ in range(2):  # compile and autotune outside the measured call
+            both()
         torch.cuda.synchronize()
         if args.no_profiler:
-            fn(**leaves, **flags).backward(dy)
+            both()
             torch.cuda.synchronize()
             continue
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-            fn(**leaves, **flags).backward(dy)
-            torch.cuda.synchronize()
-        events = [e for e in prof.key_averages() if e.device_time_total > 0]
-        print(f"\nKernels of one forward + backward, {candidate_name(*candidate)}, {shape} bf16 (ms):")
-        for e in sorted(events, key=lambda e: -e.device_time_total)[:10]:
-            print(f"  {e.device_time_total / 1e3:8.3f}  {e.key[:100]}")
+        print("\n" + profile_steps(both, steps=1).markdown(
+            f"one forward + backward, {candidate_name(*candidate)}, {shape} bf16", top=10))
 
 
 if __name__ == "__main__":

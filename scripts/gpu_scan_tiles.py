@@ -82,18 +82,25 @@ def candidate_name(loop, chunk, channels, warps, sub_blocks=None):
     return f"channels, chunk {chunk}, {channels} ch a program, {warps} warps"
 
 
-def timings(fn, shape):
-    inputs = scan_inputs(*shape, dtype=torch.bfloat16 if DEVICE == "cuda" else torch.float32, device=DEVICE, seed=0)
+def scan_calls(fn, shape, dtype, device):
+    """(forward, forward + backward, the differentiable inputs) of ``fn`` on seeded inputs of ``shape``."""
+    inputs = scan_inputs(*shape, dtype=dtype, device=device, seed=0)
     leaves = {k: v.requires_grad_() for k, v in inputs.items() if isinstance(v, torch.Tensor)}
     flags = {k: v for k, v in inputs.items() if not isinstance(v, torch.Tensor)}
-    out = fn(**leaves, **flags)
-    dy = torch.randn_like(out)
+    dy = torch.randn_like(fn(**leaves, **flags))
 
     def forward():
         with torch.no_grad():
             fn(**leaves, **flags)
 
-    both = lambda: fn(**leaves, **flags).backward(dy)  # noqa: E731
+    def both():
+        fn(**leaves, **flags).backward(dy)
+
+    return forward, both, leaves
+
+
+def timings(fn, shape):
+    forward, both, leaves = scan_calls(fn, shape, torch.bfloat16 if DEVICE == "cuda" else torch.float32, DEVICE)
     if DEVICE != "cuda":  # --cpu-smoke: one call each, the numbers mean nothing
         return tuple(1e3 * _wall(call) for call in (forward, both))
     return (do_bench(forward, return_mode="median"),
