@@ -13,8 +13,8 @@ Two kernels do this (``BWD_KERNEL``). ``staged`` (the default; about 2x faster o
 computed once per element and staged in a small per-program ring buffer, from which dx and dw read its
 K shifts (a register tile cannot be shifted along its rows). ``recompute``: a program recomputes g at
 its rows shifted by j = 0..K-1 (K sigmoids and K² loads of x per element), writes dx once, and
-accumulates dw/dbias in registers over a segment of SEG_TILES row tiles. Either way the per-segment partial sums (B · L/segment · (K+1) · C
-floats) are summed after.
+accumulates dw/dbias in registers over a segment of SEG_TILES row tiles. Either way the per-segment
+partial sums (B · L/segment · (K+1) · C floats) are summed after.
 Both are ``torch.library`` custom ops with fake shapes and ``register_autograd``, so ``torch.compile``
 keeps one graph across them.
 """
