@@ -3,6 +3,9 @@
 #   bash scripts/gpu_evidence.sh ablation        # split ablation, 4 splits x 3 seeds at 135M (experiment=split_ablation_gpu_small)
 #   bash scripts/gpu_evidence.sh ladder          # the 1B seq_len ladder, resumable (FA_FAC_PROFILE=1: a 135M FA vs FAC profile first)
 #   bash scripts/gpu_evidence.sh all             # ablation, then the ladder in the time left
+#   ABLATION_EXPERIMENT=kernel_parity bash scripts/gpu_evidence.sh ablation
+#                                                # the same stage for another 135M seeds preset (issue 13's
+#                                                # Triton-vs-PyTorch parity: 2 backends x 2 seeds)
 # Sizes measured on one H200 (2026-11-29), each block compiled on its own: a ladder row takes 4-20 s
 # (mamba2 the longest) after ~90 s of start-up, so 35 rows fit one call (17 took 330 s on a cold
 # machine; fac_split rows once took ~50 s, running into dynamo's recompile limit, fixed since: one
@@ -35,7 +38,8 @@ ngpu=$(python3 -c 'import torch; print(torch.cuda.device_count())')
 gpu=$(python3 -c 'import torch; print(torch.cuda.get_device_name().split()[1])')  # H100, H200, ...
 echo "== $(date -u +%FT%TZ) $ngpu x $(python3 -c 'import torch; print(torch.cuda.get_device_name())'), torch $(python3 -c 'import torch; print(torch.__version__)'), stages: ${*:-ablation}"
 stages=" ${*:-ablation} "; [[ $stages == *" all "* ]] && stages=" ablation ladder "
-SWEEP=$PWD/logs/sweeps/split_ablation_gpu_small
+EXPERIMENT=${ABLATION_EXPERIMENT:-split_ablation_gpu_small}
+SWEEP=$PWD/logs/sweeps/$EXPERIMENT
 LADDER_SEED=experiments/seqlen_study/throughput_${gpu}.csv
 
 ablation() {
@@ -47,32 +51,33 @@ ablation() {
     return 1
   fi
   # The BPE (49,152 tokens, trained on the corpus) once, before four jobs would wait on it together.
-  python3 - <<'PY'
+  EXPERIMENT=$EXPERIMENT python3 - <<'PY'
+import os
 from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 with initialize_config_dir(config_dir=str(Path("conf").resolve()), version_base="1.3"):
-    dm = instantiate(compose("train", overrides=["experiment=split_ablation_gpu_small"]).data)
+    dm = instantiate(compose("train", overrides=[f"experiment={os.environ['EXPERIMENT']}"]).data)
 dm.prepare_data(); dm.setup("fit")
 print(f"corpus: {len(dm.train_dataloader())} training batches of 16 x 1024 per epoch")
 PY
   mkdir -p "$SWEEP"
   # The sweep folder goes to $OUT as a tarball every 20 s (summaries, metrics, logs; no checkpoints),
   # so a call cut short still brings back every job it finished. Jobs whose summary says completed
-  # are skipped when the sweep runs again: untar the tarball into logs/sweeps/split_ablation_gpu_small
+  # are skipped when the sweep runs again: untar the tarball into logs/sweeps/$EXPERIMENT
   # here, carry that folder, and call the stage again to run the rest (ABLATION_SEEDS picks seeds).
   snapshot() {
     (cd "$SWEEP" && tar czf "$OUT/.sweep.tmp" --exclude='wandb' --exclude='checkpoints' --exclude='index.html' . 2>/dev/null) \
-      && mv -f "$OUT/.sweep.tmp" "$OUT/split_ablation_sweep.tar.gz"
+      && mv -f "$OUT/.sweep.tmp" "$OUT/${EXPERIMENT}_sweep.tar.gz"
   }
-  # One job per GPU; a job stuck for 4 minutes is stopped and recorded as failed. Near the deadline
+  # One job per GPU; a job running ABLATION_TIMEOUT_MIN minutes is stopped and recorded as failed. Near the deadline
   # the multirun under sweep.py (train.py -m) gets SIGTERM: its launcher stops the running jobs
   # (SIGTERM: each saves a checkpoint within its 60 s grace and records itself as stopped) and writes
   # results.csv. 120 s are left for that and the summary. (Not SIGINT: bash starts a background
   # job with SIGINT ignored, Python then installs no KeyboardInterrupt handler, and the launcher
   # went on starting jobs until it was killed; 2026-11-29.)
-  python3 sweep.py experiment=split_ablation_gpu_small logger=csv hydra.launcher.parallel="$ngpu" \
-    hydra.launcher.timeout_min=4 hydra.sweep.dir="$SWEEP" ${ABLATION_SEEDS:+seed=$ABLATION_SEEDS} \
+  python3 sweep.py experiment="$EXPERIMENT" logger=csv hydra.launcher.parallel="$ngpu" \
+    hydra.launcher.timeout_min=${ABLATION_TIMEOUT_MIN:-4} hydra.sweep.dir="$SWEEP" ${ABLATION_SEEDS:+seed=$ABLATION_SEEDS} \
     ${ABLATION_OVERRIDES:-} > "$SWEEP/sweep.log" 2>&1 &
   local sweep_pid=$! ticks=0
   while kill -0 "$sweep_pid" 2>/dev/null; do

@@ -127,8 +127,8 @@ def main() -> int:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         for spec in args.specs:
             started = time.time()
-            name, model, _, vocab, compiled, fused = ours(parse_spec(spec), bench)
-            step = make_train_step(model, vocab, bench.batch_size, bench.seq_len, compiled, args.device, fused=fused)
+            name, model, _, vocab, compiled, options = ours(parse_spec(spec), bench)
+            step = make_train_step(model, vocab, bench.batch_size, bench.seq_len, compiled, args.device, **options)
             for _ in range(args.warmup):
                 step()
             host_ms, gpu_ms = host_and_gpu_ms(step, args.steps)

@@ -10,9 +10,9 @@
 #   source .whl/install-wheels.sh >/dev/null || exit 1; bash scripts/gpu_train_speed.sh
 # Knobs: MODELS (llama fac_split; a model may repeat), FUSED (liger chunked), CODES (before after),
 # BENCH (1), BENCH_FUSED ($FUSED), TESTS (1), STEPS (130), DEADLINE_S (540, from the script's start),
-# EXTRA (more train.py overrides).
+# EXTRA (more train.py overrides), SCALE (135m; 1b: the same runs at 1B, the bench rows too).
 # Results: $OUT/train_speed.csv (one row per train.py run; first_step_s, the seconds to the first
-# optimizer step, is mostly compile: a measure of the host's speed), $OUT/bench_135m.md, logs; a table last.
+# optimizer step, is mostly compile: a measure of the host's speed), $OUT/bench_$SCALE.md, logs; a table last.
 set -uo pipefail
 started=$(date +%s)
 DEADLINE_S=${DEADLINE_S:-540}
@@ -27,7 +27,7 @@ export PYTHONPATH="$PWD/src${DEPS_PATH:+:$DEPS_PATH}"
 BEFORE_TAR=${BEFORE_TAR:-logs/before.tar.gz}
 MODELS=${MODELS:-llama fac_split}
 FUSED=${FUSED:-liger chunked}
-STEPS=${STEPS:-130}
+STEPS=${STEPS:-130} SCALE=${SCALE:-135m}
 CODES=${CODES:-before after} BENCH=${BENCH:-1} TESTS=${TESTS:-1}
 echo "== $(date -u +%FT%TZ) $(python3 -c 'import torch; print(torch.cuda.get_device_name(), torch.__version__)')"
 
@@ -38,7 +38,7 @@ overrides() {
   echo "experiment=split_ablation_gpu_small eval=default logger=csv trainer.max_steps=$STEPS trainer.limit_val_batches=1" \
     "trainer.val_check_interval=100000 trainer.log_every_n_steps=10 callbacks.throughput.warmup_steps=10 callbacks.throughput.window=10" \
     "callbacks.checkpoint.every_n_train_steps=100000" \
-    "$(is_split "$m" && echo split=$m || echo model=$m)" ${EXTRA:-}
+    "$(is_split "$m" && echo split=$m || echo model=$m)" scale=$SCALE ${EXTRA:-}
 }
 
 echo "code,model,fused_loss,tok_s,mfu,step_ms,max_mem_gib,first_step_s,wall_s" > "$OUT/train_speed.csv"
@@ -78,15 +78,16 @@ done
 entries=""
 for m in $(tr ' ' '\n' <<< "$MODELS" | awk 'NF && !seen[$0]++'); do
   for f in ${BENCH_FUSED:-$FUSED}; do
-    e=$(is_split "$m" && echo "{model: flowhn, split: $m, fused_loss: $f}" || echo "{model: $m, fused_loss: $f}")
+    loss=$([[ $f != default ]] && echo ", fused_loss: $f")  # default: the bench's own (auto), as train.py's
+    e=$(is_split "$m" && echo "{model: flowhn, split: $m$loss}" || echo "{model: $m$loss}")
     entries+="${entries:+, }$e"
   done
 done
 if [[ $BENCH == 1 ]] && (( $(left) > 150 )); then
-  timeout $(( $(left) - 20 )) python3 -m flowhn.bench scale=135m steps=30 warmup=5 peers=[] "entries=[$entries]" \
-    output="$OUT/bench_135m.md" hydra.run.dir=/tmp/bench_135m > "$OUT/bench_135m.log" 2>&1
+  timeout $(( $(left) - 20 )) python3 -m flowhn.bench scale=$SCALE steps=30 warmup=5 peers=[] "entries=[$entries]" \
+    output="$OUT/bench_$SCALE.md" hydra.run.dir=/tmp/bench_$SCALE > "$OUT/bench_$SCALE.log" 2>&1
 fi
 echo "== done in $(( $(date +%s) - started )) s"
 grep -E "^(PASSED|FAILED|ERROR)|passed|failed" "$OUT/gpu_tests.log" 2>/dev/null | tail -8
-grep -E "^\| " "$OUT/bench_135m.md" 2>/dev/null
+grep -E "^\| " "$OUT/bench_$SCALE.md" 2>/dev/null
 python3 -c "import csv, sys; [print(' | '.join(f'{c:>12}' for c in r)) for r in csv.reader(open(sys.argv[1]))]" "$OUT/train_speed.csv"

@@ -23,11 +23,13 @@ from flowhn.perf.profile import kernel_category, profile_steps
     ("_scan_fwd_kernel", "ssm scan"),
     ("_summary_bwd_kernel", "ssm scan"),
     ("_selective_scan_chunked_bwd", "ssm scan"),
+    ("_state_pass_kernel", "ssm scan"),  # the Triton SSD's pass over chunks (was "other" until the sixth session)
     ("void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<128, 128, 64, 4>>", "attention"),
     ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64_warpgroupsize1x1x1", "gemm"),
     ("nvjet_tst_128x256_64x4_2x1_v_bz_coopA_TNT", "gemm"),
     ("triton_red_fused__log_softmax_backward_data_nll_loss_backward_0", "cross-entropy"),
     ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdamMathFunctor>", "optimizer"),
+    ("triton_for_fused_0", "optimizer"),
     ("void at::native::index_copy_kernel_impl<OpaqueType<2>>", "gather/scatter"),
     ("triton_poi_fused_add_mul_silu_3", "elementwise/norm"),
     ("void at::native::unrolled_elementwise_kernel<direct_copy_kernel_cuda>", "copy/cast"),
@@ -50,6 +52,36 @@ def test_breakdown_sums_the_profiled_time():
     assert all(launches >= 1 for *_, launches in breakdown.top_kernels)
     text = breakdown.markdown("mlp")
     assert "| category | ms/step | % |" in text and breakdown.top_kernels[0][0] in text
+
+
+class TinyLM(torch.nn.Module):
+    def __init__(self, vocab: int = 32, width: int = 16):
+        super().__init__()
+        self.embed, self.lm_head = torch.nn.Embedding(vocab, width), torch.nn.Linear(width, vocab, bias=False)
+
+    def forward(self, ids):
+        return self.lm_head(torch.tanh(self.embed(ids)))
+
+
+def test_optimizer_in_graph_takes_the_same_steps_as_the_eager_optimizer():
+    """The bench's ``optimizer_in_graph`` row option: AdamW's step compiled (capturable, tensor lr) moves
+    the weights as the eager AdamW does, step for step."""
+    from flowhn.bench import make_train_step
+
+    weights = []
+    for in_graph in (False, True):
+        torch.manual_seed(0)
+        model = TinyLM()
+        torch._dynamo.reset()
+        step = make_train_step(model, 32, batch=2, seq_len=8, compiled=True, device="cpu", optimizer_in_graph=in_graph)
+        for _ in range(3):
+            step()
+        weights.append([p.detach().clone() for p in model.parameters()])
+    for eager, compiled in zip(*weights):
+        assert not torch.equal(eager, TinyLM().embed.weight)  # it moved
+        torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="optimizer_in_graph needs a compiled row"):
+        make_train_step(TinyLM(), 32, batch=2, seq_len=8, compiled=False, device="cpu", optimizer_in_graph=True)
 
 
 def test_bench_config_composes_with_profile_and_eager_entries():
@@ -131,15 +163,16 @@ def test_bench_times_and_profiles_a_tiny_model(tmp_path):
         [sys.executable, "-m", "flowhn.bench", "scale=tiny", "seq_len=128", "steps=2", "warmup=1", "profile=true",
          "peers=[]",
          "entries=[{model: flowhn, split: fac_split, compile: false}, {model: llama},"
-         " {model: llama, compile_mode: reduce-overhead}]", f"output={out}",
+         " {model: llama, compile_mode: reduce-overhead},"
+         " {model: llama, compile_mode: reduce-overhead, optimizer_in_graph: true}]", f"output={out}",
          f"hydra.run.dir={tmp_path}/run"],
         capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     text = out.read_text()
-    assert text.count("| ok |") == 3, text
+    assert text.count("| ok |") == 4, text
     assert "| flowhn/fac_split (eager) |" in text and "| llama |" in text and "GPU busy %" in text
-    assert "| llama/reduce-overhead |" in text
-    assert text.count("GPU kernel time") == 3 and "| ssm scan |" in text and "| attention |" in text
+    assert "| llama/reduce-overhead |" in text and "| llama/optimizer_in_graph=True/reduce-overhead |" in text
+    assert text.count("GPU kernel time") == 4 and "| ssm scan |" in text and "| attention |" in text
 
 
 LADDER = "seqlen_ladder=[32,64]"

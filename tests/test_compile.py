@@ -8,6 +8,8 @@ the PyTorch scan path; the Triton scan is a torch.library op, checked in test_ke
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch._dynamo
@@ -114,3 +116,33 @@ def test_training_module_compiles_whole_model_and_loss_in_place():
     for (name, p), q in zip(module.named_parameters(), eager.parameters()):
         torch.testing.assert_close(p.grad, q.grad, msg=name)
     assert module.model._compiled_call_impl is not None
+
+
+def test_rope_tables_are_loaded_not_recomputed_in_the_compiled_code():
+    """The model's precomputed RoPE tables (``RotaryTables``) give the logits the in-forward tables
+    give, stay out of checkpoints, and take cos/sin out of the generated code: traced in the graph,
+    inductor recomputed them in every kernel that applied RoPE (~10 ms a step of llama 1B on an H200).
+    A sequence longer than the tables computes its own."""
+    from torch._inductor.utils import run_and_get_code
+
+    cfg = small_cfg("llama", "model.n_layers=1", seq_len=32)
+    torch.manual_seed(0)
+    model = flowhn.build_model(cfg).eval()
+    assert model.rotary is not None and model.rotary.length == 32
+    assert not any(k.startswith("rotary.") for k in model.state_dict())
+    ids = torch.randint(0, cfg.scale.vocab_size, (2, 32))
+    longer = torch.randint(0, cfg.scale.vocab_size, (2, 40))
+    tables = model.rotary
+    with torch.no_grad():
+        with_tables, longer_with = model(ids), model(longer)
+        model.rotary = None
+        torch.testing.assert_close(with_tables, model(ids), rtol=0, atol=0)
+        torch.testing.assert_close(longer_with, model(longer), rtol=0, atol=0)
+        code = {}
+        for label, model.rotary in (("tables", tables), ("in the graph", None)):
+            torch._dynamo.reset()
+            out, generated = run_and_get_code(torch.compile(model), ids)
+            torch.testing.assert_close(out, with_tables, rtol=1e-5, atol=1e-5)
+            code[label] = "\n".join(generated)
+    computes_cos = re.compile(r"[.:\s(]cos\(")  # std::cos(, tmp.cos( (C++), libdevice.cos( (Triton)
+    assert not computes_cos.search(code["tables"]) and computes_cos.search(code["in the graph"])

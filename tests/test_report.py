@@ -138,6 +138,41 @@ def test_cli_writes_tables_and_figures(sweep_dir, capsys):
     assert not (out / "seeds.md").exists() and 'id="seeds"' not in (out / "index.html").read_text()
 
 
+def test_two_rows_over_seeds_are_compared_seed_for_seed(tmp_path):
+    """experiment=kernel_parity's reading: two rows (backends) over two seeds; seeds.md gives, per seed,
+    the largest gap between the rows' curves, next to the gap between the seeds of each row."""
+    d = tmp_path / "kernel_parity"
+    for backend, offset in (("triton", 0.0), ("torch", 0.002)):
+        for seed in (0, 1):
+            train = [{"step": s, "train/loss": 7.0 - s / 10 + 0.3 * seed + offset * s / 4} for s in range(4, 24, 4)]
+            val = [{"step": s, "val/loss": 6.0 - s / 20 + 0.1 * seed + offset} for s in (7, 15, 23)]
+            make_job(d, f"model.ssm_backend={backend},seed={seed}", {"model.ssm_backend": backend, "seed": str(seed)},
+                     arch="flowhn", scale="135m", split="fac_split", val_loss=val[-1]["val/loss"],
+                     metrics={"version_0": train + val})
+    assert report.main([str(d), "--out", str(tmp_path / "out")]) == 0
+    text = (tmp_path / "out" / "seeds.md").read_text()
+    section = text[text.index("### Seed for seed"):]
+    rows = [line for line in section.splitlines() if line.startswith("| FAC_Split")]
+    # training loss: the rows differ by 0.002 * s / 4 (largest at step 20: 0.01), the seeds by 0.3
+    torch_vs_triton = [r for r in rows if " vs FAC_Split" in r and "training loss" in r]
+    assert [r.split(" | ")[1:5] for r in torch_vs_triton] == [["0", "training loss", "0.0100", "0.0100"],
+                                                              ["1", "training loss", "0.0100", "0.0100"]]
+    assert any("seed vs seed | 0 vs 1 | training loss | 0.3000 | 0.3000 | 5 |" in r for r in rows)
+    assert any("seed vs seed | 0 vs 1 | validation loss | 0.1000 | 0.1000 | 3 |" in r for r in rows)
+    # not for more than two rows (the split ablation's four): its table is enough there
+    assert "Seed for seed" not in seeds_markdown_of_four_rows(tmp_path)
+
+
+def seeds_markdown_of_four_rows(tmp_path) -> str:
+    d = tmp_path / "four"
+    for split in ("no_split", "ae_split", "fa_split", "fac_split"):
+        for seed in (0, 1):
+            make_job(d, f"seed={seed},split={split}", {"seed": str(seed), "split": split}, arch="flowhn", scale="135m",
+                     split=split, val_loss=5.0, metrics={"version_0": [{"step": 4, "train/loss": 6.0 + seed}]})
+    assert report.main([str(d), "--out", str(tmp_path / "four_out")]) == 0
+    return (tmp_path / "four_out" / "seeds.md").read_text()
+
+
 def test_seeded_sweep_gives_mean_and_spread_per_row_and_where_validation_loss_turns(tmp_path):
     """A split x seed sweep: each split once, its numbers over the completed seeds; a run that did
     not complete is named and left out; a run whose validation loss turns up is flagged."""

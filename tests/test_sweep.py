@@ -363,5 +363,5 @@ def test_kernel_parity_sweeps_the_ssm_backend_over_seeds():
         cfg = compose("train", overrides=["experiment=kernel_parity"], return_hydra_config=True)
     params = cfg.hydra.sweeper.params
     assert dict(params) == {"seed": "0,1", "split": "fac_split", "model.ssm_backend": "triton,torch"}
-    assert (cfg.model.name, cfg.scale.name, cfg.trainer.max_steps) == ("flowhn", "135m", 200)
+    assert (cfg.model.name, cfg.scale.name, cfg.trainer.max_steps, cfg.compile) == ("flowhn", "135m", 200, False)
     assert cfg.data.sources is None and cfg.train_tokens is None  # the shipped corpus

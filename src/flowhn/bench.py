@@ -75,15 +75,28 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def make_train_step(model, vocab: int, batch: int, seq_len: int, compiled, device: str = "cuda",
-                    fused: str | None = None):
+                    fused: str | None = None, optimizer_in_graph: bool = False):
     """One training step (forward, loss, backward, fused AdamW) on fixed random tokens. A compiled
     row (``compiled``: True, or its torch.compile mode) compiles its loss too: the fp32 log-softmax
     over the vocabulary is then fused, not eager. ``fused``: our models' fused LM head + loss, as
     train.py runs it on GPU, by implementation (``fused_loss_impl``: ``auto``, ``liger``, ``chunked``,
-    ``cce``); None keeps the full logits. On CPU (tests, the ladder's format) the step runs in fp32 without autocast."""
+    ``cce``); None keeps the full logits. ``optimizer_in_graph``: AdamW's step compiled in the row's mode
+    too (under reduce-overhead: one more CUDA graph, recorded after the backward's) instead of the fused
+    CUDA AdamW launched eagerly. On CPU (tests, the ladder's format) the step runs in fp32 without autocast."""
     on_gpu = torch.device(device).type == "cuda"
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=on_gpu)
     mode = compiled if isinstance(compiled, str) else None
+    adamw = dict(betas=(0.9, 0.95), weight_decay=0.1)
+    if optimizer_in_graph:
+        if not compiled:
+            raise ValueError("optimizer_in_graph needs a compiled row (compile: true or blocks)")
+        # On the GPU a tensor learning rate and capturable state: the compiled step reads both from device
+        # memory, so a graph replay needs no host value and a scheduler would not recompile it.
+        lr = torch.tensor(1e-4, device=device) if on_gpu else 1e-4
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, capturable=on_gpu, foreach=True, **adamw)
+        optimizer_step = torch.compile(optimizer.step, mode=mode)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=on_gpu, **adamw)
+        optimizer_step = optimizer.step
     if fused:
         head_and_loss = torch.compile(linear_cross_entropy, mode=mode) if compiled else linear_cross_entropy
 
@@ -104,7 +117,7 @@ def make_train_step(model, vocab: int, batch: int, seq_len: int, compiled, devic
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=on_gpu):
             loss = forward_loss(inputs, labels)
         loss.backward()
-        optimizer.step()
+        optimizer_step()
         optimizer.zero_grad(set_to_none=True)
 
     return step
@@ -179,6 +192,7 @@ def ours(entry: dict, bench: DictConfig):
     mode = compile_mode(entry, bench)  # torch.compile mode, e.g. reduce-overhead (CUDA graphs)
     compiled = entry.pop("compile", bench.compile)  # True (whole model), "blocks", False
     entry.pop("compile_mode", None)
+    optimizer_in_graph = bool(entry.pop("optimizer_in_graph", False))  # make_train_step's
     # cuDNN's fused attention is one of SDPA's backends (PyTorch picks it first on Hopper); an entry
     # can switch it off to compare with the flash kernel. The switch is global: set it per row.
     cudnn = bool(entry.pop("cudnn_attention", True))
@@ -192,7 +206,8 @@ def ours(entry: dict, bench: DictConfig):
     if compiled:
         model.compile_in_place("blocks" if compiled == "blocks" else "model", mode=mode)
     fused = fused_loss_impl(entry.get("fused_loss", bench.fused_loss), torch.device(bench.device).type)
-    return name, model, flops, cfg.scale.vocab_size, (mode or True) if compiled else False, fused
+    options = {"fused": fused, "optimizer_in_graph": optimizer_in_graph}
+    return name, model, flops, cfg.scale.vocab_size, (mode or True) if compiled else False, options
 
 
 def hf_llama(bench: DictConfig, compiled: bool):
@@ -271,9 +286,9 @@ def measure(make, bench: DictConfig, peak: float | None, name: str = "?") -> tup
     # leftovers explain that was not yet seen.)
     carried = torch.cuda.memory_allocated() / 2**30 if torch.device(bench.device).type == "cuda" else 0.0
     try:
-        name, model, flops_per_token, vocab, compiled, *fused = make()  # peers: full logits, no `fused`
+        name, model, flops_per_token, vocab, compiled, *options = make()  # peers: no step options
         step = make_train_step(model, vocab, bench.batch_size, bench.seq_len, compiled, bench.device,
-                               fused=fused[0] if fused else None)
+                               **(options[0] if options else {}))
         ms, mem = time_steps(step, bench.steps, bench.warmup, bench.device)
         if mem is not None:
             mem -= carried
@@ -288,7 +303,7 @@ def measure(make, bench: DictConfig, peak: float | None, name: str = "?") -> tup
             return row, None
         breakdown = profile_steps(step, bench.profile_steps)
         row.gpu_busy = breakdown.total_ms / ms
-        return row, breakdown.markdown(name)
+        return row, breakdown.markdown(name, top=bench.get("profile_top", 8))
     except torch.OutOfMemoryError:
         return Row(name, "OOM"), None
     except ImportError as exc:

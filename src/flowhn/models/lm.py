@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from flowhn.errors import ConfigError, require
-from flowhn.nn.attention import Attention
+from flowhn.nn.attention import Attention, RotaryTables
 from flowhn.nn.blocks import ParallelBlock, SequenceContext, SequentialBlock
 from flowhn.nn.flops import Flops, linear_flops
 from flowhn.nn.fusion import FUSIONS
@@ -48,7 +48,10 @@ class CausalLM(nn.Module):
         init_std: float = 0.02,
         split_ratio: float | None = None,
         config: dict | None = None,
+        rope_positions: int | None = None,
     ):
+        """``rope_positions``: the sequence length (meta tokens included) to precompute the attention
+        layers' RoPE tables for (``RotaryTables``); longer sequences compute theirs in the forward."""
         super().__init__()
         self.embed_tokens = nn.Embedding(vocab_size, d_model)
         # Hymba's meta tokens: learned vectors prepended to every sequence, visible to all tokens.
@@ -60,6 +63,8 @@ class CausalLM(nn.Module):
         self.config = dict(config or {})
         self.compile_scope: str | None = None  # set by compile_in_place; readers pick static shapes then
         self._init_weights(init_std)
+        keys = {(m.head_dim, m.rope_theta) for m in self.modules() if isinstance(m, Attention)}
+        self.rotary = RotaryTables(keys, rope_positions) if keys and rope_positions else None
         if tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
 
@@ -82,7 +87,7 @@ class CausalLM(nn.Module):
         prefix = self.n_meta_tokens
         if prefix:
             x = torch.cat([self.meta_tokens.to(x.dtype).expand(x.shape[0], -1, -1), x], dim=1)
-        ctx = SequenceContext(x.shape[1], x.device, n_prefix=prefix)
+        ctx = SequenceContext(x.shape[1], x.device, n_prefix=prefix, rotary=self.rotary)
         for block in self.layers:
             x = block(x, ctx)
         return self.norm(x[:, prefix:])
@@ -226,4 +231,5 @@ def build_lm(cfg: DictConfig, specs: list[LayerSpec]) -> CausalLM:
         vocab, d, blocks, tie_embeddings=cfg.scale.tie_embeddings, norm_eps=m.norm_eps,
         n_meta_tokens=m.get("meta_tokens", 0), init_std=m.get("init_std", 0.02),
         split_ratio=split.ratio if parallel and split.strategy != "no_split" else None, config=config,
+        rope_positions=cfg.data.seq_len + m.get("meta_tokens", 0),
     )

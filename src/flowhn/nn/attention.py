@@ -22,6 +22,35 @@ def rope_tables(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[t
     return angles.cos(), angles.sin()
 
 
+class RotaryTables(nn.Module):
+    """RoPE's cos/sin for positions [0, length), computed once for each (head_dim, theta) a model's
+    attention layers use, and held as buffers (not persistent: checkpoints are unchanged). Traced
+    inside the compiled graph instead, the tables were fused into every kernel that applies RoPE,
+    which then recomputed cos and sin (fp32 libdevice calls with range reduction) per element: at 1B
+    those kernels took ~10 ms of llama's 204 ms of kernel time a step on an H200 (experiments/bench/H200.md)."""
+
+    def __init__(self, keys, length: int):
+        super().__init__()
+        self.length = length
+        self.names: dict[tuple[int, float], str] = {}
+        positions = torch.arange(length)
+        for i, (head_dim, theta) in enumerate(sorted({(int(h), float(t)) for h, t in keys})):
+            cos, sin = rope_tables(positions, head_dim, theta)
+            self.register_buffer(f"table_{i}", torch.stack([cos, sin]), persistent=False)
+            self.names[(head_dim, theta)] = f"table_{i}"
+
+    def get(self, head_dim: int, theta: float, seq_len: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(cos, sin) for positions [0, seq_len), or None where the tables do not cover them (a longer
+        sequence, another head_dim) or were cast with the model (the caller then computes them in fp32)."""
+        name = self.names.get((head_dim, float(theta)))
+        if name is None or seq_len > self.length:
+            return None
+        table = getattr(self, name)
+        if table.dtype != torch.float32:
+            return None
+        return table[0, :seq_len], table[1, :seq_len]
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x: (B, H, T, D); cos/sin: (T, D)."""
     half = x.shape[-1] // 2

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from flowhn.nn.attention import rope_tables
+from flowhn.nn.attention import RotaryTables, rope_tables
 from flowhn.nn.flops import Flops
 from flowhn.nn.norm import RMSNorm
 from flowhn.nn.split import TokenSplit, cached_when_eager
@@ -22,8 +22,8 @@ class SequenceContext:
     """What the blocks of one forward pass share: positions, cached RoPE tables and masks, and
     the K/V that a producing attention layer hands to the next one (cross-layer KV sharing)."""
 
-    def __init__(self, seq_len: int, device, n_prefix: int = 0):
-        self.seq_len, self.n_prefix = seq_len, n_prefix
+    def __init__(self, seq_len: int, device, n_prefix: int = 0, rotary: RotaryTables | None = None):
+        self.seq_len, self.n_prefix, self.rotary = seq_len, n_prefix, rotary
         self.positions = torch.arange(seq_len, device=device)
         self.shared_kv: list = []
         self._cache: dict = {}
@@ -37,7 +37,10 @@ class SequenceContext:
         return cached_when_eager(self._cache, key, make)
 
     def rope(self, positions: torch.Tensor, head_dim: int, theta: float):
-        full = self.cached(("rope", head_dim, theta), lambda: rope_tables(self.positions, head_dim, theta))
+        """cos/sin at ``positions``: from the model's precomputed tables where they cover the sequence."""
+        full = self.rotary.get(head_dim, theta, self.seq_len) if self.rotary is not None else None
+        if full is None:
+            full = self.cached(("rope", head_dim, theta), lambda: rope_tables(self.positions, head_dim, theta))
         if positions is self.positions:
             return full
         return full[0][positions], full[1][positions]

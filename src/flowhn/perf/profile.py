@@ -20,10 +20,10 @@ from torch.profiler import ProfilerActivity, profile
 CATEGORIES: tuple[tuple[str, re.Pattern], ...] = tuple(
     (name, re.compile(pattern, re.IGNORECASE))
     for name, pattern in (
-        ("ssm scan", r"_scan_|_summary_|_chunk_pass|selective_scan|ssd|_chunk_state|_state_passing"),
+        ("ssm scan", r"_scan_|_summary_|_chunk_pass|selective_scan|ssd|_chunk_state|_state_pass"),
         ("attention", r"flash|fmha|attention|_efficient_attention|sdpa"),
         ("cross-entropy", r"log_softmax|logsoftmax|nll_loss|cross_entropy"),
-        ("optimizer", r"adam|multi_tensor|foreach"),
+        ("optimizer", r"adam|multi_tensor|foreach|^triton_for_"),  # triton_for_*: inductor's foreach kernels (a compiled AdamW)
         ("gemm", r"gemm|cutlass|xmma|nvjet|cublas|wgmma|sm90_|sm80_|matmul|_mm_|bmm|addmm"),
         ("conv", r"conv(?!ert)"),  # not inductor's convert_element_type kernels
         ("gather/scatter", r"index|gather|scatter|embedding"),

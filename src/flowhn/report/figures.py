@@ -128,7 +128,9 @@ def plot_seed_curves(groups, path: Path) -> None:
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    axes[1].legend(title="one colour per row, one line per seed", fontsize=8)
+    labelled = [ax for ax in axes[::-1] if ax.get_legend_handles_labels()[0]]  # validation's, else training's
+    if labelled:
+        labelled[0].legend(title="one colour per row, one line per seed", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -146,6 +146,57 @@ def apart(groups: list[SeedGroup], spreads: list[Spread | None]) -> list[str]:
     return pairs
 
 
+def _curve(run: Run, key: str) -> pd.Series | None:
+    """A run's logged ``key`` by step (the last value logged at a step)."""
+    if key not in run.metrics:
+        return None
+    points = run.metrics[["step", key]].dropna()
+    return points.groupby("step")[key].last() if not points.empty else None
+
+
+def _largest_gap(a: Run, b: Run, key: str) -> tuple[float, float, int] | None:
+    """(largest |a - b| over the steps both logged ``key`` at, |a - b| at the last such step, how many)."""
+    ca, cb = _curve(a, key), _curve(b, key)
+    if ca is None or cb is None:
+        return None
+    both = ca.index.intersection(cb.index)
+    if both.empty:
+        return None
+    gap = (ca[both] - cb[both]).abs()
+    return float(gap.max()), float(gap.iloc[-1]), len(both)
+
+
+PAIRED_METRICS = (("train/loss", "training loss"), ("val/loss", "validation loss"))
+
+
+def paired_lines(a: SeedGroup, b: SeedGroup) -> list[str]:
+    """Two rows compared seed for seed (same seed: same initial weights and batch order, so their
+    curves differ only by what tells the rows apart), against how far two seeds of one row drift
+    apart: a difference between the rows smaller than the seeds' is within run-to-run noise."""
+    seed = lambda r: r.axes.get(SEED_AXIS)  # noqa: E731
+    runs_b = {seed(r): r for r in b.completed}
+    lines = ["| compared | seeds | metric | largest gap over the run | gap at the last step | steps compared |",
+             "|---|---|---|---:|---:|---:|"]
+    for key, what in PAIRED_METRICS:
+        for ra in a.completed:
+            rb = runs_b.get(seed(ra))
+            gap = rb and _largest_gap(ra, rb, key)
+            if gap:
+                lines.append(f"| {a.label} vs {b.label} | {seed(ra)} | {what} | {gap[0]:.4f} | {gap[1]:.4f} | {gap[2]} |")
+        for g in (a, b):
+            for i, r1 in enumerate(g.completed):
+                for r2 in g.completed[i + 1:]:
+                    gap = _largest_gap(r1, r2, key)
+                    if gap:
+                        lines.append(f"| {g.label}, seed vs seed | {seed(r1)} vs {seed(r2)} | {what} | {gap[0]:.4f} "
+                                     f"| {gap[1]:.4f} | {gap[2]} |")
+    if len(lines) == 2:
+        return []
+    return ["### Seed for seed", "",
+            "The same seed gives both rows the same initial weights and batches: the gap between their curves is "
+            "what the rows change; the gap between two seeds of one row is the run-to-run noise.", "", *lines, ""]
+
+
 def seeds_markdown(groups: list[SeedGroup], title: str, tolerance: float = RISE_TOLERANCE) -> str:
     """``seeds.md``: a table per scale of mean ± spread over seeds, and what the spreads say."""
     lines = [f"# {title}: over seeds", "",
@@ -175,6 +226,8 @@ def seeds_markdown(groups: list[SeedGroup], title: str, tolerance: float = RISE_
             lines.append(f"- validation loss was at its lowest (within {tolerance}) at the last evaluation of "
                          "every run: none overfits at this step count.")
         lines.append("")
+        if len(part) == 2:  # a two-way comparison (experiment=kernel_parity: Triton against PyTorch)
+            lines += paired_lines(*part)
     unfinished = [r for g in groups for r in g.runs if not r.completed]
     if unfinished:
         lines += ["Not completed, left out of the numbers: "
