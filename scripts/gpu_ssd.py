@@ -8,6 +8,7 @@ earlier path (the PyTorch chunked SSD under torch.compile).
   PYTHONPATH=src python scripts/gpu_ssd.py --diagnose  # only: each tile of the dB/dC kernel, pipelined or not, bf16
   PYTHONPATH=src python scripts/gpu_ssd.py --sanitize  # also: the quick check under compute-sanitizer memcheck
   PYTHONPATH=src compute-sanitizer --tool memcheck python3 scripts/gpu_ssd.py --quick-check   # by hand
+  PYTHONPATH=src python scripts/gpu_ssd.py --state-pass   # only: the pass over chunks, loop vs prefetch
 
 1. Accuracy: relative L2 error ‖out − ref‖/‖ref‖ of the output and of every gradient (x, dt, A, B, C, D)
    against ``reference.ssd_sequential`` in float64 fed the same (possibly bf16-rounded) inputs, at three
@@ -32,6 +33,11 @@ still runs every tile of every kernel), so that ``compute-sanitizer --tool memch
 and address of any bad access (memcheck slows kernels ~100×; these shapes keep that to minutes).
 --sanitize: runs exactly that as a child process (compute-sanitizer from PATH or /usr/local/cuda/bin),
 log in $OUT/sanitizer.log, its ERROR SUMMARY in the table.
+--state-pass: only the pass over chunks (``triton_ssd.state_pass``), its two kernels ("loop": one chunk a
+step; "prefetch": 16 chunks' loads at once) at the Mamba-2 135M and 1B layers (16×1024, chunk 64: 16
+chunks; 24 and 64 heads of 64, N=128) and at 8× the length, forward (one direction), backward with
+recompute (two), median ms and GB/s of its bytes (each direction reads and writes the states once);
+the prefetching kernel's output must equal the loop's (same operations in the same order).
 --diagnose: the bf16 accuracy case that faulted on the H200 (2×1000×8×64, G=2, N=128), once per tile of
 ``_chunk_scan_bwd_dbc_kernel`` (the kernel that faulted) with its head loop pipelined (num_stages 2) and
 not (1), each in its own process, pinned to that one config; prints PASS / FAIL / CRASH per config. The
@@ -312,6 +318,41 @@ def diagnose(seed):
     return rows
 
 
+STATE_PASS_SHAPES = ((16, 16, 24, 64, 128), (16, 16, 64, 64, 128), (2, 128, 64, 64, 128))
+
+
+def state_pass_timing(shapes=STATE_PASS_SHAPES, device="cuda") -> bool:
+    """--state-pass: both kernels of the pass over chunks, timed, and the prefetching one's output against the loop's."""
+    from flowhn.kernels.triton_ssd import state_pass
+
+    log("Pass over chunks (triton_ssd.state_pass), fp32 states; ms median, GB/s of the bytes each direction moves:")
+    log("| shape (batch, chunks, heads, P, N) | directions | loop ms | prefetch ms | loop GB/s | prefetch GB/s | equal |")
+    log("|---|---:|---:|---:|---:|---:|---|")
+    ok = True
+    for batch, chunks, heads, P, N in shapes:
+        gen = torch.Generator(device=device).manual_seed(0)
+        S = torch.randn(batch, chunks, heads, P, N, device=device, generator=gen)
+        Kb = torch.randn(batch, chunks, heads, P, N, device=device, generator=gen)
+        total = -torch.rand(batch, heads, chunks, device=device, generator=gen)
+        for with_state, with_adjoint in ((True, False), (True, True)):
+            outputs, times = {}, {}
+            for impl in ("loop", "prefetch"):
+                state, adjoint = S.clone(), Kb.clone()
+                state_pass(state, adjoint, total, heads, chunks, with_state, with_adjoint, K.tl.float32, impl=impl)
+                outputs[impl] = (state, adjoint)
+                work_s, work_a = S.clone(), Kb.clone()  # timed repeatedly in place: the values do not matter
+                times[impl] = do_bench(
+                    lambda: state_pass(work_s, work_a, total, heads, chunks, with_state, with_adjoint, K.tl.float32,
+                                       impl=impl), return_mode="median")
+            equal = all(torch.equal(a, b) for a, b in zip(outputs["loop"], outputs["prefetch"]))
+            ok &= equal
+            directions = int(with_state) + int(with_adjoint)
+            gb = 2 * directions * S.numel() * S.element_size() / 1e9
+            log(f"| {batch}×{chunks}×{heads}×{P}×{N} | {directions} | {times['loop']:.3f} | {times['prefetch']:.3f} "
+                f"| {gb / times['loop'] * 1e3:.0f} | {gb / times['prefetch'] * 1e3:.0f} | {'yes' if equal else 'NO'} |")
+    return ok
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-old", action="store_true", help="do not time the compiled chunked path")
@@ -326,6 +367,8 @@ def main():
                         help="only: each config of the dB/dC kernel in bf16, each in its own process")
     parser.add_argument("--no-diagnose", action="store_true",
                         help="do not run --diagnose automatically when a bf16 accuracy case crashes")
+    parser.add_argument("--state-pass", action="store_true",
+                        help="only: the pass over chunks, its loop and prefetching kernels, timed and compared")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # child: one accuracy case (JSON)
     parser.add_argument("--timing", help=argparse.SUPPRESS)  # child: the timing part for these dtypes
     args = parser.parse_args()
@@ -339,6 +382,11 @@ def main():
     if args.timing:
         timing_here(args.timing.split(","), args.no_old, seed)
         return
+    if args.state_pass:
+        if os.environ.get("OUT"):
+            log.open(os.path.join(os.environ["OUT"], "ssd_state_pass.log"))
+        log(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  triton {triton.__version__}")
+        sys.exit(0 if state_pass_timing() else 1)
     if args.quick_check:
         log(f"quick check, seed {seed}, device {torch.cuda.get_device_name()}:")
         failures = quick_check_here(seed)

@@ -299,11 +299,14 @@ GPU_TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
 @cuda
 @pytest.mark.skipif(not has_triton, reason="triton is not installed")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("backward_loop", ["states", "channels"])
-def test_triton_selective_scan_gpu(dtype, backward_loop, monkeypatch):
+@pytest.mark.parametrize("kernels", ["triton-states", "triton-channels", "gluon"])
+def test_triton_selective_scan_gpu(dtype, kernels, monkeypatch):
     import flowhn.kernels.triton_scan as triton_scan
 
-    monkeypatch.setattr(triton_scan, "BWD_LOOP", backward_loop)
+    main, _, backward_loop = kernels.partition("-")
+    monkeypatch.setattr(triton_scan, "MAIN_KERNELS", main)
+    if backward_loop:
+        monkeypatch.setattr(triton_scan, "BWD_LOOP", backward_loop)
     # 1500 channels: not a multiple of any channel tile; 1000 steps: not a multiple of the chunk.
     inputs = _scan_case((2, 1500, 1000, 16), "all", dtype=dtype, device="cuda", seed=11)
     errors = compare(functools.partial(selective_scan, backend="triton"), reference_fn("selective_scan"), inputs)
@@ -369,3 +372,42 @@ def test_mamba1_mixer_triton_matches_reference_gpu():
         results.append([out, *torch.autograd.grad(out.square().sum(), [x, *mixer.parameters()])])
     names = ["out", "dx"] + [f"d{name}" for name, _ in mixer.named_parameters()]
     assert_errors_below({n: relative_error(a, b) for n, a, b in zip(names, *results)}, 1e-4)
+
+
+@pytest.mark.skipif(not has_triton, reason="triton is not installed")
+def test_gluon_scan_kernels_compile_for_sm90():
+    """No GPU needed: Triton compiles for a target it is given and ships ptxas. Both Gluon kernels at
+    the model's tile (chunk 64, 16 states, their default warps) build for sm_90, fit shared memory,
+    barely spill."""
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    import flowhn.kernels.gluon_scan as gluon_scan
+
+    half = {"u_ptr", "delta_ptr", "B_ptr", "C_ptr", "z_ptr", "dout_ptr", "du_ptr", "ddelta_ptr", "dz_ptr", "out_ptr"}
+    flags = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, CHUNK=64, BLOCK_N=16, LPC=2)
+    from flowhn.kernels import triton_scan
+
+    for fn, extra, warps in ((gluon_scan._scan_fwd_seq_kernel, dict(UNROLL=8), triton_scan.GLUON_FWD_WARPS),
+                             (gluon_scan._scan_bwd_seq_kernel, dict(SUB=8), triton_scan.GLUON_BWD_WARPS)):
+        constexprs = dict(flags, **extra)
+        signature = {name: "constexpr" if name in constexprs else
+                     (("*bf16" if name in half else "*fp32") if name.endswith("_ptr") else "i32")
+                     for name in fn.arg_names}
+        source = GluonASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs={})
+        kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
+        assert kernel.metadata.shared <= 100 * 1024, (fn.__name__, kernel.metadata.shared)
+        ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+        with tempfile.TemporaryDirectory() as folder:
+            ptx = os.path.join(folder, "k.ptx")
+            with open(ptx, "w") as f:
+                f.write(kernel.asm["ptx"])
+            report = subprocess.run([ptxas, "-v", "--gpu-name", "sm_90a", ptx, "-o", os.path.join(folder, "k.cubin")],
+                                    capture_output=True, text=True, check=True).stderr
+        spills = re.search(r"(\d+) bytes spill stores", report)
+        assert spills is None or int(spills.group(1)) <= 64, (fn.__name__, report)

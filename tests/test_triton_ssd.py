@@ -62,6 +62,16 @@ _SCRIPT = textwrap.dedent("""
     inputs = ssd_inputs(1, 29, 4, 16, 2, 16, dtype=torch.float64, seed=7)
     results["strided_views_via_dispatch"] = compare(packed, reference_fn("ssd"), inputs)
 
+    # The prefetching pass over chunks (triton_ssd.STATE_PASS), 2 chunks a tile: 5 chunks -> tiles of
+    # 2, 2, 1; with recompute the backward runs both directions in one launch.
+    from flowhn.kernels import triton_ssd
+    triton_ssd.STATE_PASS, triton_ssd.STATE_PASS_CHUNKS = "prefetch", 2
+    for recompute in (True, False):
+        inputs = ssd_inputs(1, 70, 4, 16, 2, 32, dtype=torch.float64, seed=11)
+        fn = functools.partial(ssd_triton, chunk_size=16, recompute=recompute)
+        results[f"prefetch_pass_recompute={recompute}"] = compare(fn, reference_fn("ssd"), inputs)
+    triton_ssd.STATE_PASS, triton_ssd.STATE_PASS_CHUNKS = "loop", 16
+
     # Per-step decays down to exp(-800): no exponent may overflow, no masked entry may turn into NaN.
     inputs = ssd_inputs(1, 40, 2, 16, 1, 16, dtype=torch.float64, seed=5)
     inputs["dt"] = inputs["dt"] * 500.0
@@ -169,6 +179,56 @@ def test_triton_ssd_kernels_stay_in_bounds_for_every_tile():
     assert len(report["results"]) == 3 and not bad, bad
 
 
+_PASS_SCRIPT = textwrap.dedent("""
+    import json
+    import torch
+    from flowhn.kernels import triton_ssd
+
+    def reference(S, K, total):
+        # S, K (batch, chunks, heads, P, N); total (batch, heads, chunks): entering states, end-state adjoints
+        decay = total.exp().transpose(1, 2)[..., None, None]
+        H, G = torch.empty_like(S), torch.empty_like(K)
+        carried = torch.zeros_like(S[:, 0])
+        for c in range(S.shape[1]):
+            H[:, c] = carried
+            carried = decay[:, c] * carried + S[:, c]
+        carried = torch.zeros_like(K[:, 0])
+        for c in reversed(range(K.shape[1])):
+            G[:, c] = carried
+            carried = K[:, c] + decay[:, c] * carried
+        return H, G
+
+    out = {}
+    triton_ssd.STATE_PASS_CHUNKS, triton_ssd.STATE_PASS_BLOCK = 3, 16  # 7 chunks: tiles of 3, 3, 1; P·N = 30: 2 blocks
+    for dtype, acc in ((torch.float64, triton_ssd.K.tl.float64), (torch.float32, triton_ssd.K.tl.float32)):
+        gen = torch.Generator().manual_seed(0)
+        batch, chunks, heads, P, N = 2, 7, 3, 5, 6
+        S = torch.randn(batch, chunks, heads, P, N, generator=gen, dtype=dtype)
+        K = torch.randn(batch, chunks, heads, P, N, generator=gen, dtype=dtype)
+        total = -3 * torch.rand(batch, heads, chunks, generator=gen, dtype=dtype)
+        H, G = reference(S, K, total)
+        for impl in ("loop", "prefetch"):
+            for with_state, with_adjoint in ((True, False), (False, True), (True, True)):
+                state = S.clone() if with_state else S.new_empty(0)
+                adjoint = K.clone() if with_adjoint else K.new_empty(0)
+                triton_ssd.state_pass(state, adjoint, total, heads, chunks, with_state, with_adjoint, acc, impl=impl)
+                errors = ([(state - H).abs().max().item()] if with_state else []) + (
+                    [(adjoint - G).abs().max().item()] if with_adjoint else [])
+                out[f"{impl} {dtype} state={with_state} adjoint={with_adjoint}"] = max(errors)
+    json.dump(out, __import__("sys").stdout)
+""")
+
+
+@pytest.mark.skipif(not has_triton, reason="triton is not installed")
+def test_both_passes_over_chunks_match_a_pytorch_loop_in_interpreter():
+    """The SSD's pass over chunks, the loop kernel and the prefetching one (several tiles of chunks, the last
+    partial; a partial block of P·N), each direction alone and both in one launch, against a PyTorch loop."""
+    errors = json.loads(run_in_triton_interpreter(_PASS_SCRIPT, timeout=300))
+    assert len(errors) == 12, errors
+    for name, error in errors.items():
+        assert error < (1e-12 if "float64" in name else 1e-5), (name, error)
+
+
 def _assert_close(errors, tol):
     assert set(errors) >= {"out", "dx", "ddt", "dA", "dB", "dC"}, errors
     assert_errors_below(errors, tol)
@@ -183,6 +243,8 @@ def test_triton_ssd_matches_reference_in_interpreter(interpreter_run):
         assert ("dD" in errors[name]) == case[8]
     _assert_close(errors["strided_views_via_dispatch"], 1e-10)
     _assert_close(errors["strong_decay"], 1e-10)
+    for recompute in (True, False):
+        _assert_close(errors[f"prefetch_pass_recompute={recompute}"], 1e-10)
 
 
 @pytest.mark.skipif(not has_triton, reason="triton is not installed")

@@ -438,6 +438,28 @@ BWD_CHANNELS = 64
 BWD_CHANNEL_WARPS = 1
 
 
+# MAIN_KERNELS: "gluon" runs the forward's and the backward's main kernels from ``gluon_scan`` (a thread
+# per channel walking the steps; row-major inputs on a CUDA GPU only: Gluon has no CPU interpreter),
+# "triton" the ones above; the environment variable FLOWHN_SCAN_KERNELS sets it for a process. On an
+# H200 (bf16, scripts/gpu_scan_tiles.py, experiments/bench/H200.md, sixth session) Gluon took fwd+bwd at
+# 16×4096×1024×16 from 6.514 to 5.337 ms (-18 %) but at 16×4096×369×16 (FAC's share) from 3.385 to
+# 3.518 (+4 %); "triton" stays the default until whole-model rows are measured with each.
+# GLUON_*: warps a program (the backward's 2 were the fastest of 1, 2, 4), lanes a channel (its states
+# split among them: 32 // lanes channels a warp), and the backward's sub-chunk.
+MAIN_KERNELS = os.environ.get("FLOWHN_SCAN_KERNELS", "triton")
+GLUON_FWD_WARPS = 4
+GLUON_BWD_WARPS = 2
+GLUON_LANES_PER_CHANNEL = 2
+GLUON_SUB = 8
+
+
+def _use_gluon(u: torch.Tensor, channel_last: bool, block_n: int) -> bool:
+    if MAIN_KERNELS not in ("triton", "gluon"):
+        raise ValueError(f"triton_scan.MAIN_KERNELS must be 'triton' or 'gluon', got {MAIN_KERNELS!r}")
+    return (MAIN_KERNELS == "gluon" and u.is_cuda and not channel_last and block_n <= 32
+            and os.environ.get("TRITON_INTERPRET", "0") != "1")
+
+
 def launch_config(length: int, block_d: int | None = None, chunk: int | None = None,
                   num_warps: int | None = None, channel_last: bool = False):
     """(channels, steps) per program tile, and warps per program. Row-major (B, D, L): from a sweep on
@@ -509,6 +531,19 @@ def _scan_fwd(u: _Tensor, delta: _Tensor, A: _Tensor, B: _Tensor, C: _Tensor, D:
                               *_strides(u), *_strides(delta), *_strides(B), **flags)
     _chunk_pass(A, totals, states, reverse=False)
     out = _new_activation(u, channel_last)
+    block_n = max(triton.next_power_of_2(state), 2)
+    if _use_gluon(u, channel_last, block_n):
+        from flowhn.kernels import gluon_scan
+
+        _same_layout(u, delta, z, out)
+        _same_layout(B, C)
+        gluon_scan._scan_fwd_seq_kernel[(batch, triton.cdiv(dim, 32 // GLUON_LANES_PER_CHANNEL * GLUON_FWD_WARPS),
+                                         n_chunks)](
+            u, delta, A, B, C, _or(D, u), _or(z, u), _or(delta_bias, u), out, states, *sizes,
+            u.stride(0), u.stride(1), B.stride(0), B.stride(1), HAS_D=D is not None, HAS_Z=z is not None,
+            HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, CHUNK=chunk, BLOCK_N=block_n,
+            LPC=GLUON_LANES_PER_CHANNEL, UNROLL=min(8, chunk), num_warps=GLUON_FWD_WARPS)
+        return _zero_padding(out, length), states, totals
     zs = _strides(z) if z is not None else (0, 0, 0)
     _scan_fwd_kernel[grid](
         u, delta, A, B, C, _or(D, u), _or(z, u), _or(delta_bias, u), out, states, *sizes,
@@ -555,11 +590,26 @@ def _scan_bwd(dout: _Tensor, u: _Tensor, delta: _Tensor, A: _Tensor, B: _Tensor,
     dbias = torch.empty_like(totals) if delta_bias is not None else None
     dB, dC = torch.zeros(B.shape, **f32), torch.zeros(C.shape, **f32)
     block_n = max(triton.next_power_of_2(state), 2)
-    args = (u, delta, A, B, C, _or(D, u), _or(z, u), _or(delta_bias, u), dout, states, later,
-            du, ddelta, _or(dz, du), dA, dB, dC, _or(dD, dA), _or(dbias, dA), *sizes,
+    gluon = _use_gluon(u, channel_last, block_n)
+    if gluon:
+        dout = dout if dout.stride() == u.stride() else dout.contiguous()
+    pointers = (u, delta, A, B, C, _or(D, u), _or(z, u), _or(delta_bias, u), dout, states, later,
+                du, ddelta, _or(dz, du), dA, dB, dC, _or(dD, dA), _or(dbias, dA))
+    args = (*pointers, *sizes,
             *_strides(u), *_strides(delta), *_strides(B), *_strides(C), *zs, *_strides(dout), *_strides(du),
             dB.stride(0), dB.stride(1))
-    if BWD_LOOP == "channels":
+    if gluon:
+        from flowhn.kernels import gluon_scan
+
+        _same_layout(u, delta, z, dout, du, ddelta, dz if z is not None else None)
+        _same_layout(B, C)
+        gluon_scan._scan_bwd_seq_kernel[(batch, triton.cdiv(dim, 32 // GLUON_LANES_PER_CHANNEL * GLUON_BWD_WARPS),
+                                         n_chunks)](
+            *pointers, *sizes, u.stride(0), u.stride(1), B.stride(0), B.stride(1),
+            dB.stride(0), dB.stride(1), HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+            SOFTPLUS=softplus, CHUNK=chunk, SUB=min(GLUON_SUB, chunk), BLOCK_N=block_n,
+            LPC=GLUON_LANES_PER_CHANNEL, num_warps=GLUON_BWD_WARPS)
+    elif BWD_LOOP == "channels":
         grid = (batch, triton.cdiv(dim, BWD_CHANNELS), n_chunks)
         _scan_bwd_channels_kernel[grid](
             *args, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
@@ -601,6 +651,13 @@ def _backward(ctx, dout, _dstates, _dtotals):
 
 
 _scan_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _same_layout(first: torch.Tensor, *others) -> None:
+    # The Gluon kernels take one set of strides for all of these (row-major, the same pitch).
+    for t in others:
+        if t is not None and t.stride() != first.stride():
+            raise AssertionError(f"gluon scan: strides {t.stride()} differ from {first.stride()}")
 
 
 def _row_pitch(length: int) -> int:

@@ -18,6 +18,7 @@ smallest tile); any L works (the last chunk is masked). Results do not depend on
 from __future__ import annotations
 
 import functools
+import os
 from typing import Optional
 
 import torch
@@ -71,6 +72,35 @@ def _strides(*tensors):
     return [s for t in tensors for s in t.stride()]
 
 
+# The pass over chunks: "loop" (``_state_pass_kernel``, one chunk a step) or "prefetch"
+# (``_state_pass_prefetch_kernel``, STATE_PASS_CHUNKS chunks' loads at once). The loop is the kept
+# default until the prefetching one is timed on a GPU (`scripts/gpu_ssd.py --state-pass`); the
+# environment variable lets a bench process pick either.
+STATE_PASS = os.environ.get("FLOWHN_SSD_STATE_PASS", "loop")
+STATE_PASS_CHUNKS = 16
+STATE_PASS_BLOCK = 512  # columns of P·N a program of the prefetching pass (4 warps, 4 a thread)
+
+
+def state_pass(state, adjoint, total, heads, n_chunks, with_state, with_adjoint, acc, impl=None):
+    """In place: S (``state``, (batch, chunks, heads, P, N)) into the states entering each chunk, and K
+    (``adjoint``) into the adjoints of each chunk's end state; ``total`` (batch, heads, chunks) holds each
+    chunk's summed log decay. ``impl``: "loop" or "prefetch" (default ``STATE_PASS``)."""
+    impl = impl or STATE_PASS
+    buffer = state if with_state else adjoint
+    batch, PN = buffer.shape[0], buffer[0, 0, 0].numel()
+    first, directions = (0 if with_state else 1), int(with_state) + int(with_adjoint)
+    if impl == "loop":
+        block = min(1024, triton.next_power_of_2(PN))
+        K._state_pass_kernel[(triton.cdiv(PN, block), batch * heads, directions)](
+            state, adjoint, total, heads, PN, n_chunks, first, BLOCK=block, ACC=acc)
+    elif impl == "prefetch":
+        block = min(STATE_PASS_BLOCK, triton.next_power_of_2(PN))
+        K._state_pass_prefetch_kernel[(triton.cdiv(PN, block), batch * heads, directions)](
+            state, adjoint, total, heads, PN, n_chunks, first, BLOCK=block, CHUNKS=STATE_PASS_CHUNKS, ACC=acc)
+    else:
+        raise ValueError(f"triton_ssd.STATE_PASS must be 'loop' or 'prefetch', got {impl!r}")
+
+
 def _chunk_states(x, dt, A, B, C, dy, chunk, with_state, with_adjoint):
     """Per chunk: S (what it adds to the state), K (its adjoint pull), and its total log decay; then the
     passes over chunks turn S into entering states H and K into end-state adjoints Ĝ (in place)."""
@@ -88,10 +118,7 @@ def _chunk_states(x, dt, A, B, C, dy, chunk, with_state, with_adjoint):
             x, dt, A, B, C, dy_or_x, state, adjoint, total,
             length, heads, P, N, heads // groups, n_chunks, *_strides(x, dt, B, C, dy_or_x),
             T=chunk, WITH_STATE=with_state, WITH_ADJOINT=with_adjoint, **flags)
-    block = min(1024, triton.next_power_of_2(P * N))
-    first, directions = (0 if with_state else 1), int(with_state) + int(with_adjoint)
-    K._state_pass_kernel[(triton.cdiv(P * N, block), batch * heads, directions)](
-        state, adjoint, total, heads, P * N, n_chunks, first, BLOCK=block, ACC=flags["ACC"])
+    state_pass(state, adjoint, total, heads, n_chunks, with_state, with_adjoint, flags["ACC"])
     return state, adjoint
 
 

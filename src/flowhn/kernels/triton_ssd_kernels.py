@@ -11,7 +11,8 @@ Every exponent is a difference s_t − s_u with u ≤ t, or s_t itself, so it is
 its rounding error is proportional to its own size.
 
 Forward: (1) ``_chunk_state_kernel`` S per chunk (T×P by T×N matmul) and the chunk's total log decay;
-(2) ``_state_pass_kernel`` walks the chunks in order, turning S into the entering states H in place;
+(2) ``_state_pass_kernel`` walks the chunks in order, turning S into the entering states H in place
+(``_state_pass_prefetch_kernel``: the same, its loads issued CHUNKS chunks at a time; ``triton_ssd.STATE_PASS``);
 (3) ``_chunk_scan_fwd_kernel`` the output: C Bᵀ (T×T), masked decay, times x̃, plus exp(s) C Hᵀ.
 
 Backward, with dy: the adjoint of the state at the end of chunk c, Ĝ_c, obeys Ĝ_{c−1} = K_c + exp(s_T) Ĝ_c
@@ -177,6 +178,47 @@ def _state_pass_kernel(state_ptr, adjoint_ptr, total_ptr, H, PN, n_chunks, first
             pull = tl.load(adjoint_ptr + at, mask=mask, other=0.0)
             tl.store(adjoint_ptr + at, carried, mask=mask)
             carried = pull + tl.exp(tl.load(total_ptr + bh * n_chunks + c)) * carried
+
+
+@triton.jit
+def _pass_prefetched(ptr, total_ptr, b, h, bh, H, PN, n_chunks, offs, mask,
+                     REVERSE: tl.constexpr, CHUNKS: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
+    """One direction of ``_state_pass_prefetch_kernel``: CHUNKS chunks at a time, all their loads first."""
+    carried = tl.zeros([BLOCK], dtype=ACC)
+    for start in range(0, n_chunks, CHUNKS):
+        values = ()
+        decays = ()
+        for r in tl.static_range(CHUNKS):
+            i = start + r
+            c = n_chunks - 1 - i if REVERSE else i
+            valid = i < n_chunks  # past the last chunk: x = 0, decay exp(0) = 1, nothing stored
+            values = values + (tl.load(ptr + ((b * n_chunks + c) * H + h) * PN + offs, mask=mask & valid, other=0.0),)
+            decays = decays + (tl.exp(tl.load(total_ptr + bh * n_chunks + c, mask=valid, other=0.0)),)
+        for r in tl.static_range(CHUNKS):
+            i = start + r
+            c = n_chunks - 1 - i if REVERSE else i
+            tl.store(ptr + ((b * n_chunks + c) * H + h) * PN + offs, carried, mask=mask & (i < n_chunks))
+            carried = decays[r] * carried + values[r]
+
+
+@triton.jit
+def _state_pass_prefetch_kernel(state_ptr, adjoint_ptr, total_ptr, H, PN, n_chunks, first_direction,
+                                BLOCK: tl.constexpr, CHUNKS: tl.constexpr, ACC: tl.constexpr):
+    """``_state_pass_kernel``'s two passes with its loads issued CHUNKS chunks at a time. That kernel
+    loads, stores and updates one chunk per step, so each step waits a memory round trip for its load
+    (at 135M: 0.40 ms a launch where its bytes need 0.084 at copy bandwidth, experiments/bench/H200.md);
+    here a thread loads its columns of CHUNKS chunks (and their decays) into registers first, then walks
+    them: one round trip per CHUNKS chunks. Same operations in the same order, so the same results. A
+    thread stores only the addresses it loaded itself (one layout for ``offs``), so in place is safe."""
+    bh = tl.program_id(1).to(tl.int64)
+    direction = tl.program_id(2) + first_direction
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < PN
+    b, h = bh // H, bh % H
+    if direction == 0:
+        _pass_prefetched(state_ptr, total_ptr, b, h, bh, H, PN, n_chunks, offs, mask, False, CHUNKS, BLOCK, ACC)
+    else:
+        _pass_prefetched(adjoint_ptr, total_ptr, b, h, bh, H, PN, n_chunks, offs, mask, True, CHUNKS, BLOCK, ACC)
 
 
 @triton.jit

@@ -1,0 +1,382 @@
+"""The Mamba-1 selective scan's main kernels in Gluon (Triton's lower-level dialect), for sm_90 GPUs.
+
+Why not plain Triton: a Triton kernel can only walk time inside a tile with ``tl.associative_scan``,
+whose lane shuffles and fix-ups are most of the 14 (forward) and 61 (backward) SASS instructions per
+(channel, state, step) of ``triton_scan`` (scripts/kernel_stats.py). Gluon states the layout, so here a
+channel's states sit in the registers of LPC lanes (N // LPC each) and those lanes walk the chunk's
+steps one at a time: a step is an exponential and a few multiply-adds per state, and sums over states
+(y, dL/du, dL/dΔ) are in-thread plus log2(LPC) shuffles. A program is (batch, (32 // LPC)·warps
+channels, chunk of CHUNK steps); its inputs are staged in shared memory, coalesced, and read back one
+step (one row) at a time.
+
+Second version (the first, a lane per channel with per-step shared-memory stores, was correct on an
+H200 but slower than triton_scan: shared memory held it to 4-6 warps an SM, and every per-step store
+made the compiler put a barrier in the step): per-step results (y, du, dΔ) are collected into register
+tiles (one column a step) and stored once per block of steps; the backward keeps a sub-chunk's states
+in registers; dB and dC, sums over channels (across threads), go through a double-buffered shared
+product tile and are added to global memory with relaxed atomics every step.
+
+The chunk structure, the entering states and the adjoint carried in from later chunks are those of
+``triton_scan`` (its summary and chunk-pass kernels); only the kernels that produce y, du, dΔ, dz,
+dA, dB, dC, dD, dbias change. Row-major (B, D, pitch) inputs only (``triton_scan``'s default path, the
+one Mamba1Mixer takes). Off unless ``triton_scan.MAIN_KERNELS = "gluon"`` (or FLOWHN_SCAN_KERNELS=gluon):
+on an H200, bf16, forward+backward 6.514 -> 5.337 ms at 16×4096×1024×16 but 3.385 -> 3.518 at L = 369,
+every float64 check passed (experiments/bench/H200.md, sixth session); whole-model rows not yet measured.
+
+Backward. The adjoint g_t = a_{t+1} g_{t+1} + C_t dy_t runs backwards in time and needs h_t at each
+step. The chunk is cut into sub-chunks of SUB steps: a forward pass keeps the state entering each
+sub-chunk (shared memory); then the sub-chunks run last to first: recompute its SUB states (registers),
+walk them backwards.
+"""
+
+from __future__ import annotations
+
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+
+LOG2E = gl.constexpr(1.4426950408889634)
+
+
+@gluon.constexpr_function
+def state_layout(BLOCK_N, LPC, WARPS):
+    """(channels, states) in registers: a channel's LPC lanes hold BLOCK_N // LPC states each."""
+    return gl.BlockedLayout([1, BLOCK_N // LPC], [32 // LPC, LPC], [WARPS, 1], [1, 0])
+
+
+@gluon.constexpr_function
+def io_layout(STEPS, LPC, WARPS):
+    """(channels, steps) tiles of row-major memory: a channel's LPC lanes load consecutive steps."""
+    return gl.BlockedLayout([1, max(1, min(8, STEPS // LPC))], [32 // LPC, LPC], [WARPS, 1], [1, 0])
+
+
+@gluon.constexpr_function
+def steps_layout(STEPS, LPC, WARPS):
+    """(channels, steps) tiles built in registers one step (column) at a time, rows as in state_layout."""
+    return gl.BlockedLayout([1, max(1, STEPS // LPC)], [32 // LPC, LPC], [WARPS, 1], [1, 0])
+
+
+@gluon.jit
+def _put_column(tile, cols, j: gl.constexpr, values, layout: gl.constexpr):
+    """``tile`` with column j replaced by ``values`` (a per-channel vector in the state layout's rows)."""
+    values = gl.convert_layout(values, gl.SliceLayout(1, layout))
+    return gl.where(cols[None, :] == j, values[:, None], tile)
+
+
+@gluon.constexpr_function
+def rows_layout(ROWS, STEPS, WARPS):
+    """(rows, steps) tiles of B, C (states) or of the dB/dC sums."""
+    lanes = min(ROWS, 32)
+    return gl.BlockedLayout([1, max(1, min(8, STEPS * lanes // 32))], [lanes, 32 // lanes], [WARPS, 1], [1, 0])
+
+
+@gluon.jit
+def _softplus_step(pre, mask, SOFTPLUS: gl.constexpr):
+    # Same threshold as torch.nn.functional.softplus; zero where masked (a zero step is the identity).
+    step = pre
+    if SOFTPLUS:
+        step = gl.where(pre <= 20.0, gl.log(1.0 + gl.exp(pre)), pre)
+    return gl.where(mask, step, 0.0)
+
+
+@gluon.jit
+def _sigmoid(x):
+    return 1.0 / (1.0 + gl.exp(-x))
+
+
+@gluon.jit
+def _io_tile(ptr, pid_b, offs_d, t, mask, stride_b, stride_d):
+    """A (channels, steps) tile of a row-major (B, D, pitch) tensor, as fp32."""
+    offs = pid_b * stride_b + offs_d[:, None] * stride_d + t[None, :]
+    return gl.load(ptr + offs, mask=mask, other=0.0).to(gl.float32)
+
+
+@gluon.jit
+def _stage_steps(delta_ptr, u_ptr, bias_ptr, step_smem, u_smem, pid_b, offs_d, mask_d, t, mask_t, stride_b,
+                 stride_d, HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr):
+    """softplus(delta + bias) and u of a (channels, steps) io tile into (steps, channels) shared memory."""
+    m = mask_d[:, None] & mask_t[None, :]
+    pre = _io_tile(delta_ptr, pid_b, offs_d, t, m, stride_b, stride_d)
+    if HAS_BIAS:
+        pre += gl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(gl.float32)[:, None]
+    step_smem.permute([1, 0]).store(_softplus_step(pre, m, SOFTPLUS))
+    u_smem.permute([1, 0]).store(_io_tile(u_ptr, pid_b, offs_d, t, m, stride_b, stride_d))
+
+
+@gluon.jit
+def _rows(smem):
+    """A 2-D shared buffer seen as rows: ``.index(t)`` is row t (the layout of a rank-1 row)."""
+    return smem._reinterpret(smem.dtype, smem.shape, gl.SwizzledSharedLayout(1, 1, 1, [0]))
+
+
+@gluon.jit
+def _stage_rows(ptr, smem, pid_b, offs_n, mask_n, t, mask_t, stride_b, stride_n):
+    """Rows of B or C, (B, N, pitch) row-major, over the steps t, into (steps, states) shared memory."""
+    offs = pid_b * stride_b + offs_n[:, None] * stride_n + t[None, :]
+    rows = gl.load(ptr + offs, mask=mask_n[:, None] & mask_t[None, :], other=0.0).to(gl.float32)
+    smem.permute([1, 0]).store(rows)
+
+
+@gluon.jit
+def _scan_fwd_seq_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, states_ptr,
+    DIM, L, N, n_chunks, su_b, su_d, sB_b, sB_n,
+    HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr,
+    CHUNK: gl.constexpr, BLOCK_N: gl.constexpr, LPC: gl.constexpr, UNROLL: gl.constexpr,
+):
+    """y for one chunk of (32 // LPC)·warps channels. u, delta, z, out share strides (su_*), B and C (sB_*)."""
+    WARPS: gl.constexpr = gl.num_warps()
+    BLOCK_D: gl.constexpr = (32 // LPC) * WARPS
+    state: gl.constexpr = state_layout(BLOCK_N, LPC, WARPS)
+    io: gl.constexpr = io_layout(CHUNK, LPC, WARPS)
+    rows: gl.constexpr = rows_layout(BLOCK_N, CHUNK, WARPS)
+    plain: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
+    channel: gl.constexpr = gl.SliceLayout(1, state)
+    per_state: gl.constexpr = gl.SliceLayout(0, state)
+
+    pid_b = gl.program_id(0).to(gl.int64)
+    c = gl.program_id(2)
+    d0 = gl.program_id(1) * BLOCK_D
+    io_d = d0 + gl.arange(0, BLOCK_D, layout=gl.SliceLayout(1, io))
+    io_t = c * CHUNK + gl.arange(0, CHUNK, layout=gl.SliceLayout(0, io))
+    io_md = io_d < DIM
+    io_mt = io_t < L
+
+    step_smem = gl.allocate_shared_memory(gl.float32, [CHUNK, BLOCK_D], plain)
+    u_smem = gl.allocate_shared_memory(gl.float32, [CHUNK, BLOCK_D], plain)
+    # y in blocks of UNROLL steps: one store (and one barrier) a block, not a step.
+    y_blocks = gl.allocate_shared_memory(gl.float32, [CHUNK // UNROLL, UNROLL, BLOCK_D], plain)
+    B_smem = gl.allocate_shared_memory(gl.float32, [CHUNK, BLOCK_N], plain)
+    C_smem = gl.allocate_shared_memory(gl.float32, [CHUNK, BLOCK_N], plain)
+    _stage_steps(delta_ptr, u_ptr, bias_ptr, step_smem, u_smem, pid_b, io_d, io_md, io_t, io_mt, su_b, su_d,
+                 HAS_BIAS, SOFTPLUS)
+    rows_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, rows))
+    rows_t = c * CHUNK + gl.arange(0, CHUNK, layout=gl.SliceLayout(0, rows))
+    _stage_rows(B_ptr, B_smem, pid_b, rows_n, rows_n < N, rows_t, rows_t < L, sB_b, sB_n)
+    _stage_rows(C_ptr, C_smem, pid_b, rows_n, rows_n < N, rows_t, rows_t < L, sB_b, sB_n)
+
+    offs_d = d0 + gl.arange(0, BLOCK_D, layout=channel)
+    offs_n = gl.arange(0, BLOCK_N, layout=per_state)
+    m_dn = (offs_d < DIM)[:, None] & (offs_n < N)[None, :]
+    A2 = gl.load(A_ptr + offs_d[:, None] * N + offs_n[None, :], mask=m_dn, other=0.0) * LOG2E
+    entering = ((pid_b * DIM + offs_d) * n_chunks + c - 1) * N
+    h = gl.load(states_ptr + entering[:, None] + offs_n[None, :], mask=m_dn & (c > 0), other=0.0)
+    gl.thread_barrier()
+    step_rows, u_rows = _rows(step_smem), _rows(u_smem)
+    B_rows, C_rows = _rows(B_smem), _rows(C_smem)
+    block: gl.constexpr = steps_layout(UNROLL, LPC, WARPS)
+    cols = gl.arange(0, UNROLL, layout=gl.SliceLayout(0, block))
+    # UNROLL steps a pass: their loads and exponentials do not wait for the state, so they overlap.
+    for t0 in range(0, CHUNK, UNROLL):
+        y_block = gl.zeros([BLOCK_D, UNROLL], gl.float32, layout=block)
+        for j in gl.static_range(UNROLL):
+            step = step_rows.index(t0 + j).load(channel)
+            stepu = step * u_rows.index(t0 + j).load(channel)
+            Bt = B_rows.index(t0 + j).load(per_state)
+            Ct = C_rows.index(t0 + j).load(per_state)
+            h = gl.exp2(A2 * step[:, None]) * h + stepu[:, None] * Bt[None, :]
+            y_block = _put_column(y_block, cols, j, gl.sum(h * Ct[None, :], axis=1), block)
+        y_blocks.index(t0 // UNROLL).permute([1, 0]).store(y_block)
+    gl.thread_barrier()
+
+    iob: gl.constexpr = io_layout(UNROLL, LPC, WARPS)
+    iob_d = d0 + gl.arange(0, BLOCK_D, layout=gl.SliceLayout(1, iob))
+    iob_md = iob_d < DIM
+    if HAS_D:
+        skip = gl.load(D_ptr + iob_d, mask=iob_md, other=0.0).to(gl.float32)
+    for b in gl.static_range(CHUNK // UNROLL):
+        t = c * CHUNK + b * UNROLL + gl.arange(0, UNROLL, layout=gl.SliceLayout(0, iob))
+        m = iob_md[:, None] & (t < L)[None, :]
+        y = y_blocks.index(b).permute([1, 0]).load(iob)
+        if HAS_D:
+            y += skip[:, None] * u_smem.slice(b * UNROLL, UNROLL, dim=0).permute([1, 0]).load(iob)
+        if HAS_Z:
+            z = _io_tile(z_ptr, pid_b, iob_d, t, m, su_b, su_d)
+            y *= z * _sigmoid(z)
+        gl.store(out_ptr + pid_b * su_b + iob_d[:, None] * su_d + t[None, :], y.to(out_ptr.dtype.element_ty), mask=m)
+
+
+@gluon.jit
+def _stage_dy(dout_ptr, z_ptr, dy_smem, pid_b, offs_d, t, m, stride_b, stride_d, HAS_Z: gl.constexpr):
+    """dL/dy of the scan itself (before the silu(z) gate) into (steps, channels) shared memory."""
+    dy = _io_tile(dout_ptr, pid_b, offs_d, t, m, stride_b, stride_d)
+    if HAS_Z:
+        z = _io_tile(z_ptr, pid_b, offs_d, t, m, stride_b, stride_d)
+        dy = dy * z * _sigmoid(z)
+    dy_smem.permute([1, 0]).store(dy)
+
+
+@gluon.constexpr_function
+def column_layout(ROWS, COLS, WARPS):
+    """(channels, 2·states) products summed over the channels: a warp owns whole columns, and a column's
+    rows are split among a few lanes, so the sum needs no exchange between warps."""
+    lanes_cols = max(1, min(32, COLS // WARPS))
+    lanes_rows = 32 // lanes_cols
+    return gl.BlockedLayout([max(1, ROWS // lanes_rows), 1], [lanes_rows, lanes_cols], [1, WARPS], [0, 1])
+
+
+@gluon.jit
+def _scan_bwd_seq_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, states_ptr, later_ptr,
+    du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
+    DIM, L, N, n_chunks, su_b, su_d, sB_b, sB_n, sdB_b, sdB_n,
+    HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr,
+    CHUNK: gl.constexpr, SUB: gl.constexpr, BLOCK_N: gl.constexpr, LPC: gl.constexpr,
+):
+    """Gradients for one chunk of (32 // LPC)·warps channels. u, delta, z, dout, du, ddelta, dz share
+    strides (su_*); B and C (sB_*); dB, dC are (B, N, ·) fp32 with unit step stride. dA (B, D, chunks, N),
+    dD and dbias (B, D, chunks) get this chunk's partial sums; dB and dC are added to atomically."""
+    WARPS: gl.constexpr = gl.num_warps()
+    BLOCK_D: gl.constexpr = (32 // LPC) * WARPS
+    SUBS: gl.constexpr = CHUNK // SUB
+    state: gl.constexpr = state_layout(BLOCK_N, LPC, WARPS)
+    # (channels, steps) tiles of a sub-chunk: loaded, stored, and built in registers a step at a time.
+    io: gl.constexpr = steps_layout(SUB, LPC, WARPS)
+    rows: gl.constexpr = rows_layout(BLOCK_N, SUB, WARPS)
+    column: gl.constexpr = column_layout(BLOCK_D, 2 * BLOCK_N, WARPS)
+    plain: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
+    channel: gl.constexpr = gl.SliceLayout(1, state)
+    per_state: gl.constexpr = gl.SliceLayout(0, state)
+
+    pid_b = gl.program_id(0).to(gl.int64)
+    c = gl.program_id(2)
+    d0 = gl.program_id(1) * BLOCK_D
+    io_d = d0 + gl.arange(0, BLOCK_D, layout=gl.SliceLayout(1, io))
+    io_md = io_d < DIM
+    io_s = gl.arange(0, SUB, layout=gl.SliceLayout(0, io))
+    rows_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, rows))
+    rows_s = gl.arange(0, SUB, layout=gl.SliceLayout(0, rows))
+    mask_rows_n = rows_n < N
+    sum_n = gl.arange(0, 2 * BLOCK_N, layout=gl.SliceLayout(0, column))
+    sum_is_B = sum_n < BLOCK_N
+    sum_state = gl.where(sum_is_B, sum_n, sum_n - BLOCK_N)
+    sum_at = pid_b * sdB_b + sum_state * sdB_n
+    sum_mask = sum_state < N
+
+    ckpt = gl.allocate_shared_memory(gl.float32, [SUBS, BLOCK_D, BLOCK_N], plain)
+    step_smem = gl.allocate_shared_memory(gl.float32, [SUB, BLOCK_D], plain)
+    u_smem = gl.allocate_shared_memory(gl.float32, [SUB, BLOCK_D], plain)
+    dy_smem = gl.allocate_shared_memory(gl.float32, [SUB, BLOCK_D], plain)
+    B_smem = gl.allocate_shared_memory(gl.float32, [SUB, BLOCK_N], plain)
+    C_smem = gl.allocate_shared_memory(gl.float32, [SUB, BLOCK_N], plain)
+    # A step's dB and dC products, (channels, 2·states): two buffers, alternating, so that one barrier
+    # a step suffices (separate allocations: the compiler's hazard analysis tells them apart).
+    products_even = gl.allocate_shared_memory(gl.float32, [BLOCK_D, 2 * BLOCK_N], plain)
+    products_odd = gl.allocate_shared_memory(gl.float32, [BLOCK_D, 2 * BLOCK_N], plain)
+    step_rows, u_rows, dy_rows = _rows(step_smem), _rows(u_smem), _rows(dy_smem)
+    B_rows, C_rows = _rows(B_smem), _rows(C_smem)
+
+    offs_d = d0 + gl.arange(0, BLOCK_D, layout=channel)
+    offs_n = gl.arange(0, BLOCK_N, layout=per_state)
+    m_dn = (offs_d < DIM)[:, None] & (offs_n < N)[None, :]
+    An = gl.load(A_ptr + offs_d[:, None] * N + offs_n[None, :], mask=m_dn, other=0.0)
+    A2 = An * LOG2E
+    chunk_at = ((pid_b * DIM + offs_d) * n_chunks + c) * N
+    h = gl.load(states_ptr + chunk_at[:, None] - N + offs_n[None, :], mask=m_dn & (c > 0), other=0.0)
+
+    # Pass 1: the state entering each sub-chunk.
+    for k in range(SUBS):
+        ckpt.index(k).store(h)
+        io_t = c * CHUNK + k * SUB + io_s
+        _stage_steps(delta_ptr, u_ptr, bias_ptr, step_smem, u_smem, pid_b, io_d, io_md, io_t, io_t < L,
+                     su_b, su_d, HAS_BIAS, SOFTPLUS)
+        rows_t = c * CHUNK + k * SUB + rows_s
+        _stage_rows(B_ptr, B_smem, pid_b, rows_n, mask_rows_n, rows_t, rows_t < L, sB_b, sB_n)
+        gl.thread_barrier()
+        for j in gl.static_range(SUB):
+            step = step_rows.index(j).load(channel)
+            stepu = step * u_rows.index(j).load(channel)
+            h = gl.exp2(A2 * step[:, None]) * h + stepu[:, None] * B_rows.index(j).load(per_state)[None, :]
+        gl.thread_barrier()
+
+    # Pass 2: the sub-chunks last to first; g is dL/dh, starting with what the next chunk sends back.
+    g = gl.load(later_ptr + chunk_at[:, None] + N + offs_n[None, :], mask=m_dn & (c + 1 < n_chunks), other=0.0)
+    a_next = gl.full([BLOCK_D, BLOCK_N], 1.0, gl.float32, layout=state)
+    dA_acc = gl.zeros([BLOCK_D, BLOCK_N], gl.float32, layout=state)
+    dD_acc = gl.zeros([BLOCK_D], gl.float32, layout=gl.SliceLayout(1, io))
+    dbias_acc = gl.zeros([BLOCK_D], gl.float32, layout=gl.SliceLayout(1, io))
+    for kk in range(SUBS):
+        k = SUBS - 1 - kk
+        io_t = c * CHUNK + k * SUB + io_s
+        io_mt = io_t < L
+        m = io_md[:, None] & io_mt[None, :]
+        _stage_steps(delta_ptr, u_ptr, bias_ptr, step_smem, u_smem, pid_b, io_d, io_md, io_t, io_mt,
+                     su_b, su_d, HAS_BIAS, SOFTPLUS)
+        _stage_dy(dout_ptr, z_ptr, dy_smem, pid_b, io_d, io_t, m, su_b, su_d, HAS_Z)
+        rows_t = c * CHUNK + k * SUB + rows_s
+        _stage_rows(B_ptr, B_smem, pid_b, rows_n, mask_rows_n, rows_t, rows_t < L, sB_b, sB_n)
+        _stage_rows(C_ptr, C_smem, pid_b, rows_n, mask_rows_n, rows_t, rows_t < L, sB_b, sB_n)
+        gl.thread_barrier()
+        # The sub-chunk's states, kept in registers (SUB tiles), and y for dz.
+        h = ckpt.index(k).load(state)
+        hs = ()
+        y = gl.zeros([BLOCK_D, SUB], gl.float32, layout=io)
+        for j in gl.static_range(SUB):
+            step = step_rows.index(j).load(channel)
+            stepu = step * u_rows.index(j).load(channel)
+            h = gl.exp2(A2 * step[:, None]) * h + stepu[:, None] * B_rows.index(j).load(per_state)[None, :]
+            hs = hs + (h,)
+            if HAS_Z:
+                y = _put_column(y, io_s, j, gl.sum(h * C_rows.index(j).load(per_state)[None, :], axis=1), io)
+        du = gl.zeros([BLOCK_D, SUB], gl.float32, layout=io)
+        dstep = gl.zeros([BLOCK_D, SUB], gl.float32, layout=io)
+        for r in gl.static_range(SUB - 1, -1, -1):  # the steps, walking backwards
+            step = step_rows.index(r).load(channel)
+            u = u_rows.index(r).load(channel)
+            dy = dy_rows.index(r).load(channel)
+            Bt = B_rows.index(r).load(per_state)[None, :]
+            a = gl.exp2(A2 * step[:, None])
+            g = a_next * g + C_rows.index(r).load(per_state)[None, :] * dy[:, None]
+            h = hs[r]
+            stepu = (step * u)[:, None]
+            # a_t h_{t-1} = h_t - x_t, so dL/da_t · a_t = g (h - x) without h_{t-1}.
+            ga = g * (h - stepu * Bt)
+            dA_acc += ga * step[:, None]
+            gB = gl.sum(g * Bt, axis=1)
+            du = _put_column(du, io_s, r, step * gB, io)
+            dstep = _put_column(dstep, io_s, r, gl.sum(ga * An, axis=1) + u * gB, io)
+            if r % 2 == 0:
+                buffer = products_even
+            else:
+                buffer = products_odd
+            buffer.slice(0, BLOCK_N, dim=1).store(g * stepu)
+            buffer.slice(BLOCK_N, BLOCK_N, dim=1).store(h * dy[:, None])
+            gl.thread_barrier()
+            sums = gl.sum(buffer.load(column), axis=0)
+            t = c * CHUNK + k * SUB + r
+            gl.atomic_add(dB_ptr + sum_at + t, sums, mask=sum_mask & sum_is_B & (t < L), sem="relaxed")
+            gl.atomic_add(dC_ptr + sum_at + t, sums, mask=sum_mask & (~sum_is_B) & (t < L), sem="relaxed")
+            a_next = a
+
+        # This sub-chunk's du, dΔ, dz (channels × steps, coalesced).
+        dy = dy_smem.permute([1, 0]).load(io)
+        u = u_smem.permute([1, 0]).load(io)
+        grad_at = pid_b * su_b + io_d[:, None] * su_d + io_t[None, :]
+        if HAS_D:
+            skip = gl.load(D_ptr + io_d, mask=io_md, other=0.0).to(gl.float32)
+            dD_acc += gl.sum(dy * u, axis=1)
+            du += dy * skip[:, None]
+        if HAS_Z:
+            dout = _io_tile(dout_ptr, pid_b, io_d, io_t, m, su_b, su_d)
+            z = _io_tile(z_ptr, pid_b, io_d, io_t, m, su_b, su_d)
+            if HAS_D:
+                y += skip[:, None] * u
+            sig = _sigmoid(z)
+            gl.store(dz_ptr + grad_at, (dout * y * sig * (1.0 + z * (1.0 - sig))).to(dz_ptr.dtype.element_ty), mask=m)
+        if SOFTPLUS:
+            pre = _io_tile(delta_ptr, pid_b, io_d, io_t, m, su_b, su_d)
+            if HAS_BIAS:
+                pre += gl.load(bias_ptr + io_d, mask=io_md, other=0.0).to(gl.float32)[:, None]
+            dstep = gl.where(pre <= 20.0, dstep * _sigmoid(pre), dstep)
+        dstep = gl.where(m, dstep, 0.0)
+        dbias_acc += gl.sum(dstep, axis=1)
+        gl.store(du_ptr + grad_at, du.to(du_ptr.dtype.element_ty), mask=m)
+        gl.store(ddelta_ptr + grad_at, dstep.to(ddelta_ptr.dtype.element_ty), mask=m)
+        gl.thread_barrier()
+
+    gl.store(dA_ptr + chunk_at[:, None] + offs_n[None, :], dA_acc, mask=m_dn)
+    partial_at = (pid_b * DIM + io_d) * n_chunks + c
+    if HAS_D:
+        gl.store(dD_ptr + partial_at, dD_acc, mask=io_md)
+    if HAS_BIAS:
+        gl.store(dbias_ptr + partial_at, dbias_acc, mask=io_md)
