@@ -167,7 +167,8 @@ def test_ddp_settings_reach_the_strategy_and_the_compiler():
                         "trainer.ddp.comm_hook=bf16_compress", "trainer.ddp.optimize_ddp=false")
     resolve_trainer_settings(cfg)
     strategy = make_strategy(cfg)
-    assert strategy._ddp_kwargs == {"bucket_cap_mb": 50, "gradient_as_bucket_view": True, "static_graph": True}
+    assert strategy._ddp_kwargs == {"bucket_cap_mb": 50, "gradient_as_bucket_view": True, "static_graph": True,
+                                    "broadcast_buffers": False}
     assert strategy._ddp_comm_hook.__name__ == "bf16_compress_hook"
     before = torch._dynamo.config.optimize_ddp
     try:

@@ -269,6 +269,9 @@ def make_strategy(cfg: DictConfig):
         process_group_backend=backend, timeout=timedelta(seconds=cfg.trainer.ddp_timeout_s),
         bucket_cap_mb=ddp["bucket_cap_mb"], gradient_as_bucket_view=ddp["gradient_as_bucket_view"],
         static_graph=ddp["static_graph"], ddp_comm_hook=hook,
+        # The models' only buffers are RoPE tables every rank computes alike (nn.attention.RotaryTables):
+        # nothing to broadcast from rank 0 before every forward.
+        broadcast_buffers=False,
     )
 
 
