@@ -118,7 +118,7 @@ def test_training_module_compiles_whole_model_and_loss_in_place():
     assert module.model._compiled_call_impl is not None
 
 
-def test_rope_tables_are_loaded_not_recomputed_in_the_compiled_code():
+def test_rope_tables_are_loaded_not_recomputed_in_the_compiled_code(monkeypatch):
     """The model's precomputed RoPE tables (``RotaryTables``) give the logits the in-forward tables
     give, stay out of checkpoints, and take cos/sin out of the generated code: traced in the graph,
     inductor recomputed them in every kernel that applied RoPE (~10 ms a step of llama 1B on an H200).
@@ -129,6 +129,8 @@ def test_rope_tables_are_loaded_not_recomputed_in_the_compiled_code():
     torch.manual_seed(0)
     model = flowhn.build_model(cfg).eval()
     assert model.rotary is not None and model.rotary.length == 32
+    monkeypatch.setenv("FLOWHN_ROPE_TABLES", "0")  # the earlier path, for timing both
+    assert flowhn.build_model(cfg).rotary is None
     assert not any(k.startswith("rotary.") for k in model.state_dict())
     ids = torch.randint(0, cfg.scale.vocab_size, (2, 32))
     longer = torch.randint(0, cfg.scale.vocab_size, (2, 40))

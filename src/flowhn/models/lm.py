@@ -7,6 +7,7 @@ their layer lists, as in mamba-ssm's ``mixer_seq_simple.py``.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -51,7 +52,9 @@ class CausalLM(nn.Module):
         rope_positions: int | None = None,
     ):
         """``rope_positions``: the sequence length (meta tokens included) to precompute the attention
-        layers' RoPE tables for (``RotaryTables``); longer sequences compute theirs in the forward."""
+        layers' RoPE tables for (``RotaryTables``); longer sequences compute theirs in the forward, and
+        so does every sequence with None (``build_lm`` under FLOWHN_ROPE_TABLES=0: the earlier path, kept
+        to time both in one GPU call)."""
         super().__init__()
         self.embed_tokens = nn.Embedding(vocab_size, d_model)
         # Hymba's meta tokens: learned vectors prepended to every sequence, visible to all tokens.
@@ -227,9 +230,10 @@ def build_lm(cfg: DictConfig, specs: list[LayerSpec]) -> CausalLM:
         "split": split.strategy if parallel else None, "fusion": fusion_name if parallel else None,
         "layout": [s.mixer for s in specs], "mlp": [s.mlp for s in specs],
     }
+    tables = os.environ.get("FLOWHN_ROPE_TABLES") != "0"  # "0": RoPE tables in the forward, as before
     return CausalLM(
         vocab, d, blocks, tie_embeddings=cfg.scale.tie_embeddings, norm_eps=m.norm_eps,
         n_meta_tokens=m.get("meta_tokens", 0), init_std=m.get("init_std", 0.02),
         split_ratio=split.ratio if parallel and split.strategy != "no_split" else None, config=config,
-        rope_positions=cfg.data.seq_len + m.get("meta_tokens", 0),
+        rope_positions=cfg.data.seq_len + m.get("meta_tokens", 0) if tables else None,
     )
