@@ -154,6 +154,12 @@ def _chunk_state_kernel(
 
 
 @triton.jit
+def _state_row(b, c, h, H, PN, n_chunks):
+    """Offset of (batch b, chunk c, head h)'s P·N states in a (batch, chunks, heads, P, N) buffer."""
+    return ((b * n_chunks + c) * H + h) * PN
+
+
+@triton.jit
 def _state_pass_kernel(state_ptr, adjoint_ptr, total_ptr, H, PN, n_chunks, first_direction,
                        BLOCK: tl.constexpr, ACC: tl.constexpr):
     """Grid (block of P·N, batch·head, directions). Direction 0 turns the chunk states S into the states
@@ -167,14 +173,14 @@ def _state_pass_kernel(state_ptr, adjoint_ptr, total_ptr, H, PN, n_chunks, first
     carried = tl.zeros([BLOCK], dtype=ACC)
     if direction == 0:
         for c in range(n_chunks):
-            at = ((b * n_chunks + c) * H + h) * PN + offs
+            at = _state_row(b, c, h, H, PN, n_chunks) + offs
             added = tl.load(state_ptr + at, mask=mask, other=0.0)
             tl.store(state_ptr + at, carried, mask=mask)
             carried = tl.exp(tl.load(total_ptr + bh * n_chunks + c)) * carried + added
     else:
         for i in range(n_chunks):
             c = n_chunks - 1 - i
-            at = ((b * n_chunks + c) * H + h) * PN + offs
+            at = _state_row(b, c, h, H, PN, n_chunks) + offs
             pull = tl.load(adjoint_ptr + at, mask=mask, other=0.0)
             tl.store(adjoint_ptr + at, carried, mask=mask)
             carried = pull + tl.exp(tl.load(total_ptr + bh * n_chunks + c)) * carried
@@ -192,12 +198,12 @@ def _pass_prefetched(ptr, total_ptr, b, h, bh, H, PN, n_chunks, offs, mask,
             i = start + r
             c = n_chunks - 1 - i if REVERSE else i
             valid = i < n_chunks  # past the last chunk: x = 0, decay exp(0) = 1, nothing stored
-            values = values + (tl.load(ptr + ((b * n_chunks + c) * H + h) * PN + offs, mask=mask & valid, other=0.0),)
+            values = values + (tl.load(ptr + _state_row(b, c, h, H, PN, n_chunks) + offs, mask=mask & valid, other=0.0),)
             decays = decays + (tl.exp(tl.load(total_ptr + bh * n_chunks + c, mask=valid, other=0.0)),)
-        for r in tl.static_range(CHUNKS):
+        for r in tl.static_range(CHUNKS):  # addresses recomputed rather than kept live across the loads
             i = start + r
             c = n_chunks - 1 - i if REVERSE else i
-            tl.store(ptr + ((b * n_chunks + c) * H + h) * PN + offs, carried, mask=mask & (i < n_chunks))
+            tl.store(ptr + _state_row(b, c, h, H, PN, n_chunks) + offs, carried, mask=mask & (i < n_chunks))
             carried = decays[r] * carried + values[r]
 
 

@@ -51,9 +51,7 @@ def plot_curves(runs: list[Run], panels: list[tuple[str, str, float]], path: Pat
     for ax, (metric, title, factor) in zip(axes[0], panels):
         drawn = 0
         for run in sorted(runs, key=order_key):
-            if metric not in run.metrics:
-                continue
-            points = run.metrics[["step", metric]].dropna()
+            points = run.points(metric)
             if points.empty:
                 continue
             status = "" if run.completed else f" ({run.status})"
@@ -105,9 +103,7 @@ def plot_seed_curves(groups, path: Path) -> None:
         first: list[float] = []
         for colour, group in enumerate(groups):
             for i, run in enumerate(group.runs):
-                if metric not in run.metrics:
-                    continue
-                points = run.metrics[["step", metric]].dropna()
+                points = run.points(metric)
                 if points.empty:
                     continue
                 seed = run.axes.get("seed", "?")

@@ -47,6 +47,12 @@ class Run:
     command: str | None = None  # the train.py command that computes this run
     wandb: list[dict[str, Any]] = field(default_factory=list)  # its W&B runs: group, job_type, tags, offline dir
 
+    def points(self, key: str) -> pd.DataFrame:
+        """The (step, ``key``) rows where ``key`` was logged; empty when it never was."""
+        if key not in self.metrics:
+            return pd.DataFrame(columns=["step", key])
+        return self.metrics[["step", key]].dropna()
+
     @property
     def status(self) -> str:
         return str(self.summary.get("status") or "missing")

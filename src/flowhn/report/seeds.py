@@ -81,9 +81,7 @@ def format_spread(s: Spread | None, digits: int = 3, scale: float = 1.0, unit: s
 
 def lowest_validation(run: Run, tolerance: float = RISE_TOLERANCE) -> tuple[int | None, bool]:
     """(step of the run's lowest validation loss, whether its last one is above it by > tolerance)."""
-    if "val/loss" not in run.metrics:
-        return None, False
-    val = run.metrics[["step", "val/loss"]].dropna()
+    val = run.points("val/loss")
     if val.empty:
         return None, False
     best = val.loc[val["val/loss"].idxmin()]
@@ -148,9 +146,7 @@ def apart(groups: list[SeedGroup], spreads: list[Spread | None]) -> list[str]:
 
 def _curve(run: Run, key: str) -> pd.Series | None:
     """A run's logged ``key`` by step (the last value logged at a step)."""
-    if key not in run.metrics:
-        return None
-    points = run.metrics[["step", key]].dropna()
+    points = run.points(key)
     return points.groupby("step")[key].last() if not points.empty else None
 
 
