@@ -440,13 +440,14 @@ BWD_CHANNEL_WARPS = 1
 
 # MAIN_KERNELS: "gluon" runs the forward's and the backward's main kernels from ``gluon_scan`` (a thread
 # per channel walking the steps; row-major inputs on a CUDA GPU only: Gluon has no CPU interpreter),
-# "triton" the ones above; the environment variable FLOWHN_SCAN_KERNELS sets it for a process. On an
-# H200 (bf16, scripts/gpu_scan_tiles.py, experiments/bench/H200.md, sixth session) Gluon took fwd+bwd at
-# 16×4096×1024×16 from 6.514 to 5.337 ms (-18 %) but at 16×4096×369×16 (FAC's share) from 3.385 to
-# 3.518 (+4 %); "triton" stays the default until whole-model rows are measured with each.
+# "triton" the ones above (the CPU interpreter's and the channel-last path's); the environment variable
+# FLOWHN_SCAN_KERNELS sets it for a process. On an H200 (bf16, experiments/bench/H200.md): alone, at
+# 16×4096×1024×16, fwd+bwd 6.514 -> 5.337 ms (-18 %), at 16×4096×369×16 3.385 -> 3.518 (+4 %), sixth
+# session; in the 1B bench, seventh session, same GPU, mamba 35,447 -> 38,176 tok/s (+7.7 %) and
+# flowhn/fac_split 89,584 -> 90,434 (+0.9 %; its scan 36.7 -> 34.2 ms a step): "gluon" is the default.
 # GLUON_*: warps a program (the backward's 2 were the fastest of 1, 2, 4), lanes a channel (its states
 # split among them: 32 // lanes channels a warp), and the backward's sub-chunk.
-MAIN_KERNELS = os.environ.get("FLOWHN_SCAN_KERNELS", "triton")
+MAIN_KERNELS = os.environ.get("FLOWHN_SCAN_KERNELS", "gluon")
 GLUON_FWD_WARPS = 4
 GLUON_BWD_WARPS = 2
 GLUON_LANES_PER_CHANNEL = 2

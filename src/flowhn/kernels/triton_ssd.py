@@ -73,10 +73,12 @@ def _strides(*tensors):
 
 
 # The pass over chunks: "loop" (``_state_pass_kernel``, one chunk a step) or "prefetch"
-# (``_state_pass_prefetch_kernel``, STATE_PASS_CHUNKS chunks' loads at once). The loop is the kept
-# default until the prefetching one is timed on a GPU (`scripts/gpu_ssd.py --state-pass`); the
-# environment variable lets a bench process pick either.
-STATE_PASS = os.environ.get("FLOWHN_SSD_STATE_PASS", "loop")
+# (``_state_pass_prefetch_kernel``, STATE_PASS_CHUNKS chunks' loads at once). On an H200 (seventh
+# session, `scripts/gpu_ssd.py --state-pass`, experiments/bench/H200.md) the prefetching pass took
+# 0.126 ms where the loop took 0.398 (16×16×24×64×128, one direction; ~3.2 TB/s against ~1.0) with
+# the same result bit for bit, and Mamba-2 135M went from 174,705 to 202,170 tok/s: it is the default.
+# The environment variable lets a process pick either.
+STATE_PASS = os.environ.get("FLOWHN_SSD_STATE_PASS", "prefetch")
 STATE_PASS_CHUNKS = 16
 STATE_PASS_BLOCK = 512  # columns of P·N a program of the prefetching pass (4 warps, 4 a thread)
 
