@@ -10,7 +10,8 @@
 #   source .whl/install-wheels.sh >/dev/null || exit 1; bash scripts/gpu_train_speed.sh
 # Knobs: MODELS (llama fac_split; a model may repeat), FUSED (liger chunked), CODES (before after),
 # BENCH (1), BENCH_FUSED ($FUSED), TESTS (1), STEPS (130), DEADLINE_S (540, from the script's start),
-# EXTRA (more train.py overrides), SCALE (135m; 1b: the same runs at 1B, the bench rows too).
+# EXTRA (more train.py overrides), SCALE (135m; 1b: the same runs at 1B, the bench rows too), RUN_TIMEOUT_S
+# (240: one train.py run's limit; a 1B run compiles for ~2 minutes).
 # Results: $OUT/train_speed.csv (one row per train.py run; first_step_s, the seconds to the first
 # optimizer step, is mostly compile: a measure of the host's speed), $OUT/bench_$SCALE.md, logs; a table last.
 set -uo pipefail
@@ -54,7 +55,7 @@ train_run() {  # code(before|after) model fused_loss
   fi
   t0=$(date +%s)
   # shellcheck disable=SC2046
-  PYTHONPATH="$src/src${DEPS_PATH:+:$DEPS_PATH}" timeout 240 python3 "$src/train.py" $(overrides "$m") \
+  PYTHONPATH="$src/src${DEPS_PATH:+:$DEPS_PATH}" timeout ${RUN_TIMEOUT_S:-240} python3 "$src/train.py" $(overrides "$m") \
     $([[ $fused != default ]] && echo fused_loss=$fused) hydra.run.dir="$dir" > "$OUT/runs/$name.log" 2>&1
   cp "$dir/summary.json" "$OUT/runs/$name.summary.json" 2>/dev/null
   python3 - "$dir" "$code" "$m" "$fused" "$(( $(date +%s) - t0 ))" >> "$OUT/train_speed.csv" <<'PY'

@@ -299,18 +299,38 @@ GPU_TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
 @cuda
 @pytest.mark.skipif(not has_triton, reason="triton is not installed")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("kernels", ["triton-states", "triton-channels", "gluon"])
+@pytest.mark.parametrize("kernels", ["triton-states", "triton-channels", "gluon-chunks", "gluon-sequence",
+                                     "gluon-forward", "gluon-backward"])
 def test_triton_selective_scan_gpu(dtype, kernels, monkeypatch):
+    """triton-*: the Triton main kernels with either backward loop; gluon-*: the Gluon ones with each
+    GLUON_WALK (which directions walk every chunk in one program)."""
     import flowhn.kernels.triton_scan as triton_scan
 
-    main, _, backward_loop = kernels.partition("-")
+    main, _, option = kernels.partition("-")
     monkeypatch.setattr(triton_scan, "MAIN_KERNELS", main)
-    if backward_loop:
-        monkeypatch.setattr(triton_scan, "BWD_LOOP", backward_loop)
+    monkeypatch.setattr(triton_scan, "BWD_LOOP" if main == "triton" else "GLUON_WALK", option)
     # 1500 channels: not a multiple of any channel tile; 1000 steps: not a multiple of the chunk.
     inputs = _scan_case((2, 1500, 1000, 16), "all", dtype=dtype, device="cuda", seed=11)
     errors = compare(functools.partial(selective_scan, backend="triton"), reference_fn("selective_scan"), inputs)
     assert_errors_below(errors, GPU_TOL[dtype])
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.skipif(not has_triton, reason="triton is not installed")
+@pytest.mark.parametrize("walk", ["chunks", "sequence"])
+@pytest.mark.parametrize("shape", [(3, 100, 37, 9), (1, 70, 130, 16)], ids=str)
+@pytest.mark.parametrize("flags", list(SCAN_FLAGS))
+def test_gluon_scan_walks_match_reference_gpu(walk, shape, flags, monkeypatch):
+    """The Gluon kernels in fp32 at shapes off their tiles: one partial chunk (37 steps), three (130),
+    9 states of a 16-wide block, and every combination of D, z, delta bias and softplus."""
+    import flowhn.kernels.triton_scan as triton_scan
+
+    monkeypatch.setattr(triton_scan, "MAIN_KERNELS", "gluon")
+    monkeypatch.setattr(triton_scan, "GLUON_WALK", walk)
+    inputs = _scan_case(shape, flags, dtype=torch.float32, device="cuda", seed=sum(shape))
+    errors = compare(functools.partial(selective_scan, backend="triton"), reference_fn("selective_scan"), inputs)
+    assert_errors_below(errors, GPU_TOL[torch.float32])
 
 
 @pytest.mark.gpu
@@ -379,6 +399,7 @@ def test_gluon_scan_kernels_compile_for_sm90():
     """No GPU needed: Triton compiles for a target it is given and ships ptxas. Both Gluon kernels at
     the model's tile (chunk 64, 16 states, their default warps) build for sm_90, fit shared memory,
     barely spill."""
+    import itertools
     import re
     import subprocess
     import tempfile
@@ -393,9 +414,10 @@ def test_gluon_scan_kernels_compile_for_sm90():
     flags = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, CHUNK=64, BLOCK_N=16, LPC=2)
     from flowhn.kernels import triton_scan
 
-    for fn, extra, warps in ((gluon_scan._scan_fwd_seq_kernel, dict(UNROLL=8), triton_scan.GLUON_FWD_WARPS),
-                             (gluon_scan._scan_bwd_seq_kernel, dict(SUB=8), triton_scan.GLUON_BWD_WARPS)):
-        constexprs = dict(flags, **extra)
+    kernels = ((gluon_scan._scan_fwd_seq_kernel, dict(UNROLL=8), triton_scan.GLUON_FWD_WARPS),
+               (gluon_scan._scan_bwd_seq_kernel, dict(SUB=8), triton_scan.GLUON_BWD_WARPS))
+    for (fn, extra, warps), sequence in itertools.product(kernels, (False, True)):
+        constexprs = dict(flags, SEQUENCE=sequence, **extra)
         signature = {name: "constexpr" if name in constexprs else
                      (("*bf16" if name in half else "*fp32") if name.endswith("_ptr") else "i32")
                      for name in fn.arg_names}

@@ -119,12 +119,15 @@ def _stage_rows(ptr, smem, pid_b, offs_n, mask_n, t, mask_t, stride_b, stride_n)
 
 @gluon.jit
 def _scan_fwd_seq_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, states_ptr,
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, states_ptr, totals_ptr,
     DIM, L, N, n_chunks, su_b, su_d, sB_b, sB_n,
     HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr,
-    CHUNK: gl.constexpr, BLOCK_N: gl.constexpr, LPC: gl.constexpr, UNROLL: gl.constexpr,
+    CHUNK: gl.constexpr, BLOCK_N: gl.constexpr, LPC: gl.constexpr, UNROLL: gl.constexpr, SEQUENCE: gl.constexpr,
 ):
-    """y for one chunk of (32 // LPC)·warps channels. u, delta, z, out share strides (su_*), B and C (sB_*)."""
+    """y for (32 // LPC)·warps channels. u, delta, z, out share strides (su_*), B and C (sB_*).
+    SEQUENCE: the program walks every chunk in turn (grid (B, channel blocks, 1)) carrying the state, and
+    writes each chunk's end state and step total (the summary and chunk-pass kernels' results); else it
+    is one chunk (grid (..., chunks)) and reads the state entering it."""
     WARPS: gl.constexpr = gl.num_warps()
     BLOCK_D: gl.constexpr = (32 // LPC) * WARPS
     state: gl.constexpr = state_layout(BLOCK_N, LPC, WARPS)
@@ -135,12 +138,9 @@ def _scan_fwd_seq_kernel(
     per_state: gl.constexpr = gl.SliceLayout(0, state)
 
     pid_b = gl.program_id(0).to(gl.int64)
-    c = gl.program_id(2)
     d0 = gl.program_id(1) * BLOCK_D
     io_d = d0 + gl.arange(0, BLOCK_D, layout=gl.SliceLayout(1, io))
-    io_t = c * CHUNK + gl.arange(0, CHUNK, layout=gl.SliceLayout(0, io))
     io_md = io_d < DIM
-    io_mt = io_t < L
 
     step_smem = gl.allocate_shared_memory(gl.float32, [CHUNK, BLOCK_D], plain)
     u_smem = gl.allocate_shared_memory(gl.float32, [CHUNK, BLOCK_D], plain)
@@ -148,52 +148,72 @@ def _scan_fwd_seq_kernel(
     y_blocks = gl.allocate_shared_memory(gl.float32, [CHUNK // UNROLL, UNROLL, BLOCK_D], plain)
     B_smem = gl.allocate_shared_memory(gl.float32, [CHUNK, BLOCK_N], plain)
     C_smem = gl.allocate_shared_memory(gl.float32, [CHUNK, BLOCK_N], plain)
-    _stage_steps(delta_ptr, u_ptr, bias_ptr, step_smem, u_smem, pid_b, io_d, io_md, io_t, io_mt, su_b, su_d,
-                 HAS_BIAS, SOFTPLUS)
     rows_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, rows))
-    rows_t = c * CHUNK + gl.arange(0, CHUNK, layout=gl.SliceLayout(0, rows))
-    _stage_rows(B_ptr, B_smem, pid_b, rows_n, rows_n < N, rows_t, rows_t < L, sB_b, sB_n)
-    _stage_rows(C_ptr, C_smem, pid_b, rows_n, rows_n < N, rows_t, rows_t < L, sB_b, sB_n)
-
-    offs_d = d0 + gl.arange(0, BLOCK_D, layout=channel)
-    offs_n = gl.arange(0, BLOCK_N, layout=per_state)
-    m_dn = (offs_d < DIM)[:, None] & (offs_n < N)[None, :]
-    A2 = gl.load(A_ptr + offs_d[:, None] * N + offs_n[None, :], mask=m_dn, other=0.0) * LOG2E
-    entering = ((pid_b * DIM + offs_d) * n_chunks + c - 1) * N
-    h = gl.load(states_ptr + entering[:, None] + offs_n[None, :], mask=m_dn & (c > 0), other=0.0)
-    gl.thread_barrier()
     step_rows, u_rows = _rows(step_smem), _rows(u_smem)
     B_rows, C_rows = _rows(B_smem), _rows(C_smem)
     block: gl.constexpr = steps_layout(UNROLL, LPC, WARPS)
     cols = gl.arange(0, UNROLL, layout=gl.SliceLayout(0, block))
-    # UNROLL steps a pass: their loads and exponentials do not wait for the state, so they overlap.
-    for t0 in range(0, CHUNK, UNROLL):
-        y_block = gl.zeros([BLOCK_D, UNROLL], gl.float32, layout=block)
-        for j in gl.static_range(UNROLL):
-            step = step_rows.index(t0 + j).load(channel)
-            stepu = step * u_rows.index(t0 + j).load(channel)
-            Bt = B_rows.index(t0 + j).load(per_state)
-            Ct = C_rows.index(t0 + j).load(per_state)
-            h = gl.exp2(A2 * step[:, None]) * h + stepu[:, None] * Bt[None, :]
-            y_block = _put_column(y_block, cols, j, gl.sum(h * Ct[None, :], axis=1), block)
-        y_blocks.index(t0 // UNROLL).permute([1, 0]).store(y_block)
-    gl.thread_barrier()
-
     iob: gl.constexpr = io_layout(UNROLL, LPC, WARPS)
     iob_d = d0 + gl.arange(0, BLOCK_D, layout=gl.SliceLayout(1, iob))
     iob_md = iob_d < DIM
     if HAS_D:
         skip = gl.load(D_ptr + iob_d, mask=iob_md, other=0.0).to(gl.float32)
-    for b in gl.static_range(CHUNK // UNROLL):
-        t = c * CHUNK + b * UNROLL + gl.arange(0, UNROLL, layout=gl.SliceLayout(0, iob))
-        m = iob_md[:, None] & (t < L)[None, :]
-        y = y_blocks.index(b).permute([1, 0]).load(iob)
-        if HAS_D:
-            y += skip[:, None] * u_smem.slice(b * UNROLL, UNROLL, dim=0).permute([1, 0]).load(iob)
-        if HAS_Z:
-            z = _io_tile(z_ptr, pid_b, iob_d, t, m, su_b, su_d)
-            y *= z * _sigmoid(z)
-        gl.store(out_ptr + pid_b * su_b + iob_d[:, None] * su_d + t[None, :], y.to(out_ptr.dtype.element_ty), mask=m)
+
+    offs_d = d0 + gl.arange(0, BLOCK_D, layout=channel)
+    offs_n = gl.arange(0, BLOCK_N, layout=per_state)
+    m_dn = (offs_d < DIM)[:, None] & (offs_n < N)[None, :]
+    A2 = gl.load(A_ptr + offs_d[:, None] * N + offs_n[None, :], mask=m_dn, other=0.0) * LOG2E
+    chunk_row = (pid_b * DIM + offs_d) * n_chunks  # (batch, channel)'s first chunk in states / totals
+    if SEQUENCE:
+        first_chunk = 0
+        chunks_here = n_chunks
+        h = gl.zeros([BLOCK_D, BLOCK_N], gl.float32, layout=state)
+    else:
+        first_chunk = gl.program_id(2)
+        chunks_here = 1
+        h = gl.load(states_ptr + (chunk_row + first_chunk - 1)[:, None] * N + offs_n[None, :],
+                    mask=m_dn & (first_chunk > 0), other=0.0)
+    for i in range(chunks_here):
+        c = first_chunk + i
+        io_t = c * CHUNK + gl.arange(0, CHUNK, layout=gl.SliceLayout(0, io))
+        _stage_steps(delta_ptr, u_ptr, bias_ptr, step_smem, u_smem, pid_b, io_d, io_md, io_t, io_t < L, su_b, su_d,
+                     HAS_BIAS, SOFTPLUS)
+        rows_t = c * CHUNK + gl.arange(0, CHUNK, layout=gl.SliceLayout(0, rows))
+        _stage_rows(B_ptr, B_smem, pid_b, rows_n, rows_n < N, rows_t, rows_t < L, sB_b, sB_n)
+        _stage_rows(C_ptr, C_smem, pid_b, rows_n, rows_n < N, rows_t, rows_t < L, sB_b, sB_n)
+        gl.thread_barrier()
+        total = gl.zeros([BLOCK_D], gl.float32, layout=channel)
+        # UNROLL steps a pass: their loads and exponentials do not wait for the state, so they overlap.
+        for t0 in range(0, CHUNK, UNROLL):
+            y_block = gl.zeros([BLOCK_D, UNROLL], gl.float32, layout=block)
+            for j in gl.static_range(UNROLL):
+                step = step_rows.index(t0 + j).load(channel)
+                stepu = step * u_rows.index(t0 + j).load(channel)
+                Bt = B_rows.index(t0 + j).load(per_state)
+                Ct = C_rows.index(t0 + j).load(per_state)
+                h = gl.exp2(A2 * step[:, None]) * h + stepu[:, None] * Bt[None, :]
+                y_block = _put_column(y_block, cols, j, gl.sum(h * Ct[None, :], axis=1), block)
+                if SEQUENCE:
+                    total += step  # masked steps are 0
+            y_blocks.index(t0 // UNROLL).permute([1, 0]).store(y_block)
+        if SEQUENCE:  # what the backward reads: the state at the chunk's end and the chunk's step total
+            gl.store(states_ptr + (chunk_row + c)[:, None] * N + offs_n[None, :], h, mask=m_dn)
+            gl.store(totals_ptr + chunk_row + c, total, mask=offs_d < DIM)
+        gl.thread_barrier()
+
+        u_blocks = u_smem._reinterpret(gl.float32, [CHUNK // UNROLL, UNROLL, BLOCK_D], y_blocks.layout)
+        for b in range(CHUNK // UNROLL):  # a loop, not unrolled: unrolled, its addresses take 100 registers
+            t = c * CHUNK + b * UNROLL + gl.arange(0, UNROLL, layout=gl.SliceLayout(0, iob))
+            m = iob_md[:, None] & (t < L)[None, :]
+            y = y_blocks.index(b).permute([1, 0]).load(iob)
+            if HAS_D:
+                y += skip[:, None] * u_blocks.index(b).permute([1, 0]).load(iob)
+            if HAS_Z:
+                z = _io_tile(z_ptr, pid_b, iob_d, t, m, su_b, su_d)
+                y *= z * _sigmoid(z)
+            gl.store(out_ptr + pid_b * su_b + iob_d[:, None] * su_d + t[None, :], y.to(out_ptr.dtype.element_ty),
+                     mask=m)
+        gl.thread_barrier()  # the next chunk's staging overwrites what this one read
 
 
 @gluon.jit
@@ -221,11 +241,14 @@ def _scan_bwd_seq_kernel(
     du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
     DIM, L, N, n_chunks, su_b, su_d, sB_b, sB_n, sdB_b, sdB_n,
     HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr,
-    CHUNK: gl.constexpr, SUB: gl.constexpr, BLOCK_N: gl.constexpr, LPC: gl.constexpr,
+    CHUNK: gl.constexpr, SUB: gl.constexpr, BLOCK_N: gl.constexpr, LPC: gl.constexpr, SEQUENCE: gl.constexpr,
 ):
-    """Gradients for one chunk of (32 // LPC)·warps channels. u, delta, z, dout, du, ddelta, dz share
-    strides (su_*); B and C (sB_*); dB, dC are (B, N, ·) fp32 with unit step stride. dA (B, D, chunks, N),
-    dD and dbias (B, D, chunks) get this chunk's partial sums; dB and dC are added to atomically."""
+    """Gradients for (32 // LPC)·warps channels. u, delta, z, dout, du, ddelta, dz share strides (su_*); B
+    and C (sB_*); dB, dC are (B, N, ·) fp32 with unit step stride, added to atomically. SEQUENCE: the
+    program walks every chunk, last to first (grid (B, channel blocks, 1)), carrying the adjoint from one
+    chunk into the one before (``later_ptr`` is not read), and dA (B, D, 1, N), dD and dbias (B, D, 1)
+    get its sums; else it is one chunk (grid (..., chunks)), starts from the adjoint ``later_ptr`` holds
+    for the chunk after it, and dA (B, D, chunks, N), dD and dbias (B, D, chunks) get the chunk's sums."""
     WARPS: gl.constexpr = gl.num_warps()
     BLOCK_D: gl.constexpr = (32 // LPC) * WARPS
     SUBS: gl.constexpr = CHUNK // SUB
@@ -239,7 +262,6 @@ def _scan_bwd_seq_kernel(
     per_state: gl.constexpr = gl.SliceLayout(0, state)
 
     pid_b = gl.program_id(0).to(gl.int64)
-    c = gl.program_id(2)
     d0 = gl.program_id(1) * BLOCK_D
     io_d = d0 + gl.arange(0, BLOCK_D, layout=gl.SliceLayout(1, io))
     io_md = io_d < DIM
@@ -271,8 +293,63 @@ def _scan_bwd_seq_kernel(
     m_dn = (offs_d < DIM)[:, None] & (offs_n < N)[None, :]
     An = gl.load(A_ptr + offs_d[:, None] * N + offs_n[None, :], mask=m_dn, other=0.0)
     A2 = An * LOG2E
-    chunk_at = ((pid_b * DIM + offs_d) * n_chunks + c) * N
-    h = gl.load(states_ptr + chunk_at[:, None] - N + offs_n[None, :], mask=m_dn & (c > 0), other=0.0)
+    # g is dL/dh, a_next the decay of the step after the one g is at.
+    g = gl.zeros([BLOCK_D, BLOCK_N], gl.float32, layout=state)
+    a_next = gl.full([BLOCK_D, BLOCK_N], 1.0, gl.float32, layout=state)
+    dA_acc = gl.zeros([BLOCK_D, BLOCK_N], gl.float32, layout=state)
+    dD_acc = gl.zeros([BLOCK_D], gl.float32, layout=gl.SliceLayout(1, io))
+    dbias_acc = gl.zeros([BLOCK_D], gl.float32, layout=gl.SliceLayout(1, io))
+    if SEQUENCE:
+        chunks_here = n_chunks
+    else:
+        chunks_here = 1
+    for i in range(chunks_here):
+        if SEQUENCE:
+            c = n_chunks - 1 - i
+        else:
+            c = gl.program_id(2)
+        chunk_at = ((pid_b * DIM + offs_d) * n_chunks + c) * N
+        h = gl.load(states_ptr + chunk_at[:, None] - N + offs_n[None, :], mask=m_dn & (c > 0), other=0.0)
+        g, a_next, dA_acc, dD_acc, dbias_acc = _scan_bwd_chunk(
+            u_ptr, delta_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, later_ptr, du_ptr, ddelta_ptr,
+            dz_ptr, dB_ptr, dC_ptr, L, N, n_chunks, su_b, su_d, sB_b, sB_n,
+            ckpt, step_smem, u_smem, dy_smem, B_smem, C_smem, products_even, products_odd,
+            pid_b, c, chunk_at, h, g, a_next, dA_acc, dD_acc, dbias_acc, An, A2, m_dn, offs_n,
+            io_d, io_md, io_s, rows_n, mask_rows_n, rows_s, sum_at, sum_mask, sum_is_B,
+            HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, CHUNK, SUB, BLOCK_D, BLOCK_N, SEQUENCE, state, io, column)
+
+    if SEQUENCE:
+        part = 0
+        parts = 1
+    else:
+        part = gl.program_id(2)
+        parts = n_chunks
+    gl.store(dA_ptr + ((pid_b * DIM + offs_d) * parts + part)[:, None] * N + offs_n[None, :], dA_acc, mask=m_dn)
+    partial_at = (pid_b * DIM + io_d) * parts + part
+    if HAS_D:
+        gl.store(dD_ptr + partial_at, dD_acc, mask=io_md)
+    if HAS_BIAS:
+        gl.store(dbias_ptr + partial_at, dbias_acc, mask=io_md)
+
+
+@gluon.jit
+def _scan_bwd_chunk(
+    u_ptr, delta_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, later_ptr, du_ptr, ddelta_ptr,
+    dz_ptr, dB_ptr, dC_ptr, L, N, n_chunks, su_b, su_d, sB_b, sB_n,
+    ckpt, step_smem, u_smem, dy_smem, B_smem, C_smem, products_even, products_odd,
+    pid_b, c, chunk_at, h, g, a_next, dA_acc, dD_acc, dbias_acc, An, A2, m_dn, offs_n,
+    io_d, io_md, io_s, rows_n, mask_rows_n, rows_s, sum_at, sum_mask, sum_is_B,
+    HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr,
+    CHUNK: gl.constexpr, SUB: gl.constexpr, BLOCK_D: gl.constexpr, BLOCK_N: gl.constexpr, SEQUENCE: gl.constexpr,
+    state: gl.constexpr, io: gl.constexpr, column: gl.constexpr,
+):
+    """The backward of chunk c, entered with the state h before it and (SEQUENCE) the adjoint g and
+    decay a_next carried back from the chunk after it; returns them for the chunk before, and the sums."""
+    SUBS: gl.constexpr = CHUNK // SUB
+    channel: gl.constexpr = gl.SliceLayout(1, state)
+    per_state: gl.constexpr = gl.SliceLayout(0, state)
+    step_rows, u_rows, dy_rows = _rows(step_smem), _rows(u_smem), _rows(dy_smem)
+    B_rows, C_rows = _rows(B_smem), _rows(C_smem)
 
     # Pass 1: the state entering each sub-chunk.
     for k in range(SUBS):
@@ -289,12 +366,11 @@ def _scan_bwd_seq_kernel(
             h = gl.exp2(A2 * step[:, None]) * h + stepu[:, None] * B_rows.index(j).load(per_state)[None, :]
         gl.thread_barrier()
 
-    # Pass 2: the sub-chunks last to first; g is dL/dh, starting with what the next chunk sends back.
-    g = gl.load(later_ptr + chunk_at[:, None] + N + offs_n[None, :], mask=m_dn & (c + 1 < n_chunks), other=0.0)
-    a_next = gl.full([BLOCK_D, BLOCK_N], 1.0, gl.float32, layout=state)
-    dA_acc = gl.zeros([BLOCK_D, BLOCK_N], gl.float32, layout=state)
-    dD_acc = gl.zeros([BLOCK_D], gl.float32, layout=gl.SliceLayout(1, io))
-    dbias_acc = gl.zeros([BLOCK_D], gl.float32, layout=gl.SliceLayout(1, io))
+    # Pass 2: the sub-chunks last to first, starting with what the next chunk sends back: carried in
+    # (SEQUENCE), or a_s g_s at its first step s as the summary and chunk-pass kernels left it.
+    if not SEQUENCE:
+        g = gl.load(later_ptr + chunk_at[:, None] + N + offs_n[None, :], mask=m_dn & (c + 1 < n_chunks), other=0.0)
+        a_next = gl.full([BLOCK_D, BLOCK_N], 1.0, gl.float32, layout=state)
     for kk in range(SUBS):
         k = SUBS - 1 - kk
         io_t = c * CHUNK + k * SUB + io_s
@@ -373,10 +449,4 @@ def _scan_bwd_seq_kernel(
         gl.store(du_ptr + grad_at, du.to(du_ptr.dtype.element_ty), mask=m)
         gl.store(ddelta_ptr + grad_at, dstep.to(ddelta_ptr.dtype.element_ty), mask=m)
         gl.thread_barrier()
-
-    gl.store(dA_ptr + chunk_at[:, None] + offs_n[None, :], dA_acc, mask=m_dn)
-    partial_at = (pid_b * DIM + io_d) * n_chunks + c
-    if HAS_D:
-        gl.store(dD_ptr + partial_at, dD_acc, mask=io_md)
-    if HAS_BIAS:
-        gl.store(dbias_ptr + partial_at, dbias_acc, mask=io_md)
+    return g, a_next, dA_acc, dD_acc, dbias_acc

@@ -452,6 +452,18 @@ GLUON_FWD_WARPS = 4
 GLUON_BWD_WARPS = 2
 GLUON_LANES_PER_CHANNEL = 2
 GLUON_SUB = 8
+# GLUON_WALK: how the Gluon kernels cover the chunks. "chunks": a program a chunk, fed by the summary
+# and chunk-pass kernels (the entering states; the backward's adjoints from later chunks). "sequence":
+# a program walks all of its channels' chunks in turn, carrying the state (forward) or the adjoint
+# (backward) from one chunk to the next, so neither direction runs its summary and pass kernels (at
+# 16×4096×1024 they take ~0.9 of the scan's ~5.3 ms), at the price of n_chunks times fewer programs.
+# "forward" / "backward": only that direction walks the sequence. FLOWHN_SCAN_WALK sets it for a process.
+# Either direction's walk works with the other's: the sequence forward writes the chunk-end states and
+# step totals that the summary and chunk-pass kernels would have. GLUON_SEQUENCE_FWD_MAXNREG: the
+# walking forward's register cap (unbounded, ptxas gives it ~205 registers, so 2 programs an SM; at 128 it
+# spills 36 bytes).
+GLUON_WALK = os.environ.get("FLOWHN_SCAN_WALK", "chunks")
+GLUON_SEQUENCE_FWD_MAXNREG = 128
 
 
 def _use_gluon(u: torch.Tensor, channel_last: bool, block_n: int) -> bool:
@@ -459,6 +471,14 @@ def _use_gluon(u: torch.Tensor, channel_last: bool, block_n: int) -> bool:
         raise ValueError(f"triton_scan.MAIN_KERNELS must be 'triton' or 'gluon', got {MAIN_KERNELS!r}")
     return (MAIN_KERNELS == "gluon" and u.is_cuda and not channel_last and block_n <= 32
             and os.environ.get("TRITON_INTERPRET", "0") != "1")
+
+
+def _gluon_walks_sequence(direction: str) -> bool:
+    """Whether the Gluon kernel of ``direction`` ("forward" or "backward") walks every chunk (GLUON_WALK)."""
+    if GLUON_WALK not in ("chunks", "sequence", "forward", "backward"):
+        raise ValueError("triton_scan.GLUON_WALK (FLOWHN_SCAN_WALK) must be 'chunks', 'sequence', 'forward' or "
+                         f"'backward', got {GLUON_WALK!r}")
+    return GLUON_WALK in ("sequence", direction)
 
 
 def launch_config(length: int, block_d: int | None = None, chunk: int | None = None,
@@ -528,22 +548,26 @@ def _scan_fwd(u: _Tensor, delta: _Tensor, A: _Tensor, B: _Tensor, C: _Tensor, D:
     flags = dict(HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, BLOCK_D=block_d, CHUNK=chunk,
                  num_warps=num_warps)
     sizes = (dim, length, state, n_chunks)
-    _summary_fwd_kernel[grid](u, delta, A, B, _or(delta_bias, u), states, totals, *sizes,
-                              *_strides(u), *_strides(delta), *_strides(B), **flags)
-    _chunk_pass(A, totals, states, reverse=False)
-    out = _new_activation(u, channel_last)
     block_n = max(triton.next_power_of_2(state), 2)
-    if _use_gluon(u, channel_last, block_n):
+    gluon = _use_gluon(u, channel_last, block_n)
+    sequence = gluon and _gluon_walks_sequence("forward")
+    if not sequence:  # the states entering each chunk, for the programs that start there
+        _summary_fwd_kernel[grid](u, delta, A, B, _or(delta_bias, u), states, totals, *sizes,
+                                  *_strides(u), *_strides(delta), *_strides(B), **flags)
+        _chunk_pass(A, totals, states, reverse=False)
+    out = _new_activation(u, channel_last)
+    if gluon:
         from flowhn.kernels import gluon_scan
 
         _same_layout(u, delta, z, out)
         _same_layout(B, C)
+        cap = dict(maxnreg=GLUON_SEQUENCE_FWD_MAXNREG) if sequence and GLUON_SEQUENCE_FWD_MAXNREG else {}
         gluon_scan._scan_fwd_seq_kernel[(batch, triton.cdiv(dim, 32 // GLUON_LANES_PER_CHANNEL * GLUON_FWD_WARPS),
-                                         n_chunks)](
-            u, delta, A, B, C, _or(D, u), _or(z, u), _or(delta_bias, u), out, states, *sizes,
+                                         1 if sequence else n_chunks)](
+            u, delta, A, B, C, _or(D, u), _or(z, u), _or(delta_bias, u), out, states, totals, *sizes,
             u.stride(0), u.stride(1), B.stride(0), B.stride(1), HAS_D=D is not None, HAS_Z=z is not None,
             HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, CHUNK=chunk, BLOCK_N=block_n,
-            LPC=GLUON_LANES_PER_CHANNEL, UNROLL=min(8, chunk), num_warps=GLUON_FWD_WARPS)
+            LPC=GLUON_LANES_PER_CHANNEL, UNROLL=min(8, chunk), SEQUENCE=sequence, num_warps=GLUON_FWD_WARPS, **cap)
         return _zero_padding(out, length), states, totals
     zs = _strides(z) if z is not None else (0, 0, 0)
     _scan_fwd_kernel[grid](
@@ -578,20 +602,26 @@ def _scan_bwd(dout: _Tensor, u: _Tensor, delta: _Tensor, A: _Tensor, B: _Tensor,
                  BLOCK_D=block_d, CHUNK=chunk, num_warps=num_warps)
     sizes = (dim, length, state, n_chunks)
     zs = _strides(z) if z is not None else (0, 0, 0)
-    later = torch.empty_like(states)
-    _summary_bwd_kernel[grid](delta, A, C, _or(z, u), _or(delta_bias, u), dout, later, *sizes,
-                              *_strides(delta), *_strides(C), *zs, *_strides(dout), **flags)
-    _chunk_pass(A, totals, later, reverse=True)
+    block_n = max(triton.next_power_of_2(state), 2)
+    gluon = _use_gluon(u, channel_last, block_n)
+    sequence = gluon and _gluon_walks_sequence("backward")
+    if sequence:  # the adjoint is carried from chunk to chunk inside the kernel
+        later = states  # not read
+    else:  # what each chunk's end receives from the chunks after it
+        later = torch.empty_like(states)
+        _summary_bwd_kernel[grid](delta, A, C, _or(z, u), _or(delta_bias, u), dout, later, *sizes,
+                                  *_strides(delta), *_strides(C), *zs, *_strides(dout), **flags)
+        _chunk_pass(A, totals, later, reverse=True)
     du = _new_activation(u, channel_last)
     ddelta = _new_activation(delta, channel_last)
     dz = _new_activation(z, channel_last) if z is not None else u.new_empty(0)
-    # Per-(batch, chunk) partial sums of dA, dD, dbias; dB, dC are accumulated by atomics.
-    dA = torch.empty_like(states)
-    dD = torch.empty_like(totals) if D is not None else None
-    dbias = torch.empty_like(totals) if delta_bias is not None else None
+    # Partial sums of dA, dD, dbias per (batch, chunk), or per batch when a program walks every chunk;
+    # dB, dC are accumulated by atomics.
+    parts = 1 if sequence else n_chunks
+    dA = states.new_empty(batch, dim, parts, state)
+    dD = totals.new_empty(batch, dim, parts) if D is not None else None
+    dbias = totals.new_empty(batch, dim, parts) if delta_bias is not None else None
     dB, dC = torch.zeros(B.shape, **f32), torch.zeros(C.shape, **f32)
-    block_n = max(triton.next_power_of_2(state), 2)
-    gluon = _use_gluon(u, channel_last, block_n)
     if gluon:
         dout = dout if dout.stride() == u.stride() else dout.contiguous()
     pointers = (u, delta, A, B, C, _or(D, u), _or(z, u), _or(delta_bias, u), dout, states, later,
@@ -605,11 +635,11 @@ def _scan_bwd(dout: _Tensor, u: _Tensor, delta: _Tensor, A: _Tensor, B: _Tensor,
         _same_layout(u, delta, z, dout, du, ddelta, dz if z is not None else None)
         _same_layout(B, C)
         gluon_scan._scan_bwd_seq_kernel[(batch, triton.cdiv(dim, 32 // GLUON_LANES_PER_CHANNEL * GLUON_BWD_WARPS),
-                                         n_chunks)](
+                                         1 if sequence else n_chunks)](
             *pointers, *sizes, u.stride(0), u.stride(1), B.stride(0), B.stride(1),
             dB.stride(0), dB.stride(1), HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
             SOFTPLUS=softplus, CHUNK=chunk, SUB=min(GLUON_SUB, chunk), BLOCK_N=block_n,
-            LPC=GLUON_LANES_PER_CHANNEL, num_warps=GLUON_BWD_WARPS)
+            LPC=GLUON_LANES_PER_CHANNEL, SEQUENCE=sequence, num_warps=GLUON_BWD_WARPS)
     elif BWD_LOOP == "channels":
         grid = (batch, triton.cdiv(dim, BWD_CHANNELS), n_chunks)
         _scan_bwd_channels_kernel[grid](
