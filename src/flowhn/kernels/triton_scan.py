@@ -458,11 +458,15 @@ GLUON_SUB = 8
 # (backward) from one chunk to the next, so neither direction runs its summary and pass kernels (at
 # 16×4096×1024 they take ~0.9 of the scan's ~5.3 ms), at the price of n_chunks times fewer programs.
 # "forward" / "backward": only that direction walks the sequence. FLOWHN_SCAN_WALK sets it for a process.
+# On an H200 (seventh session, experiments/bench/H200.md; bf16, fwd+bwd, same process): "sequence" took
+# 16×4096×1024×16 from 5.338 to 4.493 ms (forward 1.081 -> 0.652) and 16×4096×369×16 from 3.524 to
+# 3.157, and in the 1B bench (same GPU, separate processes) no_split 60,300 -> 62,904 and mamba
+# 38,447 -> 41,535 tok/s: it is the default.
 # Either direction's walk works with the other's: the sequence forward writes the chunk-end states and
 # step totals that the summary and chunk-pass kernels would have. GLUON_SEQUENCE_FWD_MAXNREG: the
 # walking forward's register cap (unbounded, ptxas gives it ~205 registers, so 2 programs an SM; at 128 it
 # spills 36 bytes).
-GLUON_WALK = os.environ.get("FLOWHN_SCAN_WALK", "chunks")
+GLUON_WALK = os.environ.get("FLOWHN_SCAN_WALK", "sequence")
 GLUON_SEQUENCE_FWD_MAXNREG = 128
 
 
