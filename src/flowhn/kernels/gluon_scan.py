@@ -16,12 +16,16 @@ tiles (one column a step) and stored once per block of steps; the backward keeps
 in registers; dB and dC, sums over channels (across threads), go through a double-buffered shared
 product tile and are added to global memory with relaxed atomics every step.
 
-The chunk structure, the entering states and the adjoint carried in from later chunks are those of
-``triton_scan`` (its summary and chunk-pass kernels); only the kernels that produce y, du, dΔ, dz,
-dA, dB, dC, dD, dbias change. Row-major (B, D, pitch) inputs only (``triton_scan``'s default path, the
-one Mamba1Mixer takes). Off unless ``triton_scan.MAIN_KERNELS = "gluon"`` (or FLOWHN_SCAN_KERNELS=gluon):
-on an H200, bf16, forward+backward 6.514 -> 5.337 ms at 16×4096×1024×16 but 3.385 -> 3.518 at L = 369,
-every float64 check passed (experiments/bench/H200.md, sixth session); whole-model rows not yet measured.
+The chunk structure is ``triton_scan``'s. A program either is one chunk (``SEQUENCE=False``: the state
+entering it and the adjoint from later chunks come from ``triton_scan``'s summary and chunk-pass
+kernels) or walks all of its channels' chunks in turn (``SEQUENCE=True``: the state is carried forward
+and the adjoint backward from chunk to chunk, so those kernels do not run; the forward writes the
+chunk-end states and step totals they would have produced). Row-major (B, D, pitch) inputs only
+(``triton_scan``'s default path, the one Mamba1Mixer takes). On a CUDA GPU these are the scan's
+default kernels, walking the sequence (``triton_scan.MAIN_KERNELS``, ``GLUON_WALK``). On an H200,
+bf16, forward+backward at 16×4096×1024×16: Triton's 6.508 ms, these walking chunks 5.338, walking the
+sequence 4.493; at L = 369: 3.377, 3.524, 3.157; every float64 check passed (experiments/bench/H200.md,
+seventh session).
 
 Backward. The adjoint g_t = a_{t+1} g_{t+1} + C_t dy_t runs backwards in time and needs h_t at each
 step. The chunk is cut into sub-chunks of SUB steps: a forward pass keeps the state entering each

@@ -30,6 +30,11 @@ The forward's tile (8 channels × 64 steps, 1 warp) comes from a sweep on an H10
 L=1024 and 384, N=16 in bf16 (scripts/gpu_check_kernels.py --sweep): 7.0 ms forward+backward at
 L=1024 against 8.4 ms for the earlier 8 × 32 tiles. The backward's (64 channels a program, 1 warp,
 looping over channels) from one on an H200 (scripts/gpu_scan_tiles.py; BWD_LOOP below).
+
+On a CUDA GPU the row-major path runs ``gluon_scan``'s main kernels by default, each program walking
+all chunks of its channels, so the summary and chunk-pass kernels run only for the Triton main kernels
+(MAIN_KERNELS, GLUON_WALK below); the Triton kernels here serve the CPU interpreter, the channel-last
+path and ``FLOWHN_SCAN_KERNELS=triton``.
 """
 
 from __future__ import annotations
