@@ -63,17 +63,17 @@ _SCRIPT = textwrap.dedent("""
     results["strided_views_via_dispatch"] = compare(packed, reference_fn("ssd"), inputs)
 
     # The pass over chunks (triton_ssd.STATE_PASS): the cases above ran the default (prefetching, 16
-    # chunks a tile: one tile); here the prefetching one with 2 chunks a tile (5 chunks -> tiles of 2,
-    # 2, 1) and the loop. With recompute the backward runs both directions in one launch.
+    # chunks a tile: one tile); here with 2 chunks a tile (5 chunks -> tiles of 2, 2, 1), with and
+    # without recompute (with it the backward runs both directions in one launch). The loop kernel is
+    # checked against a PyTorch loop in test_both_passes_over_chunks_match_a_pytorch_loop_in_interpreter.
     from flowhn.kernels import triton_ssd
-    kept = triton_ssd.STATE_PASS, triton_ssd.STATE_PASS_CHUNKS
-    for impl, tile in (("prefetch", 2), ("loop", 16)):
-        triton_ssd.STATE_PASS, triton_ssd.STATE_PASS_CHUNKS = impl, tile
-        for recompute in (True, False):
-            inputs = ssd_inputs(1, 70, 4, 16, 2, 32, dtype=torch.float64, seed=11)
-            fn = functools.partial(ssd_triton, chunk_size=16, recompute=recompute)
-            results[f"{impl}_pass_recompute={recompute}"] = compare(fn, reference_fn("ssd"), inputs)
-    triton_ssd.STATE_PASS, triton_ssd.STATE_PASS_CHUNKS = kept
+    kept = triton_ssd.STATE_PASS_CHUNKS
+    triton_ssd.STATE_PASS_CHUNKS = 2
+    for recompute in (True, False):
+        inputs = ssd_inputs(1, 70, 4, 16, 2, 32, dtype=torch.float64, seed=11)
+        fn = functools.partial(ssd_triton, chunk_size=16, recompute=recompute)
+        results[f"prefetch_pass_recompute={recompute}"] = compare(fn, reference_fn("ssd"), inputs)
+    triton_ssd.STATE_PASS_CHUNKS = kept
 
     # Per-step decays down to exp(-800): no exponent may overflow, no masked entry may turn into NaN.
     inputs = ssd_inputs(1, 40, 2, 16, 1, 16, dtype=torch.float64, seed=5)
@@ -246,9 +246,8 @@ def test_triton_ssd_matches_reference_in_interpreter(interpreter_run):
         assert ("dD" in errors[name]) == case[8]
     _assert_close(errors["strided_views_via_dispatch"], 1e-10)
     _assert_close(errors["strong_decay"], 1e-10)
-    for impl in ("prefetch", "loop"):
-        for recompute in (True, False):
-            _assert_close(errors[f"{impl}_pass_recompute={recompute}"], 1e-10)
+    for recompute in (True, False):
+        _assert_close(errors[f"prefetch_pass_recompute={recompute}"], 1e-10)
 
 
 @pytest.mark.skipif(not has_triton, reason="triton is not installed")
