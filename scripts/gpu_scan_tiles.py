@@ -43,12 +43,14 @@ from flowhn.kernels.testing import ScriptLog, errors_against, reference_fn, refe
 # ("channels", chunk, channels a program, warps): _scan_bwd_channels_kernel, the first the kept
 # default; ("states", chunk, channels a block, warps, blocks a program): _scan_bwd_kernel, the first
 # the default before it. On the H200, 2 and 4 warps ran the channels loop 2-5x slower than 1.
-# ("gluon", forward warps, backward warps, backward sub-chunk, walk): gluon_scan's main kernels (forward
-# and backward both), 16 channels a warp, a program a chunk ("chunks") or all of its channels' chunks
-# ("sequence": no summary and chunk-pass kernels; triton_scan.GLUON_WALK).
+# ("gluon", forward warps, backward warps, backward sub-chunk, walk[, lanes]): gluon_scan's main kernels
+# (forward and backward both), a program a chunk ("chunks") or all of its channels' chunks ("sequence":
+# no summary and chunk-pass kernels; triton_scan.GLUON_WALK); lanes a channel (default 2: 16 channels a
+# warp, 8 states a thread; 4: 8 channels a warp, 4 states a thread, so the backward needs 137-168
+# registers instead of 254 and an SM holds 12-14 of its warps instead of 8, H200.md seventh session).
 CANDIDATES = [
-    ("gluon", 4, 2, 8, "chunks"), ("gluon", 4, 2, 8, "sequence"), ("gluon", 2, 2, 8, "sequence"),
-    ("gluon", 4, 1, 8, "sequence"), ("channels", 64, 64, 1), ("gluon", 4, 4, 8, "chunks"),
+    ("gluon", 4, 2, 8, "sequence"), ("gluon", 4, 2, 4, "sequence", 4), ("gluon", 4, 2, 8, "sequence", 4),
+    ("gluon", 4, 2, 8, "chunks"), ("channels", 64, 64, 1), ("gluon", 2, 2, 8, "sequence"),
 ]
 ACCURACY_SHAPE = (2, 1500, 1000, 16)
 TIMING_SHAPES = [(16, 4096, 1024, 16), (16, 4096, 369, 16)]
@@ -70,11 +72,11 @@ def load_before(path: str):
     return module
 
 
-def configure(loop, chunk, channels, warps, sub_blocks=None):
+def configure(loop, chunk, channels, warps, sub_blocks=None, lanes=2):
     triton_scan.MAIN_KERNELS = "gluon" if loop == "gluon" else "triton"
     if loop == "gluon":
         triton_scan.GLUON_FWD_WARPS, triton_scan.GLUON_BWD_WARPS, triton_scan.GLUON_SUB = chunk, channels, warps
-        triton_scan.GLUON_WALK = sub_blocks or "chunks"
+        triton_scan.GLUON_WALK, triton_scan.GLUON_LANES_PER_CHANNEL = sub_blocks or "chunks", lanes
         return triton_scan.selective_scan_triton
     triton_scan.BWD_LOOP = loop
     if loop == "states":
@@ -84,9 +86,10 @@ def configure(loop, chunk, channels, warps, sub_blocks=None):
     return functools.partial(triton_scan.selective_scan_triton, chunk=chunk)
 
 
-def candidate_name(loop, chunk, channels, warps, sub_blocks=None):
+def candidate_name(loop, chunk, channels, warps, sub_blocks=None, lanes=2):
     if loop == "gluon":
-        return f"gluon {sub_blocks or 'chunks'}, fwd {chunk} warps, bwd {channels} warps, sub-chunk {warps}"
+        return (f"gluon {sub_blocks or 'chunks'}, fwd {chunk} warps, bwd {channels} warps, sub-chunk {warps}"
+                + (f", {lanes} lanes a channel" if lanes != 2 else ""))
     if loop == "states":
         return f"states, chunk {chunk}, {channels} ch x {warps} warps x {sub_blocks} blocks"
     return f"channels, chunk {chunk}, {channels} ch a program, {warps} warps"
