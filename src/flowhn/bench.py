@@ -280,10 +280,29 @@ PEERS = {
 
 def measure(make, bench: DictConfig, peak: float | None, name: str = "?") -> tuple[Row, str | None]:
     """The row for one model, and its kernel-time breakdown (Markdown) when ``bench.profile``;
-    ``name`` labels the row when building the model fails."""
-    # Memory earlier rows left allocated is not this row's: subtracted from its peak, and logged. (On an
-    # H200 the same llama row peaked at 37.3 GiB after the mamba row and 41.0 after mamba2's; whether
-    # leftovers explain that was not yet seen.)
+    ``name`` labels the row when building the model fails. Whatever the row allocated is freed before
+    this returns, so the next row's peak starts from what the process holds without it."""
+    try:
+        return _timed_row(make, bench, peak, name)
+    finally:
+        # Here, after _timed_row has returned, nothing references its model, optimizer and step any
+        # more; but a compiled model sits in reference cycles that only a collection frees (on CPU a
+        # tiny compiled llama stays alive after the row until gc.collect()). Collected inside the row,
+        # they lived on until Python's collector next ran, in the middle of the next row: on an H200 a
+        # 1B row started with the last one's 3.88 GiB of fp32 weights still allocated, and subtracting
+        # them made its peak read low (mamba 51.4 against 55.25 GiB as a process's first row).
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        # Every row is a new model: drop the compiled code of the last ones, so no row runs into
+        # dynamo's recompile limit on CausalLM.forward (the on-disk inductor cache stays).
+        torch._dynamo.reset()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _timed_row(make, bench: DictConfig, peak: float | None, name: str) -> tuple[Row, str | None]:
+    # Memory still allocated before the row (a peer's caches, anything not freed above) is not this
+    # row's: subtracted from its peak, and logged.
     carried = torch.cuda.memory_allocated() / 2**30 if torch.device(bench.device).type == "cuda" else 0.0
     try:
         name, model, flops_per_token, vocab, compiled, *options = make()  # peers: no step options
@@ -311,14 +330,6 @@ def measure(make, bench: DictConfig, peak: float | None, name: str = "?") -> tup
     except Exception as exc:  # one broken row must not lose the others
         log.exception("%s failed", name)
         return Row(name, f"error: {type(exc).__name__}: {exc}".splitlines()[0][:80]), None
-    finally:
-        torch.backends.cuda.enable_cudnn_sdp(True)
-        # Every row is a new model: drop the compiled code of the last ones, so no row runs into
-        # dynamo's recompile limit on CausalLM.forward (the on-disk inductor cache stays).
-        torch._dynamo.reset()
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
 
 
 def entry_override(entry: dict) -> str:
