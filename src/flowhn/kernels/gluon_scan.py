@@ -314,13 +314,104 @@ def _scan_bwd_seq_kernel(
             c = gl.program_id(2)
         chunk_at = ((pid_b * DIM + offs_d) * n_chunks + c) * N
         h = gl.load(states_ptr + chunk_at[:, None] - N + offs_n[None, :], mask=m_dn & (c > 0), other=0.0)
-        g, a_next, dA_acc, dD_acc, dbias_acc = _scan_bwd_chunk(
-            u_ptr, delta_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, later_ptr, du_ptr, ddelta_ptr,
-            dz_ptr, dB_ptr, dC_ptr, L, N, n_chunks, su_b, su_d, sB_b, sB_n,
-            ckpt, step_smem, u_smem, dy_smem, B_smem, C_smem, products_even, products_odd,
-            pid_b, c, chunk_at, h, g, a_next, dA_acc, dD_acc, dbias_acc, An, A2, m_dn, offs_n,
-            io_d, io_md, io_s, rows_n, mask_rows_n, rows_s, sum_at, sum_mask, sum_is_B,
-            HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, CHUNK, SUB, BLOCK_D, BLOCK_N, SEQUENCE, state, io, column)
+        # Pass 1: the state entering each sub-chunk.
+        for k in range(SUBS):
+            ckpt.index(k).store(h)
+            io_t = c * CHUNK + k * SUB + io_s
+            _stage_steps(delta_ptr, u_ptr, bias_ptr, step_smem, u_smem, pid_b, io_d, io_md, io_t, io_t < L,
+                         su_b, su_d, HAS_BIAS, SOFTPLUS)
+            rows_t = c * CHUNK + k * SUB + rows_s
+            _stage_rows(B_ptr, B_smem, pid_b, rows_n, mask_rows_n, rows_t, rows_t < L, sB_b, sB_n)
+            gl.thread_barrier()
+            for j in gl.static_range(SUB):
+                step = step_rows.index(j).load(channel)
+                stepu = step * u_rows.index(j).load(channel)
+                h = gl.exp2(A2 * step[:, None]) * h + stepu[:, None] * B_rows.index(j).load(per_state)[None, :]
+            gl.thread_barrier()
+
+        # Pass 2: the sub-chunks last to first, starting with what the next chunk sends back: carried in
+        # (SEQUENCE), or a_s g_s at its first step s as the summary and chunk-pass kernels left it.
+        if not SEQUENCE:
+            g = gl.load(later_ptr + chunk_at[:, None] + N + offs_n[None, :], mask=m_dn & (c + 1 < n_chunks), other=0.0)
+            a_next = gl.full([BLOCK_D, BLOCK_N], 1.0, gl.float32, layout=state)
+        for kk in range(SUBS):
+            k = SUBS - 1 - kk
+            io_t = c * CHUNK + k * SUB + io_s
+            io_mt = io_t < L
+            m = io_md[:, None] & io_mt[None, :]
+            _stage_steps(delta_ptr, u_ptr, bias_ptr, step_smem, u_smem, pid_b, io_d, io_md, io_t, io_mt,
+                         su_b, su_d, HAS_BIAS, SOFTPLUS)
+            _stage_dy(dout_ptr, z_ptr, dy_smem, pid_b, io_d, io_t, m, su_b, su_d, HAS_Z)
+            rows_t = c * CHUNK + k * SUB + rows_s
+            _stage_rows(B_ptr, B_smem, pid_b, rows_n, mask_rows_n, rows_t, rows_t < L, sB_b, sB_n)
+            _stage_rows(C_ptr, C_smem, pid_b, rows_n, mask_rows_n, rows_t, rows_t < L, sB_b, sB_n)
+            gl.thread_barrier()
+            # The sub-chunk's states, kept in registers (SUB tiles), and y for dz.
+            h = ckpt.index(k).load(state)
+            hs = ()
+            y = gl.zeros([BLOCK_D, SUB], gl.float32, layout=io)
+            for j in gl.static_range(SUB):
+                step = step_rows.index(j).load(channel)
+                stepu = step * u_rows.index(j).load(channel)
+                h = gl.exp2(A2 * step[:, None]) * h + stepu[:, None] * B_rows.index(j).load(per_state)[None, :]
+                hs = hs + (h,)
+                if HAS_Z:
+                    y = _put_column(y, io_s, j, gl.sum(h * C_rows.index(j).load(per_state)[None, :], axis=1), io)
+            du = gl.zeros([BLOCK_D, SUB], gl.float32, layout=io)
+            dstep = gl.zeros([BLOCK_D, SUB], gl.float32, layout=io)
+            for r in gl.static_range(SUB - 1, -1, -1):  # the steps, walking backwards
+                step = step_rows.index(r).load(channel)
+                u = u_rows.index(r).load(channel)
+                dy = dy_rows.index(r).load(channel)
+                Bt = B_rows.index(r).load(per_state)[None, :]
+                a = gl.exp2(A2 * step[:, None])
+                g = a_next * g + C_rows.index(r).load(per_state)[None, :] * dy[:, None]
+                h = hs[r]
+                stepu = (step * u)[:, None]
+                # a_t h_{t-1} = h_t - x_t, so dL/da_t · a_t = g (h - x) without h_{t-1}.
+                ga = g * (h - stepu * Bt)
+                dA_acc += ga * step[:, None]
+                gB = gl.sum(g * Bt, axis=1)
+                du = _put_column(du, io_s, r, step * gB, io)
+                dstep = _put_column(dstep, io_s, r, gl.sum(ga * An, axis=1) + u * gB, io)
+                if r % 2 == 0:
+                    buffer = products_even
+                else:
+                    buffer = products_odd
+                buffer.slice(0, BLOCK_N, dim=1).store(g * stepu)
+                buffer.slice(BLOCK_N, BLOCK_N, dim=1).store(h * dy[:, None])
+                gl.thread_barrier()
+                sums = gl.sum(buffer.load(column), axis=0)
+                t = c * CHUNK + k * SUB + r
+                gl.atomic_add(dB_ptr + sum_at + t, sums, mask=sum_mask & sum_is_B & (t < L), sem="relaxed")
+                gl.atomic_add(dC_ptr + sum_at + t, sums, mask=sum_mask & (~sum_is_B) & (t < L), sem="relaxed")
+                a_next = a
+
+            # This sub-chunk's du, dΔ, dz (channels × steps, coalesced).
+            dy = dy_smem.permute([1, 0]).load(io)
+            u = u_smem.permute([1, 0]).load(io)
+            grad_at = pid_b * su_b + io_d[:, None] * su_d + io_t[None, :]
+            if HAS_D:
+                skip = gl.load(D_ptr + io_d, mask=io_md, other=0.0).to(gl.float32)
+                dD_acc += gl.sum(dy * u, axis=1)
+                du += dy * skip[:, None]
+            if HAS_Z:
+                dout = _io_tile(dout_ptr, pid_b, io_d, io_t, m, su_b, su_d)
+                z = _io_tile(z_ptr, pid_b, io_d, io_t, m, su_b, su_d)
+                if HAS_D:
+                    y += skip[:, None] * u
+                sig = _sigmoid(z)
+                gl.store(dz_ptr + grad_at, (dout * y * sig * (1.0 + z * (1.0 - sig))).to(dz_ptr.dtype.element_ty), mask=m)
+            if SOFTPLUS:
+                pre = _io_tile(delta_ptr, pid_b, io_d, io_t, m, su_b, su_d)
+                if HAS_BIAS:
+                    pre += gl.load(bias_ptr + io_d, mask=io_md, other=0.0).to(gl.float32)[:, None]
+                dstep = gl.where(pre <= 20.0, dstep * _sigmoid(pre), dstep)
+            dstep = gl.where(m, dstep, 0.0)
+            dbias_acc += gl.sum(dstep, axis=1)
+            gl.store(du_ptr + grad_at, du.to(du_ptr.dtype.element_ty), mask=m)
+            gl.store(ddelta_ptr + grad_at, dstep.to(ddelta_ptr.dtype.element_ty), mask=m)
+            gl.thread_barrier()
 
     if SEQUENCE:
         part = 0
@@ -335,122 +426,3 @@ def _scan_bwd_seq_kernel(
     if HAS_BIAS:
         gl.store(dbias_ptr + partial_at, dbias_acc, mask=io_md)
 
-
-@gluon.jit
-def _scan_bwd_chunk(
-    u_ptr, delta_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, later_ptr, du_ptr, ddelta_ptr,
-    dz_ptr, dB_ptr, dC_ptr, L, N, n_chunks, su_b, su_d, sB_b, sB_n,
-    ckpt, step_smem, u_smem, dy_smem, B_smem, C_smem, products_even, products_odd,
-    pid_b, c, chunk_at, h, g, a_next, dA_acc, dD_acc, dbias_acc, An, A2, m_dn, offs_n,
-    io_d, io_md, io_s, rows_n, mask_rows_n, rows_s, sum_at, sum_mask, sum_is_B,
-    HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr,
-    CHUNK: gl.constexpr, SUB: gl.constexpr, BLOCK_D: gl.constexpr, BLOCK_N: gl.constexpr, SEQUENCE: gl.constexpr,
-    state: gl.constexpr, io: gl.constexpr, column: gl.constexpr,
-):
-    """The backward of chunk c, entered with the state h before it and (SEQUENCE) the adjoint g and
-    decay a_next carried back from the chunk after it; returns them for the chunk before, and the sums."""
-    SUBS: gl.constexpr = CHUNK // SUB
-    channel: gl.constexpr = gl.SliceLayout(1, state)
-    per_state: gl.constexpr = gl.SliceLayout(0, state)
-    step_rows, u_rows, dy_rows = _rows(step_smem), _rows(u_smem), _rows(dy_smem)
-    B_rows, C_rows = _rows(B_smem), _rows(C_smem)
-
-    # Pass 1: the state entering each sub-chunk.
-    for k in range(SUBS):
-        ckpt.index(k).store(h)
-        io_t = c * CHUNK + k * SUB + io_s
-        _stage_steps(delta_ptr, u_ptr, bias_ptr, step_smem, u_smem, pid_b, io_d, io_md, io_t, io_t < L,
-                     su_b, su_d, HAS_BIAS, SOFTPLUS)
-        rows_t = c * CHUNK + k * SUB + rows_s
-        _stage_rows(B_ptr, B_smem, pid_b, rows_n, mask_rows_n, rows_t, rows_t < L, sB_b, sB_n)
-        gl.thread_barrier()
-        for j in gl.static_range(SUB):
-            step = step_rows.index(j).load(channel)
-            stepu = step * u_rows.index(j).load(channel)
-            h = gl.exp2(A2 * step[:, None]) * h + stepu[:, None] * B_rows.index(j).load(per_state)[None, :]
-        gl.thread_barrier()
-
-    # Pass 2: the sub-chunks last to first, starting with what the next chunk sends back: carried in
-    # (SEQUENCE), or a_s g_s at its first step s as the summary and chunk-pass kernels left it.
-    if not SEQUENCE:
-        g = gl.load(later_ptr + chunk_at[:, None] + N + offs_n[None, :], mask=m_dn & (c + 1 < n_chunks), other=0.0)
-        a_next = gl.full([BLOCK_D, BLOCK_N], 1.0, gl.float32, layout=state)
-    for kk in range(SUBS):
-        k = SUBS - 1 - kk
-        io_t = c * CHUNK + k * SUB + io_s
-        io_mt = io_t < L
-        m = io_md[:, None] & io_mt[None, :]
-        _stage_steps(delta_ptr, u_ptr, bias_ptr, step_smem, u_smem, pid_b, io_d, io_md, io_t, io_mt,
-                     su_b, su_d, HAS_BIAS, SOFTPLUS)
-        _stage_dy(dout_ptr, z_ptr, dy_smem, pid_b, io_d, io_t, m, su_b, su_d, HAS_Z)
-        rows_t = c * CHUNK + k * SUB + rows_s
-        _stage_rows(B_ptr, B_smem, pid_b, rows_n, mask_rows_n, rows_t, rows_t < L, sB_b, sB_n)
-        _stage_rows(C_ptr, C_smem, pid_b, rows_n, mask_rows_n, rows_t, rows_t < L, sB_b, sB_n)
-        gl.thread_barrier()
-        # The sub-chunk's states, kept in registers (SUB tiles), and y for dz.
-        h = ckpt.index(k).load(state)
-        hs = ()
-        y = gl.zeros([BLOCK_D, SUB], gl.float32, layout=io)
-        for j in gl.static_range(SUB):
-            step = step_rows.index(j).load(channel)
-            stepu = step * u_rows.index(j).load(channel)
-            h = gl.exp2(A2 * step[:, None]) * h + stepu[:, None] * B_rows.index(j).load(per_state)[None, :]
-            hs = hs + (h,)
-            if HAS_Z:
-                y = _put_column(y, io_s, j, gl.sum(h * C_rows.index(j).load(per_state)[None, :], axis=1), io)
-        du = gl.zeros([BLOCK_D, SUB], gl.float32, layout=io)
-        dstep = gl.zeros([BLOCK_D, SUB], gl.float32, layout=io)
-        for r in gl.static_range(SUB - 1, -1, -1):  # the steps, walking backwards
-            step = step_rows.index(r).load(channel)
-            u = u_rows.index(r).load(channel)
-            dy = dy_rows.index(r).load(channel)
-            Bt = B_rows.index(r).load(per_state)[None, :]
-            a = gl.exp2(A2 * step[:, None])
-            g = a_next * g + C_rows.index(r).load(per_state)[None, :] * dy[:, None]
-            h = hs[r]
-            stepu = (step * u)[:, None]
-            # a_t h_{t-1} = h_t - x_t, so dL/da_t · a_t = g (h - x) without h_{t-1}.
-            ga = g * (h - stepu * Bt)
-            dA_acc += ga * step[:, None]
-            gB = gl.sum(g * Bt, axis=1)
-            du = _put_column(du, io_s, r, step * gB, io)
-            dstep = _put_column(dstep, io_s, r, gl.sum(ga * An, axis=1) + u * gB, io)
-            if r % 2 == 0:
-                buffer = products_even
-            else:
-                buffer = products_odd
-            buffer.slice(0, BLOCK_N, dim=1).store(g * stepu)
-            buffer.slice(BLOCK_N, BLOCK_N, dim=1).store(h * dy[:, None])
-            gl.thread_barrier()
-            sums = gl.sum(buffer.load(column), axis=0)
-            t = c * CHUNK + k * SUB + r
-            gl.atomic_add(dB_ptr + sum_at + t, sums, mask=sum_mask & sum_is_B & (t < L), sem="relaxed")
-            gl.atomic_add(dC_ptr + sum_at + t, sums, mask=sum_mask & (~sum_is_B) & (t < L), sem="relaxed")
-            a_next = a
-
-        # This sub-chunk's du, dΔ, dz (channels × steps, coalesced).
-        dy = dy_smem.permute([1, 0]).load(io)
-        u = u_smem.permute([1, 0]).load(io)
-        grad_at = pid_b * su_b + io_d[:, None] * su_d + io_t[None, :]
-        if HAS_D:
-            skip = gl.load(D_ptr + io_d, mask=io_md, other=0.0).to(gl.float32)
-            dD_acc += gl.sum(dy * u, axis=1)
-            du += dy * skip[:, None]
-        if HAS_Z:
-            dout = _io_tile(dout_ptr, pid_b, io_d, io_t, m, su_b, su_d)
-            z = _io_tile(z_ptr, pid_b, io_d, io_t, m, su_b, su_d)
-            if HAS_D:
-                y += skip[:, None] * u
-            sig = _sigmoid(z)
-            gl.store(dz_ptr + grad_at, (dout * y * sig * (1.0 + z * (1.0 - sig))).to(dz_ptr.dtype.element_ty), mask=m)
-        if SOFTPLUS:
-            pre = _io_tile(delta_ptr, pid_b, io_d, io_t, m, su_b, su_d)
-            if HAS_BIAS:
-                pre += gl.load(bias_ptr + io_d, mask=io_md, other=0.0).to(gl.float32)[:, None]
-            dstep = gl.where(pre <= 20.0, dstep * _sigmoid(pre), dstep)
-        dstep = gl.where(m, dstep, 0.0)
-        dbias_acc += gl.sum(dstep, axis=1)
-        gl.store(du_ptr + grad_at, du.to(du_ptr.dtype.element_ty), mask=m)
-        gl.store(ddelta_ptr + grad_at, dstep.to(ddelta_ptr.dtype.element_ty), mask=m)
-        gl.thread_barrier()
-    return g, a_next, dA_acc, dD_acc, dbias_acc
