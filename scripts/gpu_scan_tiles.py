@@ -50,7 +50,8 @@ from flowhn.kernels.testing import ScriptLog, errors_against, reference_fn, refe
 # registers instead of 254 and an SM holds 12-14 of its warps instead of 8, H200.md seventh session).
 CANDIDATES = [
     ("gluon", 4, 2, 8, "sequence"), ("gluon", 4, 2, 4, "sequence", 4), ("gluon", 4, 2, 8, "sequence", 4),
-    ("gluon", 4, 2, 8, "chunks"), ("channels", 64, 64, 1), ("gluon", 2, 2, 8, "sequence"),
+    ("gluon", 4, 4, 8, "sequence", 4), ("gluon", 4, 1, 8, "sequence", 4), ("gluon", 4, 4, 4, "sequence", 4),
+    ("gluon", 4, 2, 8, "chunks"),
 ]
 ACCURACY_SHAPE = (2, 1500, 1000, 16)
 TIMING_SHAPES = [(16, 4096, 1024, 16), (16, 4096, 369, 16)]

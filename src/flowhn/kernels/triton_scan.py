@@ -451,11 +451,12 @@ BWD_CHANNEL_WARPS = 1
 # session; in the 1B bench, seventh session, same GPU, mamba 35,447 -> 38,176 tok/s (+7.7 %) and
 # flowhn/fac_split 89,584 -> 90,434 (+0.9 %; its scan 36.7 -> 34.2 ms a step): "gluon" is the default.
 # GLUON_*: warps a program (the backward's 2 were the fastest of 1, 2, 4), lanes a channel (its states
-# split among them: 32 // lanes channels a warp), and the backward's sub-chunk.
+# split among them: 32 // lanes channels a warp; FLOWHN_SCAN_LANES sets it for a process), and the
+# backward's sub-chunk.
 MAIN_KERNELS = os.environ.get("FLOWHN_SCAN_KERNELS", "gluon")
 GLUON_FWD_WARPS = 4
 GLUON_BWD_WARPS = 2
-GLUON_LANES_PER_CHANNEL = 2
+GLUON_LANES_PER_CHANNEL = int(os.environ.get("FLOWHN_SCAN_LANES", "2"))
 GLUON_SUB = 8
 # GLUON_WALK: how the Gluon kernels cover the chunks. "chunks": a program a chunk, fed by the summary
 # and chunk-pass kernels (the entering states; the backward's adjoints from later chunks). "sequence":
@@ -478,6 +479,9 @@ GLUON_SEQUENCE_FWD_MAXNREG = 128
 def _use_gluon(u: torch.Tensor, channel_last: bool, block_n: int) -> bool:
     if MAIN_KERNELS not in ("triton", "gluon"):
         raise ValueError(f"triton_scan.MAIN_KERNELS must be 'triton' or 'gluon', got {MAIN_KERNELS!r}")
+    if GLUON_LANES_PER_CHANNEL not in (1, 2, 4, 8):
+        raise ValueError("triton_scan.GLUON_LANES_PER_CHANNEL (FLOWHN_SCAN_LANES) must be 1, 2, 4 or 8, got "
+                         f"{GLUON_LANES_PER_CHANNEL!r}")
     return (MAIN_KERNELS == "gluon" and u.is_cuda and not channel_last and block_n <= 32
             and os.environ.get("TRITON_INTERPRET", "0") != "1")
 
