@@ -8,7 +8,8 @@
 
 Each argument is a candidate of scripts/gpu_scan_tiles.py (its ``configure`` tuple, comma-separated):
 ``channels,<chunk>,<channels>,<warps>`` or
-``states,<chunk>,<channels>,<warps>,<blocks>``. bf16, B=16, D=4096, L=1024, N=16 unless --shape.
+``states,<chunk>,<channels>,<warps>,<blocks>`` or
+``gluon,<fwd warps>,<bwd warps>,<sub-chunk>,<walk>[,<lanes a channel>]``. bf16, B=16, D=4096, L=1024, N=16 unless --shape.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from flowhn.perf.profile import profile_steps  # noqa: E402
 
 
 def parse(text):
-    loop, *numbers = text.split(",")
-    return (loop, *(int(n) for n in numbers))
+    loop, *fields = text.split(",")
+    return (loop, *(int(f) if f.isdigit() else f for f in fields))
 
 
 def main():
@@ -40,7 +41,7 @@ def main():
     for text in args.candidates:
         candidate = parse(text)
         _, both, _ = scan_calls(configure(*candidate), shape, torch.bfloat16, "cuda")
-        for _ in range(2):  # compile and autotune outside the measured call
+        for _ in range(0 if args.no_profiler else 2):  # compile outside the measured call (ncu: one launch each)
             both()
         torch.cuda.synchronize()
         if args.no_profiler:

@@ -1,0 +1,125 @@
+#!/usr/bin/env python
+"""Where the Gluon scan backward's time goes, without hardware counters: time variants of the kernel
+that leave one stage out, and take differences (H200.md in the device library, "Measuring there").
+
+  PYTHONPATH=src python scripts/gpu_scan_ablate.py [--lanes 2 4] [--shape 16,4096,1024,16]
+
+Each variant is ``gluon_scan.py`` with one text substitution, loaded as its own module and swapped in
+for the real one while it is timed (bf16, triton's do_bench median, forward and forward + backward; the
+backward is their difference). The variants compute WRONG gradients on purpose: they exist only to be
+timed, never to be used (nothing outside this script sees them). A substitution that no longer matches
+the kernel's text is an error, so the script cannot silently time the unmodified kernel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+import tempfile
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gpu_scan_tiles import configure, timings  # noqa: E402
+
+import flowhn.kernels as kernels_package  # noqa: E402
+from flowhn.kernels import gluon_scan  # noqa: E402
+
+DB_DC_ATOMICS = '''                gl.atomic_add(dB_ptr + sum_at + t, sums, mask=sum_mask & sum_is_B & (t < L), sem="relaxed")
+                gl.atomic_add(dC_ptr + sum_at + t, sums, mask=sum_mask & (~sum_is_B) & (t < L), sem="relaxed")
+'''
+DB_DC_STEP = '''                if r % 2 == 0:
+                    buffer = products_even
+                else:
+                    buffer = products_odd
+                buffer.slice(0, BLOCK_N, dim=1).store(g * stepu)
+                buffer.slice(BLOCK_N, BLOCK_N, dim=1).store(h * dy[:, None])
+                gl.thread_barrier()
+                sums = gl.sum(buffer.load(column), axis=0)
+                t = c * CHUNK + k * SUB + r
+''' + DB_DC_ATOMICS
+STATE_STEP = "h = gl.exp2(A2 * step[:, None]) * h + stepu[:, None] * B_rows.index(j).load(per_state)[None, :]"
+WALK_DECAY = "a = gl.exp2(A2 * step[:, None])\n                g = a_next"
+
+# (name, [(text, replacement, occurrences to replace: 0 = all)]). Differences against "kernel as is":
+VARIANTS = [
+    ("kernel as is", []),
+    ("dB/dC: sums kept, no atomics (summed in registers)", [
+        (DB_DC_ATOMICS, "                keep += sums\n", 1),
+        ("    dbias_acc = gl.zeros(",
+         "    keep = gl.zeros([2 * BLOCK_N], gl.float32, layout=gl.SliceLayout(0, column))\n    dbias_acc = gl.zeros(", 1),
+        ("    if HAS_BIAS:\n        gl.store(dbias_ptr", "    gl.store(dB_ptr + sum_at, keep, mask=sum_mask)\n"
+         "    if HAS_BIAS:\n        gl.store(dbias_ptr", 1)]),
+    ("dB/dC: none (no products, barrier, sums, atomics)", [(DB_DC_STEP, "", 1)]),
+    ("checkpoint pass: no state update (loads and stores kept)", [(STATE_STEP, "h = h + stepu[:, None]", 1)]),
+    ("walk: decay a without its exponential", [(WALK_DECAY, "a = A2 * step[:, None] + 1.0\n                g = a_next", 1)]),
+    ("recompute: no state update (y kept)", [(STATE_STEP, "h = h * step[:, None] + stepu[:, None]", 2)]),
+]
+
+
+def variant_module(replacements, index):
+    source = open(gluon_scan.__file__).read()
+    for text, replacement, occurrence in replacements:
+        found = source.count(text)
+        if found < max(occurrence, 1):
+            raise SystemExit(f"variant {index}: substitution no longer matches gluon_scan.py: {text[:80]!r}")
+        if occurrence <= 1:
+            source = source.replace(text, replacement, 1)
+        else:  # replace only the occurrence-th one
+            head, *rest = source.split(text)
+            source = head + text.join(rest[:occurrence - 1]) + replacement + text.join(rest[occurrence - 1:])
+    folder = tempfile.mkdtemp()
+    path = os.path.join(folder, f"gluon_scan_ablated_{index}.py")
+    with open(path, "w") as f:
+        f.write(source)  # gluon.jit reads each kernel's source from its file
+    spec = importlib.util.spec_from_file_location(f"gluon_scan_ablated_{index}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def backward_build(module):
+    """'registers/spilled bytes/shared KB' of the module's last-built backward kernel (read after a launch)."""
+    builds = [k for caches in module._scan_bwd_seq_kernel.device_caches.values() for k in caches[0].values()]
+    if not builds:
+        return "?"
+    k = builds[-1]
+    return f"{k.n_regs}/{k.n_spills}/{k.metadata.shared / 1024:.0f}"
+
+
+def use(module):
+    sys.modules["flowhn.kernels.gluon_scan"] = module
+    kernels_package.gluon_scan = module
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lanes", type=int, nargs="+", default=[2, 4])
+    parser.add_argument("--shape", default="16,4096,1024,16", help="B,D,L,N")
+    args = parser.parse_args()
+    shape = tuple(int(v) for v in args.shape.split(","))
+    modules = [variant_module(replacements, i) for i, (_, replacements) in enumerate(VARIANTS)]
+    rows = []
+    for lanes in args.lanes:
+        fn = configure("gluon", 4, 2, 8, "sequence", lanes)
+        for (name, _), module in zip(VARIANTS, modules):
+            use(module)
+            fwd, both = timings(fn, shape)
+            build = backward_build(module)
+            module._scan_bwd_seq_kernel.device_caches.clear()  # the next lanes' build is read fresh
+            rows.append((lanes, name, fwd, both - fwd, build))
+            print(f"lanes {lanes}  {name:58s} fwd {fwd:.3f}  bwd {both - fwd:.3f} ms  {build}", flush=True)
+    use(gluon_scan)
+    print(f"\n{torch.cuda.get_device_name()}, bf16 {shape}, walking the sequence, fwd 4 warps, bwd 2 warps, "
+          "sub-chunk 8; ms (median); bwd = fwd+bwd - fwd; Δ = the variant's bwd - the kernel's; the backward "
+          "kernel's registers a thread / spilled bytes / shared KB a program")
+    print("| lanes a channel | variant | fwd | bwd | Δ bwd | bwd build |\n|---:|---|---:|---:|---:|---|")
+    base = {lanes: bwd for lanes, name, _, bwd, _ in rows if name == VARIANTS[0][0]}
+    for lanes, name, fwd, bwd, build in rows:
+        print(f"| {lanes} | {name} | {fwd:.3f} | {bwd:.3f} | {bwd - base[lanes]:+.3f} | {build} |")
+
+
+if __name__ == "__main__":
+    main()
