@@ -27,8 +27,11 @@ from gpu_scan_tiles import configure, timings  # noqa: E402
 import flowhn.kernels as kernels_package  # noqa: E402
 from flowhn.kernels import gluon_scan  # noqa: E402
 
-DB_DC_ATOMICS = '''                gl.atomic_add(dB_ptr + sum_at + t, sums, mask=sum_mask & sum_is_B & (t < L), sem="relaxed")
-                gl.atomic_add(dC_ptr + sum_at + t, sums, mask=sum_mask & (~sum_is_B) & (t < L), sem="relaxed")
+DB_DC_ATOMICS = '''                if PARTIALS:
+                    gl.store(dB_ptr + sum_at + t * sum_step, sums, mask=sum_mask & (t < L))
+                else:
+                    gl.atomic_add(dB_ptr + sum_at + t, sums, mask=sum_mask & sum_is_B & (t < L), sem="relaxed")
+                    gl.atomic_add(dC_ptr + sum_at + t, sums, mask=sum_mask & (~sum_is_B) & (t < L), sem="relaxed")
 '''
 DB_DC_STEP = '''                if r % 2 == 0:
                     buffer = products_even
@@ -46,7 +49,7 @@ WALK_DECAY = "a = gl.exp2(A2 * step[:, None])\n                g = a_next"
 # (name, [(text, replacement, occurrences to replace: 0 = all)]). Differences against "kernel as is":
 VARIANTS = [
     ("kernel as is", []),
-    ("dB/dC: sums kept, no atomics (summed in registers)", [
+    ("dB/dC: sums kept, neither atomics nor stores (summed in registers)", [
         (DB_DC_ATOMICS, "                keep += sums\n", 1),
         ("    dbias_acc = gl.zeros(",
          "    keep = gl.zeros([2 * BLOCK_N], gl.float32, layout=gl.SliceLayout(0, column))\n    dbias_acc = gl.zeros(", 1),

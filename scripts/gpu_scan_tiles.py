@@ -47,11 +47,12 @@ from flowhn.kernels.testing import ScriptLog, errors_against, reference_fn, refe
 # (forward and backward both), a program a chunk ("chunks") or all of its channels' chunks ("sequence":
 # no summary and chunk-pass kernels; triton_scan.GLUON_WALK); lanes a channel (default 2: 16 channels a
 # warp, 8 states a thread; 4: 8 channels a warp, 4 states a thread, so the backward needs 137-168
-# registers instead of 254 and an SM holds 12-14 of its warps instead of 8, H200.md seventh session).
+# registers instead of 254 and an SM holds 12-14 of its warps instead of 8, H200.md seventh session;
+# timed in the eighth: slower at L=1024, 4.29 against 3.85 ms)[, dB/dC: "atomics" or "partials",
+# triton_scan.GLUON_DB_DC].
 CANDIDATES = [
-    ("gluon", 4, 2, 8, "sequence"), ("gluon", 4, 2, 4, "sequence", 4), ("gluon", 4, 2, 8, "sequence", 4),
-    ("gluon", 4, 4, 8, "sequence", 4), ("gluon", 4, 1, 8, "sequence", 4), ("gluon", 4, 4, 4, "sequence", 4),
-    ("gluon", 4, 2, 8, "chunks"),
+    ("gluon", 4, 2, 8, "sequence"), ("gluon", 4, 2, 8, "sequence", 2, "partials"),
+    ("gluon", 4, 2, 8, "sequence", 4, "partials"), ("gluon", 4, 2, 8, "chunks"),
 ]
 ACCURACY_SHAPE = (2, 1500, 1000, 16)
 TIMING_SHAPES = [(16, 4096, 1024, 16), (16, 4096, 369, 16)]
@@ -73,11 +74,12 @@ def load_before(path: str):
     return module
 
 
-def configure(loop, chunk, channels, warps, sub_blocks=None, lanes=2):
+def configure(loop, chunk, channels, warps, sub_blocks=None, lanes=2, db_dc="atomics"):
     triton_scan.MAIN_KERNELS = "gluon" if loop == "gluon" else "triton"
     if loop == "gluon":
         triton_scan.GLUON_FWD_WARPS, triton_scan.GLUON_BWD_WARPS, triton_scan.GLUON_SUB = chunk, channels, warps
         triton_scan.GLUON_WALK, triton_scan.GLUON_LANES_PER_CHANNEL = sub_blocks or "chunks", lanes
+        triton_scan.GLUON_DB_DC = db_dc
         return triton_scan.selective_scan_triton
     triton_scan.BWD_LOOP = loop
     if loop == "states":
@@ -87,10 +89,10 @@ def configure(loop, chunk, channels, warps, sub_blocks=None, lanes=2):
     return functools.partial(triton_scan.selective_scan_triton, chunk=chunk)
 
 
-def candidate_name(loop, chunk, channels, warps, sub_blocks=None, lanes=2):
+def candidate_name(loop, chunk, channels, warps, sub_blocks=None, lanes=2, db_dc="atomics"):
     if loop == "gluon":
         return (f"gluon {sub_blocks or 'chunks'}, fwd {chunk} warps, bwd {channels} warps, sub-chunk {warps}"
-                + (f", {lanes} lanes a channel" if lanes != 2 else ""))
+                + (f", {lanes} lanes a channel" if lanes != 2 else "") + (f", dB/dC {db_dc}" if db_dc != "atomics" else ""))
     if loop == "states":
         return f"states, chunk {chunk}, {channels} ch x {warps} warps x {sub_blocks} blocks"
     return f"channels, chunk {chunk}, {channels} ch a program, {warps} warps"

@@ -300,14 +300,18 @@ GPU_TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
 @pytest.mark.skipif(not has_triton, reason="triton is not installed")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("kernels", ["triton-states", "triton-channels", "gluon-chunks", "gluon-sequence",
-                                     "gluon-forward", "gluon-backward"])
+                                     "gluon-forward", "gluon-backward", "gluon-partials"])
 def test_triton_selective_scan_gpu(dtype, kernels, monkeypatch):
     """triton-*: the Triton main kernels with either backward loop; gluon-*: the Gluon ones with each
-    GLUON_WALK (which directions walk every chunk in one program)."""
+    GLUON_WALK (which directions walk every chunk in one program); gluon-partials: walking the sequence,
+    dB and dC from stored per-program sums instead of atomics (GLUON_DB_DC)."""
     import flowhn.kernels.triton_scan as triton_scan
 
     main, _, option = kernels.partition("-")
     monkeypatch.setattr(triton_scan, "MAIN_KERNELS", main)
+    if option == "partials":
+        monkeypatch.setattr(triton_scan, "GLUON_DB_DC", option)
+        option = "sequence"
     monkeypatch.setattr(triton_scan, "BWD_LOOP" if main == "triton" else "GLUON_WALK", option)
     # 1500 channels: not a multiple of any channel tile; 1000 steps: not a multiple of the chunk.
     inputs = _scan_case((2, 1500, 1000, 16), "all", dtype=dtype, device="cuda", seed=11)
@@ -318,16 +322,19 @@ def test_triton_selective_scan_gpu(dtype, kernels, monkeypatch):
 @pytest.mark.gpu
 @cuda
 @pytest.mark.skipif(not has_triton, reason="triton is not installed")
-@pytest.mark.parametrize("walk", ["chunks", "sequence"])
+@pytest.mark.parametrize("walk", ["chunks", "sequence", "sequence-partials"])
 @pytest.mark.parametrize("shape", [(3, 100, 37, 9), (1, 70, 130, 16)], ids=str)
 @pytest.mark.parametrize("flags", list(SCAN_FLAGS))
 def test_gluon_scan_walks_match_reference_gpu(walk, shape, flags, monkeypatch):
     """The Gluon kernels in fp32 at shapes off their tiles: one partial chunk (37 steps), three (130),
-    9 states of a 16-wide block, and every combination of D, z, delta bias and softplus."""
+    9 states of a 16-wide block, and every combination of D, z, delta bias and softplus; dB and dC by
+    atomics and (-partials) by stored per-program sums (GLUON_DB_DC)."""
     import flowhn.kernels.triton_scan as triton_scan
 
+    walk, _, partials = walk.partition("-")
     monkeypatch.setattr(triton_scan, "MAIN_KERNELS", "gluon")
     monkeypatch.setattr(triton_scan, "GLUON_WALK", walk)
+    monkeypatch.setattr(triton_scan, "GLUON_DB_DC", partials or "atomics")
     inputs = _scan_case(shape, flags, dtype=torch.float32, device="cuda", seed=sum(shape))
     errors = compare(functools.partial(selective_scan, backend="triton"), reference_fn("selective_scan"), inputs)
     assert_errors_below(errors, GPU_TOL[torch.float32])
@@ -415,7 +422,8 @@ def test_gluon_scan_kernels_compile_for_sm90():
     from flowhn.kernels import triton_scan
 
     kernels = ((gluon_scan._scan_fwd_seq_kernel, dict(UNROLL=8), triton_scan.GLUON_FWD_WARPS),
-               (gluon_scan._scan_bwd_seq_kernel, dict(SUB=8), triton_scan.GLUON_BWD_WARPS))
+               (gluon_scan._scan_bwd_seq_kernel, dict(SUB=8, PARTIALS=False), triton_scan.GLUON_BWD_WARPS),
+               (gluon_scan._scan_bwd_seq_kernel, dict(SUB=8, PARTIALS=True), triton_scan.GLUON_BWD_WARPS))
     for (fn, extra, warps), sequence in itertools.product(kernels, (False, True)):
         constexprs = dict(flags, SEQUENCE=sequence, **extra)
         signature = {name: "constexpr" if name in constexprs else

@@ -13,6 +13,9 @@ Implementations (``impl``):
   the gradients of ``hidden`` and ``weight`` (two more GEMMs). Only those two gradients are kept for
   the backward, which scales them by the incoming gradient. Plain PyTorch, so ``torch.compile`` fuses
   the per-chunk softmax work and traces it into the surrounding graph.
+* ``triton`` (ours, CUDA): the same scheme as one ``torch.library`` custom op with a Triton kernel for
+  the rows (``flowhn.kernels.triton_cross_entropy``): no host sync, so a compiled model keeps it in its
+  graph and its CUDA graph.
 * ``liger``: liger-kernel's ``LigerFusedLinearCrossEntropyFunction`` (the same scheme, Triton
   cross-entropy kernel; CUDA only; calls ``.item()``, so it breaks a compiled graph).
 * ``cce``: Apple's cut-cross-entropy (logits never leave SRAM; the backward recomputes them; CUDA
@@ -33,14 +36,15 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
 
 import torch
 import torch.nn.functional as F
 
 IGNORE_INDEX = -100
-IMPLS = ("auto", "chunked", "liger", "cce", "reference")
+IMPLS = ("auto", "triton", "chunked", "liger", "cce", "reference")
 # What the ``fused_loss`` setting (train.py, the bench) may name besides auto, true and false.
-FUSED_LOSS_IMPLS = ("liger", "chunked", "cce")
+FUSED_LOSS_IMPLS = ("triton", "liger", "chunked", "cce")
 
 
 def fused_loss_impl(setting, device_type: str) -> str | None:
@@ -207,6 +211,12 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     impl = resolve_impl(impl, hidden.device.type)
     if impl == "chunked":
         return linear_cross_entropy_chunked(hidden, weight, labels, ignore_index)
+    if impl == "triton":
+        if hidden.device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
+            raise ValueError("fused loss 'triton' needs a CUDA device (or TRITON_INTERPRET=1)")
+        from flowhn.kernels.triton_cross_entropy import linear_cross_entropy_triton
+
+        return linear_cross_entropy_triton(hidden, weight, labels, ignore_index, _compute_dtype(hidden, weight))
     if impl == "reference":
         return linear_cross_entropy_reference(hidden, weight, labels, ignore_index)
     if impl in ("liger", "cce"):

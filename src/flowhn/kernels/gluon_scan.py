@@ -246,9 +246,12 @@ def _scan_bwd_seq_kernel(
     DIM, L, N, n_chunks, su_b, su_d, sB_b, sB_n, sdB_b, sdB_n,
     HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr,
     CHUNK: gl.constexpr, SUB: gl.constexpr, BLOCK_N: gl.constexpr, LPC: gl.constexpr, SEQUENCE: gl.constexpr,
+    PARTIALS: gl.constexpr,
 ):
     """Gradients for (32 // LPC)·warps channels. u, delta, z, dout, du, ddelta, dz share strides (su_*); B
-    and C (sB_*); dB, dC are (B, N, ·) fp32 with unit step stride, added to atomically. SEQUENCE: the
+    and C (sB_*); dB, dC are (B, N, ·) fp32 with unit step stride, added to atomically, or, with PARTIALS,
+    dB_ptr is (B, channel blocks, L, 2·BLOCK_N) fp32 and gets each program's sums (dB's states, then dC's),
+    stored, for the caller to add up over the blocks (no atomics; dC_ptr is not used). SEQUENCE: the
     program walks every chunk, last to first (grid (B, channel blocks, 1)), carrying the adjoint from one
     chunk into the one before (``later_ptr`` is not read), and dA (B, D, 1, N), dD and dbias (B, D, 1)
     get its sums; else it is one chunk (grid (..., chunks)), starts from the adjoint ``later_ptr`` holds
@@ -276,8 +279,13 @@ def _scan_bwd_seq_kernel(
     sum_n = gl.arange(0, 2 * BLOCK_N, layout=gl.SliceLayout(0, column))
     sum_is_B = sum_n < BLOCK_N
     sum_state = gl.where(sum_is_B, sum_n, sum_n - BLOCK_N)
-    sum_at = pid_b * sdB_b + sum_state * sdB_n
     sum_mask = sum_state < N
+    if PARTIALS:  # this program's sums at dB_ptr[b, channel block, t, 2·BLOCK_N]: plain stores
+        sum_at = ((pid_b * gl.num_programs(1) + gl.program_id(1)) * L) * (2 * BLOCK_N) + sum_n
+        sum_step = 2 * BLOCK_N
+    else:  # added into dB (B, N, ·) and dC atomically
+        sum_at = pid_b * sdB_b + sum_state * sdB_n
+        sum_step = 1
 
     ckpt = gl.allocate_shared_memory(gl.float32, [SUBS, BLOCK_D, BLOCK_N], plain)
     step_smem = gl.allocate_shared_memory(gl.float32, [SUB, BLOCK_D], plain)
@@ -383,8 +391,11 @@ def _scan_bwd_seq_kernel(
                 gl.thread_barrier()
                 sums = gl.sum(buffer.load(column), axis=0)
                 t = c * CHUNK + k * SUB + r
-                gl.atomic_add(dB_ptr + sum_at + t, sums, mask=sum_mask & sum_is_B & (t < L), sem="relaxed")
-                gl.atomic_add(dC_ptr + sum_at + t, sums, mask=sum_mask & (~sum_is_B) & (t < L), sem="relaxed")
+                if PARTIALS:
+                    gl.store(dB_ptr + sum_at + t * sum_step, sums, mask=sum_mask & (t < L))
+                else:
+                    gl.atomic_add(dB_ptr + sum_at + t, sums, mask=sum_mask & sum_is_B & (t < L), sem="relaxed")
+                    gl.atomic_add(dC_ptr + sum_at + t, sums, mask=sum_mask & (~sum_is_B) & (t < L), sem="relaxed")
                 a_next = a
 
             # This sub-chunk's du, dΔ, dz (channels × steps, coalesced).

@@ -42,37 +42,16 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from flowhn.kernels import triton_interpreter  # noqa: F401  (patches the CPU interpreter where it runs)
+
 LOG2E = tl.constexpr(1.4426950408889634)  # jit code may only read constexpr globals
 
 
-def _fix_interpreter_loop_bounds() -> None:
-    """Triton 3.6's CPU interpreter (TRITON_INTERPRET=1) turns a runtime loop bound into a 1-element
-    numpy array and calls int() on it, which NumPy >= 2.3 refuses. Patch that one conversion; the
-    compiled GPU path never goes through it."""
-    try:
-        int(np.zeros(1))
-        return
-    except TypeError:
-        pass
-    from triton.runtime import interpreter
-
-    patch_tensor = interpreter._patch_lang_tensor
-
-    def patched(tensor, scope):
-        patch_tensor(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
-
-    interpreter._patch_lang_tensor = patched
-
-
-if os.environ.get("TRITON_INTERPRET", "0") == "1":
-    _fix_interpreter_loop_bounds()
 
 
 @triton.jit
@@ -473,12 +452,20 @@ GLUON_SUB = 8
 # walking forward's register cap (unbounded, ptxas gives it ~205 registers, so 2 programs an SM; at 128 it
 # spills 36 bytes).
 GLUON_WALK = os.environ.get("FLOWHN_SCAN_WALK", "sequence")
+# GLUON_DB_DC: how the Gluon backward's per-step sums over its channels reach dB and dC. "atomics": added
+# into them with relaxed atomics (one per state, step and program: 67M at 16×4096×1024×16). "partials":
+# stored, a (B, channel blocks, L, 2N) fp32 buffer, then summed over the blocks (268 MB at that shape).
+# On an H200 (eighth session, scripts/gpu_scan_ablate.py) the atomics took 0.58 of the backward's 3.86 ms.
+# FLOWHN_SCAN_DB_DC sets it for a process.
+GLUON_DB_DC = os.environ.get("FLOWHN_SCAN_DB_DC", "atomics")
 GLUON_SEQUENCE_FWD_MAXNREG = 128
 
 
 def _use_gluon(u: torch.Tensor, channel_last: bool, block_n: int) -> bool:
     if MAIN_KERNELS not in ("triton", "gluon"):
         raise ValueError(f"triton_scan.MAIN_KERNELS must be 'triton' or 'gluon', got {MAIN_KERNELS!r}")
+    if GLUON_DB_DC not in ("atomics", "partials"):
+        raise ValueError(f"triton_scan.GLUON_DB_DC (FLOWHN_SCAN_DB_DC) must be 'atomics' or 'partials', got {GLUON_DB_DC!r}")
     if GLUON_LANES_PER_CHANNEL not in (1, 2, 4, 8):
         raise ValueError("triton_scan.GLUON_LANES_PER_CHANNEL (FLOWHN_SCAN_LANES) must be 1, 2, 4 or 8, got "
                          f"{GLUON_LANES_PER_CHANNEL!r}")
@@ -634,7 +621,13 @@ def _scan_bwd(dout: _Tensor, u: _Tensor, delta: _Tensor, A: _Tensor, B: _Tensor,
     dA = states.new_empty(batch, dim, parts, state)
     dD = totals.new_empty(batch, dim, parts) if D is not None else None
     dbias = totals.new_empty(batch, dim, parts) if delta_bias is not None else None
-    dB, dC = torch.zeros(B.shape, **f32), torch.zeros(C.shape, **f32)
+    partials = gluon and GLUON_DB_DC == "partials"
+    if partials:  # the per-program sums, added up below
+        channel_blocks = triton.cdiv(dim, 32 // GLUON_LANES_PER_CHANNEL * GLUON_BWD_WARPS)
+        dB = torch.empty(batch, channel_blocks, length, 2 * block_n, **f32)
+        dC = dB
+    else:
+        dB, dC = torch.zeros(B.shape, **f32), torch.zeros(C.shape, **f32)
     if gluon:
         dout = dout if dout.stride() == u.stride() else dout.contiguous()
     pointers = (u, delta, A, B, C, _or(D, u), _or(z, u), _or(delta_bias, u), dout, states, later,
@@ -652,7 +645,11 @@ def _scan_bwd(dout: _Tensor, u: _Tensor, delta: _Tensor, A: _Tensor, B: _Tensor,
             *pointers, *sizes, u.stride(0), u.stride(1), B.stride(0), B.stride(1),
             dB.stride(0), dB.stride(1), HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
             SOFTPLUS=softplus, CHUNK=chunk, SUB=min(GLUON_SUB, chunk), BLOCK_N=block_n,
-            LPC=GLUON_LANES_PER_CHANNEL, SEQUENCE=sequence, num_warps=GLUON_BWD_WARPS)
+            LPC=GLUON_LANES_PER_CHANNEL, SEQUENCE=sequence, PARTIALS=partials, num_warps=GLUON_BWD_WARPS)
+        if partials:  # (B, L, 2·BLOCK_N) -> dB, dC as (B, N, pitch), like B and C
+            sums = dB.sum(1).transpose(1, 2)
+            dB, dC = torch.zeros(B.shape, **f32), torch.zeros(C.shape, **f32)
+            dB[..., :length], dC[..., :length] = sums[:, :state], sums[:, block_n:block_n + state]
     elif BWD_LOOP == "channels":
         grid = (batch, triton.cdiv(dim, BWD_CHANNELS), n_chunks)
         _scan_bwd_channels_kernel[grid](
