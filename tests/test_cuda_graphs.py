@@ -100,7 +100,7 @@ class SyncsPerStep(L.Callback):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("fused_loss", ["chunked", "liger"])
+@pytest.mark.parametrize("fused_loss", ["triton", "chunked", "liger"])
 def test_training_steps_wait_for_the_gpu_only_when_the_progress_bar_redraws(fused_loss):
     """Forward, the NaN check of the loss, backward, clipping, the fused AdamW with its found_inf, the
     scheduler and logging queue their work without one host-device sync; only the progress bar's

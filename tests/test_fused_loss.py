@@ -103,8 +103,12 @@ def test_compiles_to_one_graph():
                      loss_and_grads(full_logits, hidden, weight, labels), rtol=1e-5, atol=1e-6)
 
 
-def test_dispatch_errors_name_the_problem():
+def test_dispatch_errors_name_the_problem(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     hidden, weight, labels = make_inputs()
+    with pytest.raises(ValueError, match="fused loss 'triton' needs a CUDA device"):
+        linear_cross_entropy(hidden, weight, labels, impl="triton")
+    assert ce.resolve_impl("auto", "cuda") == "triton" and ce.resolve_impl("auto", "cpu") == "chunked"
     with pytest.raises(ValueError, match="unknown impl 'fast'"):
         linear_cross_entropy(hidden, weight, labels, impl="fast")
     with pytest.raises(ValueError, match="fused loss 'liger' is not available: it needs a CUDA device"):

@@ -79,8 +79,8 @@ def make_train_step(model, vocab: int, batch: int, seq_len: int, compiled, devic
     """One training step (forward, loss, backward, fused AdamW) on fixed random tokens. A compiled
     row (``compiled``: True, or its torch.compile mode) compiles its loss too: the fp32 log-softmax
     over the vocabulary is then fused, not eager. ``fused``: our models' fused LM head + loss, as
-    train.py runs it on GPU, by implementation (``fused_loss_impl``: ``auto``, ``liger``, ``chunked``,
-    ``cce``); None keeps the full logits. ``optimizer_in_graph``: AdamW's step compiled in the row's mode
+    train.py runs it on GPU, by implementation (``fused_loss_impl``: ``auto``, ``triton``, ``liger``,
+    ``chunked``, ``cce``); None keeps the full logits. ``optimizer_in_graph``: AdamW's step compiled in the row's mode
     too (under reduce-overhead: one more CUDA graph, recorded after the backward's) instead of the fused
     CUDA AdamW launched eagerly. On CPU (tests, the ladder's format) the step runs in fp32 without autocast."""
     on_gpu = torch.device(device).type == "cuda"

@@ -21,9 +21,11 @@ Implementations (``impl``):
 * ``cce``: Apple's cut-cross-entropy (logits never leave SRAM; the backward recomputes them; CUDA
   only). ``filter_eps=None``, so its gradient is exact rather than filtered.
 * ``reference``: full logits and ``F.cross_entropy``.
-* ``auto``: ``liger`` on CUDA where liger-kernel imports, else ``chunked``. Measured on an H200
-  (scripts/gpu_speed.py, 16,384 tokens, 576 → 49,152, bf16, forward + backward): today's full logits
-  with a compiled cross-entropy 6.02 ms and 3.07 GiB above the inputs; liger (chunk_mem_const=8)
+* ``auto``: ``triton`` on CUDA, else ``chunked``. In the 135M bench on an H200 (eighth session, CUDA
+  graphs, same process), liger → triton: llama 328,251 → 344,599 tok/s (GPU busy 89 → 96 %), FlowHN
+  FAC_Split 357,636 → 385,333 (88 → 95 %); at 1B (no CUDA graphs) llama 77,530 → 77,655. The loss
+  alone, earlier (scripts/gpu_speed.py, 16,384 tokens, 576 → 49,152, bf16, forward + backward, an H200
+  ): full logits with a compiled cross-entropy 6.02 ms and 3.07 GiB above the inputs; liger (chunk_mem_const=8)
   6.61 ms and 0.38 GiB; ours chunked, compiled 7.55 ms and 3.32 GiB (inductor keeps the chunks'
   buffers alive), eager 22.3 ms; cut-cross-entropy 18.9 ms and 0.18 GiB. All exact to bf16 rounding.
 
@@ -192,9 +194,9 @@ def import_problem(impl: str) -> str | None:
 # Under torch.compile the choice is taken once, at trace time (an import probe would break the graph).
 @torch.compiler.assume_constant_result
 def resolve_impl(impl: str, device_type: str) -> str:
-    """The implementation ``impl`` means on ``device_type``: ``auto`` is liger on CUDA when it imports."""
+    """The implementation ``impl`` means on ``device_type``: ``auto`` is ours in Triton on CUDA, else chunked."""
     if impl == "auto":
-        return "liger" if device_type == "cuda" and import_problem("liger") is None else "chunked"
+        return "triton" if device_type == "cuda" else "chunked"
     return impl
 
 

@@ -22,9 +22,13 @@ import triton.language as tl
 
 from flowhn.kernels import triton_interpreter  # noqa: F401  (patches the CPU interpreter where it runs)
 
-# Logit elements a chunk holds (in the compute dtype): 2**27 is 256 MiB in bf16, 6 chunks at 135M's
-# 16,384 tokens × 49,152 words.
-CHUNK_ELEMENTS = 2**27
+# Logit elements a chunk holds (in the compute dtype): 2**26 is 128 MiB in bf16, 12 chunks at 135M's
+# 16,384 tokens × 49,152 words. (2**27 ran 135M llama at the same speed with 0.28 GiB more peak than
+# liger-kernel's chunks, eighth session.)
+CHUNK_ELEMENTS = 2**26
+# addmm with an fp32 output from bf16 inputs, accumulating in place (torch >= 2.9 has the overload):
+# no (vocab × d) fp32 temporary per chunk.
+_ADDMM_OUT_DTYPE = "dtype_out" in torch.ops.aten.addmm.overloads()
 BLOCK_V = 4096
 NUM_WARPS = 8
 
@@ -103,7 +107,12 @@ def _chunks(hidden, w, labels, ignore_index, compute_dtype, with_grads, losses, 
                                       vocab, ignore_index, BLOCK_V=BLOCK_V, WITH_GRAD=with_grads, num_warps=NUM_WARPS)
         if with_grads:  # logits now hold d loss / d logits
             grad_hidden[start:stop] = logits @ w
-            grad_weight += torch.mm(logits.T, h, out_dtype=torch.float32) if fp32_out else (logits.T @ h).float()
+            if fp32_out and _ADDMM_OUT_DTYPE:
+                torch.addmm(grad_weight, logits.T, h, out_dtype=torch.float32, out=grad_weight)
+            elif fp32_out:
+                grad_weight += torch.mm(logits.T, h, out_dtype=torch.float32)
+            else:
+                grad_weight += (logits.T @ h).float()
 
 
 @_linear_cross_entropy.register_fake
