@@ -34,7 +34,7 @@ NUM_WARPS = 8
 
 
 @triton.jit
-def _rows_kernel(logits_ptr, stride_row, labels_ptr, loss_ptr, inv_valid_ptr, V, ignore_index,
+def _cross_entropy_rows_kernel(logits_ptr, stride_row, labels_ptr, loss_ptr, inv_valid_ptr, V, ignore_index,
                  BLOCK_V: tl.constexpr, WITH_GRAD: tl.constexpr):
     """Row r: loss_r = lse − logit[label] (0 if ignored); with WITH_GRAD, the row is overwritten with
     (softmax − one-hot) · (1 / valid tokens) (0 if ignored), in the logits' dtype. fp32 arithmetic."""
@@ -72,8 +72,10 @@ def chunk_tokens(n_tokens: int, vocab: int) -> int:
 
 
 @torch.library.custom_op("flowhn::linear_cross_entropy", mutates_args=())
-def _linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, ignore_index: int,
-                          compute_dtype: torch.dtype, with_grads: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _linear_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, ignore_index: int, compute_dtype: torch.dtype,
+    with_grads: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(mean loss fp32, d loss / d hidden in hidden's dtype, d loss / d weight in weight's dtype); the
     gradients are empty (0 elements) without ``with_grads``."""
     n_tokens, vocab = hidden.shape[0], weight.shape[0]
@@ -103,8 +105,9 @@ def _chunks(hidden, w, labels, ignore_index, compute_dtype, with_grads, losses, 
         stop = min(start + step, n_tokens)
         h = hidden[start:stop].to(compute_dtype)
         logits = h @ w.T
-        _rows_kernel[(stop - start,)](logits, logits.stride(0), labels[start:stop], losses[start:stop], inv_valid,
-                                      vocab, ignore_index, BLOCK_V=BLOCK_V, WITH_GRAD=with_grads, num_warps=NUM_WARPS)
+        _cross_entropy_rows_kernel[(stop - start,)](
+            logits, logits.stride(0), labels[start:stop], losses[start:stop], inv_valid, vocab, ignore_index,
+            BLOCK_V=BLOCK_V, WITH_GRAD=with_grads, num_warps=NUM_WARPS)
         if with_grads:  # logits now hold d loss / d logits
             grad_hidden[start:stop] = logits @ w
             if fp32_out and _ADDMM_OUT_DTYPE:

@@ -430,8 +430,9 @@ BWD_CHANNEL_WARPS = 1
 # session; in the 1B bench, seventh session, same GPU, mamba 35,447 -> 38,176 tok/s (+7.7 %) and
 # flowhn/fac_split 89,584 -> 90,434 (+0.9 %; its scan 36.7 -> 34.2 ms a step): "gluon" is the default.
 # GLUON_*: warps a program (the backward's 2 were the fastest of 1, 2, 4), lanes a channel (its states
-# split among them: 32 // lanes channels a warp; FLOWHN_SCAN_LANES sets it for a process), and the
-# backward's sub-chunk.
+# split among them: 32 // lanes channels a warp; FLOWHN_SCAN_LANES sets it for a process; 4 lanes, 168
+# registers instead of 254, ran 16×4096×1024×16 in 5.16 ms against 2 lanes' 4.50 and mamba 1B at 38,869
+# against 40,969 tok/s, eighth session), and the backward's sub-chunk.
 MAIN_KERNELS = os.environ.get("FLOWHN_SCAN_KERNELS", "gluon")
 GLUON_FWD_WARPS = 4
 GLUON_BWD_WARPS = 2
@@ -455,8 +456,10 @@ GLUON_WALK = os.environ.get("FLOWHN_SCAN_WALK", "sequence")
 # GLUON_DB_DC: how the Gluon backward's per-step sums over its channels reach dB and dC. "atomics": added
 # into them with relaxed atomics (one per state, step and program: 67M at 16×4096×1024×16). "partials":
 # stored, a (B, channel blocks, L, 2N) fp32 buffer, then summed over the blocks (268 MB at that shape).
-# On an H200 (eighth session, scripts/gpu_scan_ablate.py) the atomics took 0.58 of the backward's 3.86 ms.
-# FLOWHN_SCAN_DB_DC sets it for a process.
+# On an H200 (eighth session): the atomics took 0.58 of the backward's 3.86 ms (scripts/gpu_scan_ablate.py);
+# "partials", bf16 fwd+bwd (gpu_scan_tiles.py): 16×4096×1024×16 4.498 -> 4.246 ms, but 16×4096×369×16
+# 3.145 -> 3.386; mamba 1B 41,223 -> 42,339 tok/s (+2.7 %, peak +0.04 GiB). Slower at FAC's share of the
+# tokens, so not the default. FLOWHN_SCAN_DB_DC sets it for a process.
 GLUON_DB_DC = os.environ.get("FLOWHN_SCAN_DB_DC", "atomics")
 GLUON_SEQUENCE_FWD_MAXNREG = 128
 
@@ -465,7 +468,8 @@ def _use_gluon(u: torch.Tensor, channel_last: bool, block_n: int) -> bool:
     if MAIN_KERNELS not in ("triton", "gluon"):
         raise ValueError(f"triton_scan.MAIN_KERNELS must be 'triton' or 'gluon', got {MAIN_KERNELS!r}")
     if GLUON_DB_DC not in ("atomics", "partials"):
-        raise ValueError(f"triton_scan.GLUON_DB_DC (FLOWHN_SCAN_DB_DC) must be 'atomics' or 'partials', got {GLUON_DB_DC!r}")
+        raise ValueError("triton_scan.GLUON_DB_DC (FLOWHN_SCAN_DB_DC) must be 'atomics' or 'partials', got "
+                         f"{GLUON_DB_DC!r}")
     if GLUON_LANES_PER_CHANNEL not in (1, 2, 4, 8):
         raise ValueError("triton_scan.GLUON_LANES_PER_CHANNEL (FLOWHN_SCAN_LANES) must be 1, 2, 4 or 8, got "
                          f"{GLUON_LANES_PER_CHANNEL!r}")
