@@ -11,7 +11,8 @@ kernel, save the kept module first, apply the rewrite, and pass the saved file a
 the patches in experiments/bench/H200_scan_backward/ (what they showed, and what bounds the
 backward: H200.md, "The scan's backward"):
 
-  git show HEAD:src/flowhn/kernels/triton_scan.py > /tmp/kept_scan.py
+  git show HEAD:src/flowhn/kernels/triton_scan.py > /tmp/kept_scan.py   # or, for the Gluon kernels:
+  #   git show HEAD:src/flowhn/kernels/gluon_scan.py > /tmp/kept_gluon.py; ... --before-gluon /tmp/kept_gluon.py
   git apply experiments/bench/H200_scan_backward/adjoint_in_reversed_time.patch
   PYTHONPATH=src python scripts/gpu_scan_tiles.py --before /tmp/kept_scan.py
 
@@ -38,6 +39,7 @@ import torch
 from triton.testing import do_bench
 
 import flowhn.kernels.triton_scan as triton_scan
+from flowhn.kernels import gluon_scan as current_gluon
 from flowhn.kernels.testing import ScriptLog, errors_against, reference_fn, reference_result, scan_inputs
 
 # ("channels", chunk, channels a program, warps): _scan_bwd_channels_kernel, the first the kept
@@ -49,10 +51,10 @@ from flowhn.kernels.testing import ScriptLog, errors_against, reference_fn, refe
 # warp, 8 states a thread; 4: 8 channels a warp, 4 states a thread, so the backward needs 137-168
 # registers instead of 254 and an SM holds 12-14 of its warps instead of 8, H200.md seventh session;
 # timed in the eighth: slower at L=1024, 4.29 against 3.85 ms)[, dB/dC: "atomics" or "partials",
-# triton_scan.GLUON_DB_DC].
+# triton_scan.GLUON_DB_DC[, prefetch: triton_scan.GLUON_PREFETCH]].
 CANDIDATES = [
     ("gluon", 4, 2, 8, "sequence"), ("gluon", 4, 2, 8, "sequence", 2, "partials"),
-    ("gluon", 4, 2, 8, "sequence", 4, "partials"), ("gluon", 4, 2, 8, "chunks"),
+    ("gluon", 4, 2, 8, "sequence", 2, "atomics", True), ("gluon", 4, 2, 8, "sequence", 2, "partials", True),
 ]
 ACCURACY_SHAPE = (2, 1500, 1000, 16)
 TIMING_SHAPES = [(16, 4096, 1024, 16), (16, 4096, 369, 16)]
@@ -74,12 +76,36 @@ def load_before(path: str):
     return module
 
 
-def configure(loop, chunk, channels, warps, sub_blocks=None, lanes=2, db_dc="atomics"):
+def load_gluon_before(path: str):
+    """``gluon_scan.py`` of an earlier commit as a module of its own (gluon.jit reads its file), to be
+    swapped in for the current one while it is timed (``use_gluon``)."""
+    folder = tempfile.mkdtemp()
+    file = os.path.join(folder, "gluon_scan_before.py")
+    source = open(path).read()
+    if "PREFETCH" not in source:  # older than the prefetch option, which triton_scan now always passes
+        source = source.replace("PARTIALS: gl.constexpr,", "PARTIALS: gl.constexpr, PREFETCH: gl.constexpr,")
+    with open(file, "w") as f:
+        f.write(source)
+    spec = importlib.util.spec_from_file_location("gluon_scan_before", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def use_gluon(module):
+    """triton_scan imports gluon_scan where it launches it: the package attribute is what it finds."""
+    import flowhn.kernels as kernels_package
+
+    sys.modules["flowhn.kernels.gluon_scan"] = module
+    kernels_package.gluon_scan = module
+
+
+def configure(loop, chunk, channels, warps, sub_blocks=None, lanes=2, db_dc="atomics", prefetch=False):
     triton_scan.MAIN_KERNELS = "gluon" if loop == "gluon" else "triton"
     if loop == "gluon":
         triton_scan.GLUON_FWD_WARPS, triton_scan.GLUON_BWD_WARPS, triton_scan.GLUON_SUB = chunk, channels, warps
         triton_scan.GLUON_WALK, triton_scan.GLUON_LANES_PER_CHANNEL = sub_blocks or "chunks", lanes
-        triton_scan.GLUON_DB_DC = db_dc
+        triton_scan.GLUON_DB_DC, triton_scan.GLUON_PREFETCH = db_dc, prefetch
         return triton_scan.selective_scan_triton
     triton_scan.BWD_LOOP = loop
     if loop == "states":
@@ -89,10 +115,11 @@ def configure(loop, chunk, channels, warps, sub_blocks=None, lanes=2, db_dc="ato
     return functools.partial(triton_scan.selective_scan_triton, chunk=chunk)
 
 
-def candidate_name(loop, chunk, channels, warps, sub_blocks=None, lanes=2, db_dc="atomics"):
+def candidate_name(loop, chunk, channels, warps, sub_blocks=None, lanes=2, db_dc="atomics", prefetch=False):
     if loop == "gluon":
         return (f"gluon {sub_blocks or 'chunks'}, fwd {chunk} warps, bwd {channels} warps, sub-chunk {warps}"
-                + (f", {lanes} lanes a channel" if lanes != 2 else "") + (f", dB/dC {db_dc}" if db_dc != "atomics" else ""))
+                + (f", {lanes} lanes a channel" if lanes != 2 else "") + (f", dB/dC {db_dc}" if db_dc != "atomics" else "")
+                + (", prefetch" if prefetch else ""))
     if loop == "states":
         return f"states, chunk {chunk}, {channels} ch x {warps} warps x {sub_blocks} blocks"
     return f"channels, chunk {chunk}, {channels} ch a program, {warps} warps"
@@ -147,6 +174,8 @@ def check_and_time(name, fn, references):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--before", help="triton_scan.py of an earlier commit, timed at its default tiles")
+    parser.add_argument("--before-gluon", help="gluon_scan.py of an earlier commit: the default candidate is "
+                        "timed (and checked) with it too, in this process")
     parser.add_argument("--budget-s", type=float, default=300.0, help="stop adding candidates after this long")
     parser.add_argument("--cpu-smoke", action="store_true",
                         help="tiny shapes on Triton's CPU interpreter (TRITON_INTERPRET=1): checks this script runs")
@@ -166,17 +195,26 @@ def main():
     if args.before:
         before = load_before(args.before)
         variants.append(("before (8, 64, 1 warp, 8 blocks)", before.selective_scan_triton))
+    if args.before_gluon:
+        variants.append((f"{candidate_name(*CANDIDATES[0])}, earlier gluon_scan.py",
+                         ("before-gluon", load_gluon_before(args.before_gluon))))
     variants += [(candidate_name(*candidate), candidate) for candidate in CANDIDATES]
     rows = []
     for name, variant in variants:
         if time.time() - started > args.budget_s:
             log(f"  budget reached: {name} and later candidates not run")
             break
-        fn = configure(*variant) if isinstance(variant, tuple) else variant
+        if isinstance(variant, tuple) and variant[0] == "before-gluon":
+            fn = configure(*CANDIDATES[0])
+            use_gluon(variant[1])
+        else:
+            fn = configure(*variant) if isinstance(variant, tuple) else variant
         try:
             rows.append((name, *check_and_time(name, fn, references)))
         except Exception as exc:  # a candidate that does not compile or launch must not hide the others
             log(f"  {name:52s} ERROR {type(exc).__name__}: {str(exc)[:2000]}")
+        finally:
+            use_gluon(current_gluon)
     passing = [r for r in rows if r[1]]
     best = min(passing, key=lambda r: r[2][0][1]) if passing else None
     log(f"\nSummary ({time.time() - started:.0f} s), bf16, ms (median); backward = fwd+bwd - fwd:")
