@@ -51,10 +51,9 @@ from flowhn.kernels.testing import ScriptLog, errors_against, reference_fn, refe
 # warp, 8 states a thread; 4: 8 channels a warp, 4 states a thread, so the backward needs 137-168
 # registers instead of 254 and an SM holds 12-14 of its warps instead of 8, H200.md seventh session;
 # timed in the eighth: slower at L=1024, 4.29 against 3.85 ms)[, dB/dC: "atomics" or "partials",
-# triton_scan.GLUON_DB_DC[, prefetch: triton_scan.GLUON_PREFETCH]].
+# triton_scan.GLUON_DB_DC].
 CANDIDATES = [
     ("gluon", 4, 2, 8, "sequence"), ("gluon", 4, 2, 8, "sequence", 2, "partials"),
-    ("gluon", 4, 2, 8, "sequence", 2, "atomics", True), ("gluon", 4, 2, 8, "sequence", 2, "partials", True),
 ]
 ACCURACY_SHAPE = (2, 1500, 1000, 16)
 TIMING_SHAPES = [(16, 4096, 1024, 16), (16, 4096, 369, 16)]
@@ -81,11 +80,8 @@ def load_gluon_before(path: str):
     swapped in for the current one while it is timed (``use_gluon``)."""
     folder = tempfile.mkdtemp()
     file = os.path.join(folder, "gluon_scan_before.py")
-    source = open(path).read()
-    if "PREFETCH" not in source:  # older than the prefetch option, which triton_scan now always passes
-        source = source.replace("PARTIALS: gl.constexpr,", "PARTIALS: gl.constexpr, PREFETCH: gl.constexpr,")
     with open(file, "w") as f:
-        f.write(source)
+        f.write(open(path).read())
     spec = importlib.util.spec_from_file_location("gluon_scan_before", file)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -100,12 +96,12 @@ def use_gluon(module):
     kernels_package.gluon_scan = module
 
 
-def configure(loop, chunk, channels, warps, sub_blocks=None, lanes=2, db_dc="atomics", prefetch=False):
+def configure(loop, chunk, channels, warps, sub_blocks=None, lanes=2, db_dc="atomics"):
     triton_scan.MAIN_KERNELS = "gluon" if loop == "gluon" else "triton"
     if loop == "gluon":
         triton_scan.GLUON_FWD_WARPS, triton_scan.GLUON_BWD_WARPS, triton_scan.GLUON_SUB = chunk, channels, warps
         triton_scan.GLUON_WALK, triton_scan.GLUON_LANES_PER_CHANNEL = sub_blocks or "chunks", lanes
-        triton_scan.GLUON_DB_DC, triton_scan.GLUON_PREFETCH = db_dc, prefetch
+        triton_scan.GLUON_DB_DC = db_dc
         return triton_scan.selective_scan_triton
     triton_scan.BWD_LOOP = loop
     if loop == "states":
@@ -115,11 +111,10 @@ def configure(loop, chunk, channels, warps, sub_blocks=None, lanes=2, db_dc="ato
     return functools.partial(triton_scan.selective_scan_triton, chunk=chunk)
 
 
-def candidate_name(loop, chunk, channels, warps, sub_blocks=None, lanes=2, db_dc="atomics", prefetch=False):
+def candidate_name(loop, chunk, channels, warps, sub_blocks=None, lanes=2, db_dc="atomics"):
     if loop == "gluon":
         return (f"gluon {sub_blocks or 'chunks'}, fwd {chunk} warps, bwd {channels} warps, sub-chunk {warps}"
-                + (f", {lanes} lanes a channel" if lanes != 2 else "") + (f", dB/dC {db_dc}" if db_dc != "atomics" else "")
-                + (", prefetch" if prefetch else ""))
+                + (f", {lanes} lanes a channel" if lanes != 2 else "") + (f", dB/dC {db_dc}" if db_dc != "atomics" else ""))
     if loop == "states":
         return f"states, chunk {chunk}, {channels} ch x {warps} warps x {sub_blocks} blocks"
     return f"channels, chunk {chunk}, {channels} ch a program, {warps} warps"

@@ -300,19 +300,17 @@ GPU_TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
 @pytest.mark.skipif(not has_triton, reason="triton is not installed")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("kernels", ["triton-states", "triton-channels", "gluon-chunks", "gluon-sequence",
-                                     "gluon-forward", "gluon-backward", "gluon-partials", "gluon-prefetch"])
+                                     "gluon-forward", "gluon-backward", "gluon-partials"])
 def test_triton_selective_scan_gpu(dtype, kernels, monkeypatch):
     """triton-*: the Triton main kernels with either backward loop; gluon-*: the Gluon ones with each
     GLUON_WALK (which directions walk every chunk in one program); gluon-partials: walking the sequence,
-    dB and dC from stored per-program sums instead of atomics (GLUON_DB_DC); gluon-prefetch: walking the
-    sequence, each sub-chunk's loads issued a sub-chunk ahead (GLUON_PREFETCH)."""
+    dB and dC from stored per-program sums instead of atomics (GLUON_DB_DC)."""
     import flowhn.kernels.triton_scan as triton_scan
 
     main, _, option = kernels.partition("-")
     monkeypatch.setattr(triton_scan, "MAIN_KERNELS", main)
     monkeypatch.setattr(triton_scan, "GLUON_DB_DC", "partials" if option == "partials" else "atomics")
-    monkeypatch.setattr(triton_scan, "GLUON_PREFETCH", option == "prefetch")
-    if option in ("partials", "prefetch"):
+    if option == "partials":
         option = "sequence"
     monkeypatch.setattr(triton_scan, "BWD_LOOP" if main == "triton" else "GLUON_WALK", option)
     # 1500 channels: not a multiple of any channel tile; 1000 steps: not a multiple of the chunk.
@@ -324,21 +322,19 @@ def test_triton_selective_scan_gpu(dtype, kernels, monkeypatch):
 @pytest.mark.gpu
 @cuda
 @pytest.mark.skipif(not has_triton, reason="triton is not installed")
-@pytest.mark.parametrize("walk", ["chunks", "sequence", "sequence-partials", "sequence-prefetch", "chunks-prefetch"])
+@pytest.mark.parametrize("walk", ["chunks", "sequence", "sequence-partials"])
 @pytest.mark.parametrize("shape", [(3, 100, 37, 9), (1, 70, 130, 16)], ids=str)
 @pytest.mark.parametrize("flags", list(SCAN_FLAGS))
 def test_gluon_scan_walks_match_reference_gpu(walk, shape, flags, monkeypatch):
     """The Gluon kernels in fp32 at shapes off their tiles: one partial chunk (37 steps), three (130),
     9 states of a 16-wide block, and every combination of D, z, delta bias and softplus; dB and dC by
-    atomics and (-partials) by stored per-program sums (GLUON_DB_DC); -prefetch: the backward's loads a
-    sub-chunk ahead (GLUON_PREFETCH)."""
+    atomics and (-partials) by stored per-program sums (GLUON_DB_DC)."""
     import flowhn.kernels.triton_scan as triton_scan
 
     walk, _, option = walk.partition("-")
     monkeypatch.setattr(triton_scan, "MAIN_KERNELS", "gluon")
     monkeypatch.setattr(triton_scan, "GLUON_WALK", walk)
     monkeypatch.setattr(triton_scan, "GLUON_DB_DC", "partials" if option == "partials" else "atomics")
-    monkeypatch.setattr(triton_scan, "GLUON_PREFETCH", option == "prefetch")
     inputs = _scan_case(shape, flags, dtype=torch.float32, device="cuda", seed=sum(shape))
     errors = compare(functools.partial(selective_scan, backend="triton"), reference_fn("selective_scan"), inputs)
     assert_errors_below(errors, GPU_TOL[torch.float32])
@@ -426,11 +422,10 @@ def test_gluon_scan_kernels_compile_for_sm90():
 
     forward, backward = gluon_scan._scan_fwd_seq_kernel, gluon_scan._scan_bwd_seq_kernel
     fwd_warps, bwd_warps = triton_scan.GLUON_FWD_WARPS, triton_scan.GLUON_BWD_WARPS
-    # Both walks at the defaults; the backward's options (dB/dC partials, prefetch) walking the sequence.
+    # Both walks at the defaults; the backward's dB/dC by partial sums (GLUON_DB_DC) walking the sequence.
     builds = [(forward, dict(UNROLL=8, SEQUENCE=walk), fwd_warps) for walk in (False, True)]
-    builds += [(backward, dict(SUB=8, SEQUENCE=walk, PARTIALS=False, PREFETCH=False), bwd_warps) for walk in (False, True)]
-    builds += [(backward, dict(SUB=8, SEQUENCE=True, PARTIALS=partials, PREFETCH=not partials), bwd_warps)
-               for partials in (False, True)]
+    builds += [(backward, dict(SUB=8, SEQUENCE=walk, PARTIALS=False), bwd_warps) for walk in (False, True)]
+    builds += [(backward, dict(SUB=8, SEQUENCE=True, PARTIALS=True), bwd_warps)]
     for fn, extra, warps in builds:
         constexprs = dict(flags, **extra)
         signature = {name: "constexpr" if name in constexprs else

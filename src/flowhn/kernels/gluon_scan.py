@@ -221,47 +221,13 @@ def _scan_fwd_seq_kernel(
 
 
 @gluon.jit
-def _load_sub_chunk(delta_ptr, u_ptr, dout_ptr, z_ptr, B_ptr, C_ptr, pid_b, io_d, io_md, io_t, rows_n, mask_rows_n,
-                    rows_t, L, su_b, su_d, sB_b, sB_n, WITH_DY: gl.constexpr, HAS_Z: gl.constexpr):
-    """The backward's global loads for one sub-chunk (steps io_t / rows_t), in the inputs' dtype: delta, u,
-    B, and with WITH_DY dout, z (HAS_Z) and C. What is not loaded is returned as a stand-in of the same
-    type (never staged). Steps outside [0, L) are masked, so a prefetch past either end reads nothing."""
-    m = io_md[:, None] & ((io_t >= 0) & (io_t < L))[None, :]
-    offs = pid_b * su_b + io_d[:, None] * su_d + io_t[None, :]
-    delta = gl.load(delta_ptr + offs, mask=m, other=0.0)
-    u = gl.load(u_ptr + offs, mask=m, other=0.0)
-    rows_m = mask_rows_n[:, None] & ((rows_t >= 0) & (rows_t < L))[None, :]
-    rows_offs = pid_b * sB_b + rows_n[:, None] * sB_n + rows_t[None, :]
-    B = gl.load(B_ptr + rows_offs, mask=rows_m, other=0.0)
-    dout, z, C = delta, delta, B
-    if WITH_DY:
-        dout = gl.load(dout_ptr + offs, mask=m, other=0.0)
-        if HAS_Z:
-            z = gl.load(z_ptr + offs, mask=m, other=0.0)
-        C = gl.load(C_ptr + rows_offs, mask=rows_m, other=0.0)
-    return delta, u, dout, z, B, C
-
-
-@gluon.jit
-def _stage_sub_chunk(raw, bias_ptr, step_smem, u_smem, dy_smem, B_smem, C_smem, io_d, io_md, io_t, L,
-                     WITH_DY: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr):
-    """``_load_sub_chunk``'s tiles into (steps, ·) fp32 shared memory: the step softplus(delta + bias), u,
-    B, and with WITH_DY the scan's dL/dy (dout, times silu(z) with HAS_Z) and C."""
-    delta, u, dout, z, B, C = raw
-    m = io_md[:, None] & ((io_t >= 0) & (io_t < L))[None, :]
-    pre = delta.to(gl.float32)
-    if HAS_BIAS:
-        pre += gl.load(bias_ptr + io_d, mask=io_md, other=0.0).to(gl.float32)[:, None]
-    step_smem.permute([1, 0]).store(_softplus_step(pre, m, SOFTPLUS))
-    u_smem.permute([1, 0]).store(u.to(gl.float32))
-    B_smem.permute([1, 0]).store(B.to(gl.float32))
-    if WITH_DY:
-        dy = dout.to(gl.float32)
-        if HAS_Z:
-            zf = z.to(gl.float32)
-            dy = dy * zf * _sigmoid(zf)
-        dy_smem.permute([1, 0]).store(dy)
-        C_smem.permute([1, 0]).store(C.to(gl.float32))
+def _stage_dy(dout_ptr, z_ptr, dy_smem, pid_b, offs_d, t, m, stride_b, stride_d, HAS_Z: gl.constexpr):
+    """dL/dy of the scan itself (before the silu(z) gate) into (steps, channels) shared memory."""
+    dy = _io_tile(dout_ptr, pid_b, offs_d, t, m, stride_b, stride_d)
+    if HAS_Z:
+        z = _io_tile(z_ptr, pid_b, offs_d, t, m, stride_b, stride_d)
+        dy = dy * z * _sigmoid(z)
+    dy_smem.permute([1, 0]).store(dy)
 
 
 @gluon.constexpr_function
@@ -280,7 +246,7 @@ def _scan_bwd_seq_kernel(
     DIM, L, N, n_chunks, su_b, su_d, sB_b, sB_n, sdB_b, sdB_n,
     HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr,
     CHUNK: gl.constexpr, SUB: gl.constexpr, BLOCK_N: gl.constexpr, LPC: gl.constexpr, SEQUENCE: gl.constexpr,
-    PARTIALS: gl.constexpr, PREFETCH: gl.constexpr,
+    PARTIALS: gl.constexpr,
 ):
     """Gradients for (32 // LPC)·warps channels. u, delta, z, dout, du, ddelta, dz share strides (su_*); B
     and C (sB_*); dB, dC are (B, N, ·) fp32 with unit step stride, added to atomically, or, with PARTIALS,
@@ -327,13 +293,10 @@ def _scan_bwd_seq_kernel(
     dy_smem = gl.allocate_shared_memory(gl.float32, [SUB, BLOCK_D], plain)
     B_smem = gl.allocate_shared_memory(gl.float32, [SUB, BLOCK_N], plain)
     C_smem = gl.allocate_shared_memory(gl.float32, [SUB, BLOCK_N], plain)
-    # Each step's dB and dC products, (channels, 2·states), one buffer a step of the sub-chunk, summed
-    # over the channels once the sub-chunk's walk is done: one barrier a sub-chunk instead of one a step,
-    # and the SUB sums independent of each other. Separate allocations, because the compiler's hazard
-    # analysis tells buffers apart but not slices of one (it would put a barrier between the steps' stores).
-    products = ()
-    for r in gl.static_range(SUB):
-        products = products + (gl.allocate_shared_memory(gl.float32, [BLOCK_D, 2 * BLOCK_N], plain),)
+    # A step's dB and dC products, (channels, 2·states): two buffers, alternating, so that one barrier
+    # a step suffices (separate allocations: the compiler's hazard analysis tells them apart).
+    products_even = gl.allocate_shared_memory(gl.float32, [BLOCK_D, 2 * BLOCK_N], plain)
+    products_odd = gl.allocate_shared_memory(gl.float32, [BLOCK_D, 2 * BLOCK_N], plain)
     step_rows, u_rows, dy_rows = _rows(step_smem), _rows(u_smem), _rows(dy_smem)
     B_rows, C_rows = _rows(B_smem), _rows(C_smem)
 
@@ -359,24 +322,15 @@ def _scan_bwd_seq_kernel(
             c = gl.program_id(2)
         chunk_at = ((pid_b * DIM + offs_d) * n_chunks + c) * N
         h = gl.load(states_ptr + chunk_at[:, None] - N + offs_n[None, :], mask=m_dn & (c > 0), other=0.0)
-        # Pass 1: the state entering each sub-chunk. PREFETCH: a sub-chunk's loads are issued before the
-        # walk of the one before it, so their latency is spent walking.
-        if PREFETCH:
-            raw = _load_sub_chunk(delta_ptr, u_ptr, dout_ptr, z_ptr, B_ptr, C_ptr, pid_b, io_d, io_md, c * CHUNK + io_s,
-                                  rows_n, mask_rows_n, c * CHUNK + rows_s, L, su_b, su_d, sB_b, sB_n, False, HAS_Z)
+        # Pass 1: the state entering each sub-chunk.
         for k in range(SUBS):
             ckpt.index(k).store(h)
             io_t = c * CHUNK + k * SUB + io_s
+            _stage_steps(delta_ptr, u_ptr, bias_ptr, step_smem, u_smem, pid_b, io_d, io_md, io_t, io_t < L,
+                         su_b, su_d, HAS_BIAS, SOFTPLUS)
             rows_t = c * CHUNK + k * SUB + rows_s
-            if not PREFETCH:
-                raw = _load_sub_chunk(delta_ptr, u_ptr, dout_ptr, z_ptr, B_ptr, C_ptr, pid_b, io_d, io_md, io_t,
-                                      rows_n, mask_rows_n, rows_t, L, su_b, su_d, sB_b, sB_n, False, HAS_Z)
-            _stage_sub_chunk(raw, bias_ptr, step_smem, u_smem, dy_smem, B_smem, C_smem, io_d, io_md, io_t, L,
-                             False, HAS_Z, HAS_BIAS, SOFTPLUS)
+            _stage_rows(B_ptr, B_smem, pid_b, rows_n, mask_rows_n, rows_t, rows_t < L, sB_b, sB_n)
             gl.thread_barrier()
-            if PREFETCH:  # the next sub-chunk (past the chunk's end: masked where it is past L)
-                raw = _load_sub_chunk(delta_ptr, u_ptr, dout_ptr, z_ptr, B_ptr, C_ptr, pid_b, io_d, io_md, io_t + SUB,
-                                      rows_n, mask_rows_n, rows_t + SUB, L, su_b, su_d, sB_b, sB_n, False, HAS_Z)
             for j in gl.static_range(SUB):
                 step = step_rows.index(j).load(channel)
                 stepu = step * u_rows.index(j).load(channel)
@@ -388,25 +342,18 @@ def _scan_bwd_seq_kernel(
         if not SEQUENCE:
             g = gl.load(later_ptr + chunk_at[:, None] + N + offs_n[None, :], mask=m_dn & (c + 1 < n_chunks), other=0.0)
             a_next = gl.full([BLOCK_D, BLOCK_N], 1.0, gl.float32, layout=state)
-        last = c * CHUNK + (SUBS - 1) * SUB
-        if PREFETCH:
-            raw = _load_sub_chunk(delta_ptr, u_ptr, dout_ptr, z_ptr, B_ptr, C_ptr, pid_b, io_d, io_md, last + io_s,
-                                  rows_n, mask_rows_n, last + rows_s, L, su_b, su_d, sB_b, sB_n, True, HAS_Z)
         for kk in range(SUBS):
             k = SUBS - 1 - kk
             io_t = c * CHUNK + k * SUB + io_s
             io_mt = io_t < L
             m = io_md[:, None] & io_mt[None, :]
+            _stage_steps(delta_ptr, u_ptr, bias_ptr, step_smem, u_smem, pid_b, io_d, io_md, io_t, io_mt,
+                         su_b, su_d, HAS_BIAS, SOFTPLUS)
+            _stage_dy(dout_ptr, z_ptr, dy_smem, pid_b, io_d, io_t, m, su_b, su_d, HAS_Z)
             rows_t = c * CHUNK + k * SUB + rows_s
-            if not PREFETCH:
-                raw = _load_sub_chunk(delta_ptr, u_ptr, dout_ptr, z_ptr, B_ptr, C_ptr, pid_b, io_d, io_md, io_t,
-                                      rows_n, mask_rows_n, rows_t, L, su_b, su_d, sB_b, sB_n, True, HAS_Z)
-            _stage_sub_chunk(raw, bias_ptr, step_smem, u_smem, dy_smem, B_smem, C_smem, io_d, io_md, io_t, L,
-                             True, HAS_Z, HAS_BIAS, SOFTPLUS)
+            _stage_rows(B_ptr, B_smem, pid_b, rows_n, mask_rows_n, rows_t, rows_t < L, sB_b, sB_n)
+            _stage_rows(C_ptr, C_smem, pid_b, rows_n, mask_rows_n, rows_t, rows_t < L, sB_b, sB_n)
             gl.thread_barrier()
-            if PREFETCH:  # the sub-chunk before (before the chunk's start: masked where it is before step 0)
-                raw = _load_sub_chunk(delta_ptr, u_ptr, dout_ptr, z_ptr, B_ptr, C_ptr, pid_b, io_d, io_md, io_t - SUB,
-                                      rows_n, mask_rows_n, rows_t - SUB, L, su_b, su_d, sB_b, sB_n, True, HAS_Z)
             # The sub-chunk's states, kept in registers (SUB tiles), and y for dz.
             h = ckpt.index(k).load(state)
             hs = ()
@@ -435,20 +382,21 @@ def _scan_bwd_seq_kernel(
                 gB = gl.sum(g * Bt, axis=1)
                 du = _put_column(du, io_s, r, step * gB, io)
                 dstep = _put_column(dstep, io_s, r, gl.sum(ga * An, axis=1) + u * gB, io)
-                products[r].slice(0, BLOCK_N, dim=1).store(g * stepu)
-                products[r].slice(BLOCK_N, BLOCK_N, dim=1).store(h * dy[:, None])
-                a_next = a
-
-            # The sub-chunk's dB and dC: each step's products summed over the channels.
-            gl.thread_barrier()
-            for r in gl.static_range(SUB):
-                sums = gl.sum(products[r].load(column), axis=0)
+                if r % 2 == 0:
+                    buffer = products_even
+                else:
+                    buffer = products_odd
+                buffer.slice(0, BLOCK_N, dim=1).store(g * stepu)
+                buffer.slice(BLOCK_N, BLOCK_N, dim=1).store(h * dy[:, None])
+                gl.thread_barrier()
+                sums = gl.sum(buffer.load(column), axis=0)
                 t = c * CHUNK + k * SUB + r
                 if PARTIALS:
                     gl.store(dB_ptr + sum_at + t * sum_step, sums, mask=sum_mask & (t < L))
                 else:
                     gl.atomic_add(dB_ptr + sum_at + t, sums, mask=sum_mask & sum_is_B & (t < L), sem="relaxed")
                     gl.atomic_add(dC_ptr + sum_at + t, sums, mask=sum_mask & (~sum_is_B) & (t < L), sem="relaxed")
+                a_next = a
 
             # This sub-chunk's du, dΔ, dz (channels × steps, coalesced).
             dy = dy_smem.permute([1, 0]).load(io)

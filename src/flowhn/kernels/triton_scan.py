@@ -461,10 +461,6 @@ GLUON_WALK = os.environ.get("FLOWHN_SCAN_WALK", "sequence")
 # 3.145 -> 3.386; mamba 1B 41,223 -> 42,339 tok/s (+2.7 %, peak +0.04 GiB). Slower at FAC's share of the
 # tokens, so not the default. FLOWHN_SCAN_DB_DC sets it for a process.
 GLUON_DB_DC = os.environ.get("FLOWHN_SCAN_DB_DC", "atomics")
-# GLUON_PREFETCH: the Gluon backward issues a sub-chunk's global loads before walking the one before it,
-# holding them in registers meanwhile (ncu, eighth session: 21 % of its stall samples waited on those
-# loads, right where they were used). FLOWHN_SCAN_PREFETCH=1 sets it for a process.
-GLUON_PREFETCH = os.environ.get("FLOWHN_SCAN_PREFETCH", "0") == "1"
 GLUON_SEQUENCE_FWD_MAXNREG = 128
 
 
@@ -653,8 +649,7 @@ def _scan_bwd(dout: _Tensor, u: _Tensor, delta: _Tensor, A: _Tensor, B: _Tensor,
             *pointers, *sizes, u.stride(0), u.stride(1), B.stride(0), B.stride(1),
             dB.stride(0), dB.stride(1), HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
             SOFTPLUS=softplus, CHUNK=chunk, SUB=min(GLUON_SUB, chunk), BLOCK_N=block_n,
-            LPC=GLUON_LANES_PER_CHANNEL, SEQUENCE=sequence, PARTIALS=partials, PREFETCH=GLUON_PREFETCH,
-            num_warps=GLUON_BWD_WARPS)
+            LPC=GLUON_LANES_PER_CHANNEL, SEQUENCE=sequence, PARTIALS=partials, num_warps=GLUON_BWD_WARPS)
         if partials:  # (B, L, 2·BLOCK_N) -> dB, dC as (B, N, pitch), like B and C
             sums = dB.sum(1).transpose(1, 2)
             dB, dC = torch.zeros(B.shape, **f32), torch.zeros(C.shape, **f32)
