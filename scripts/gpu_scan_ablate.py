@@ -14,17 +14,14 @@ the kernel's text is an error, so the script cannot silently time the unmodified
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
-import tempfile
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_scan_tiles import configure, timings  # noqa: E402
+from gpu_scan_tiles import configure, module_from_source, timings, use_gluon  # noqa: E402
 
-import flowhn.kernels as kernels_package  # noqa: E402
 from flowhn.kernels import gluon_scan  # noqa: E402
 
 DB_DC_ATOMICS = '''                if PARTIALS:
@@ -73,14 +70,7 @@ def variant_module(replacements, index):
         else:  # replace only the occurrence-th one
             head, *rest = source.split(text)
             source = head + text.join(rest[:occurrence - 1]) + replacement + text.join(rest[occurrence - 1:])
-    folder = tempfile.mkdtemp()
-    path = os.path.join(folder, f"gluon_scan_ablated_{index}.py")
-    with open(path, "w") as f:
-        f.write(source)  # gluon.jit reads each kernel's source from its file
-    spec = importlib.util.spec_from_file_location(f"gluon_scan_ablated_{index}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return module_from_source(source, f"gluon_scan_ablated_{index}")
 
 
 def backward_build(module):
@@ -90,11 +80,6 @@ def backward_build(module):
         return "?"
     k = builds[-1]
     return f"{k.n_regs}/{k.n_spills}/{k.metadata.shared / 1024:.0f}"
-
-
-def use(module):
-    sys.modules["flowhn.kernels.gluon_scan"] = module
-    kernels_package.gluon_scan = module
 
 
 def main():
@@ -108,13 +93,13 @@ def main():
     for lanes in args.lanes:
         fn = configure("gluon", 4, 2, 8, "sequence", lanes)
         for (name, _), module in zip(VARIANTS, modules):
-            use(module)
+            use_gluon(module)
             fwd, both = timings(fn, shape)
             build = backward_build(module)
             module._scan_bwd_seq_kernel.device_caches.clear()  # the next lanes' build is read fresh
             rows.append((lanes, name, fwd, both - fwd, build))
             print(f"lanes {lanes}  {name:58s} fwd {fwd:.3f}  bwd {both - fwd:.3f} ms  {build}", flush=True)
-    use(gluon_scan)
+    use_gluon(gluon_scan)
     print(f"\n{torch.cuda.get_device_name()}, bf16 {shape}, walking the sequence, fwd 4 warps, bwd 2 warps, "
           "sub-chunk 8; ms (median); bwd = fwd+bwd - fwd; Δ = the variant's bwd - the kernel's; the backward "
           "kernel's registers a thread / spilled bytes / shared KB a program")

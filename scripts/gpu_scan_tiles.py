@@ -62,30 +62,28 @@ TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
 log = ScriptLog()
 
 
+def module_from_source(source: str, name: str):
+    """``source`` imported as a module of its own, from a file: triton.jit and gluon.jit read each
+    kernel's source from its file."""
+    file = os.path.join(tempfile.mkdtemp(), f"{name}.py")
+    with open(file, "w") as f:
+        f.write(source)
+    spec = importlib.util.spec_from_file_location(name, file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def load_before(path: str):
     """The kernel module of an earlier commit, its custom ops renamed so both register in one process."""
     source = open(path).read().replace('"flowhn::selective_scan', '"flowhn_before::selective_scan')
-    folder = tempfile.mkdtemp()
-    file = os.path.join(folder, "triton_scan_before.py")
-    with open(file, "w") as f:
-        f.write(source)  # triton.jit reads each kernel's source from its file
-    spec = importlib.util.spec_from_file_location("triton_scan_before", file)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return module_from_source(source, "triton_scan_before")
 
 
 def load_gluon_before(path: str):
-    """``gluon_scan.py`` of an earlier commit as a module of its own (gluon.jit reads its file), to be
-    swapped in for the current one while it is timed (``use_gluon``)."""
-    folder = tempfile.mkdtemp()
-    file = os.path.join(folder, "gluon_scan_before.py")
-    with open(file, "w") as f:
-        f.write(open(path).read())
-    spec = importlib.util.spec_from_file_location("gluon_scan_before", file)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """``gluon_scan.py`` of an earlier commit as a module of its own, to be swapped in for the current
+    one while it is timed (``use_gluon``)."""
+    return module_from_source(open(path).read(), "gluon_scan_before")
 
 
 def use_gluon(module):
@@ -114,7 +112,8 @@ def configure(loop, chunk, channels, warps, sub_blocks=None, lanes=2, db_dc="ato
 def candidate_name(loop, chunk, channels, warps, sub_blocks=None, lanes=2, db_dc="atomics"):
     if loop == "gluon":
         return (f"gluon {sub_blocks or 'chunks'}, fwd {chunk} warps, bwd {channels} warps, sub-chunk {warps}"
-                + (f", {lanes} lanes a channel" if lanes != 2 else "") + (f", dB/dC {db_dc}" if db_dc != "atomics" else ""))
+                + (f", {lanes} lanes a channel" if lanes != 2 else "")
+                + (f", dB/dC {db_dc}" if db_dc != "atomics" else ""))
     if loop == "states":
         return f"states, chunk {chunk}, {channels} ch x {warps} warps x {sub_blocks} blocks"
     return f"channels, chunk {chunk}, {channels} ch a program, {warps} warps"

@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from flowhn.kernels import triton_interpreter  # noqa: F401  (patches the CPU interpreter where it runs)
+from flowhn.kernels.cross_entropy import chunk_tokens_for
 
 # Logit elements a chunk holds (in the compute dtype): 2**26 is 128 MiB in bf16, 12 chunks at 135M's
 # 16,384 tokens × 49,152 words. (2**27 ran 135M llama at the same speed with 0.28 GiB more peak than
@@ -35,7 +36,7 @@ NUM_WARPS = 8
 
 @triton.jit
 def _cross_entropy_rows_kernel(logits_ptr, stride_row, labels_ptr, loss_ptr, inv_valid_ptr, V, ignore_index,
-                 BLOCK_V: tl.constexpr, WITH_GRAD: tl.constexpr):
+                               BLOCK_V: tl.constexpr, WITH_GRAD: tl.constexpr):
     """Row r: loss_r = lse − logit[label] (0 if ignored); with WITH_GRAD, the row is overwritten with
     (softmax − one-hot) · (1 / valid tokens) (0 if ignored), in the logits' dtype. fp32 arithmetic."""
     row = tl.program_id(0).to(tl.int64)
@@ -65,12 +66,6 @@ def _cross_entropy_rows_kernel(logits_ptr, stride_row, labels_ptr, loss_ptr, inv
             tl.store(row_ptr + offs, (grad * scale).to(logits_ptr.dtype.element_ty), mask=mask)
 
 
-def chunk_tokens(n_tokens: int, vocab: int) -> int:
-    """Tokens a chunk: equal chunks of at most CHUNK_ELEMENTS logits (at least one token)."""
-    n_chunks = max(1, -(-n_tokens * vocab // CHUNK_ELEMENTS))
-    return max(1, -(-n_tokens // n_chunks))
-
-
 @torch.library.custom_op("flowhn::linear_cross_entropy", mutates_args=())
 def _linear_cross_entropy(
     hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, ignore_index: int, compute_dtype: torch.dtype,
@@ -88,34 +83,27 @@ def _linear_cross_entropy(
                               device=hidden.device)
     # The weight's gradient accumulates in fp32 across chunks (fp32 GEMM outputs on CUDA).
     grad_weight = torch.zeros(weight.shape if with_grads else (0,), dtype=torch.float32, device=weight.device)
-    step = chunk_tokens(n_tokens, vocab)
+    fp32_out = weight.device.type == "cuda" and compute_dtype in (torch.bfloat16, torch.float16)
+    step = chunk_tokens_for(n_tokens, vocab, CHUNK_ELEMENTS)
     with torch.autocast(hidden.device.type, enabled=False):  # the GEMMs run in compute_dtype, as cast here
-        _chunks(hidden, w, labels, ignore_index, compute_dtype, with_grads, losses, inv_valid, grad_hidden,
-                grad_weight, step)
+        for start in range(0, n_tokens, step):
+            stop = min(start + step, n_tokens)
+            h = hidden[start:stop].to(compute_dtype)
+            logits = h @ w.T
+            _cross_entropy_rows_kernel[(stop - start,)](
+                logits, logits.stride(0), labels[start:stop], losses[start:stop], inv_valid, vocab, ignore_index,
+                BLOCK_V=BLOCK_V, WITH_GRAD=with_grads, num_warps=NUM_WARPS)
+            if with_grads:  # logits now hold d loss / d logits
+                grad_hidden[start:stop] = logits @ w
+                if fp32_out and _ADDMM_OUT_DTYPE:
+                    torch.addmm(grad_weight, logits.T, h, out_dtype=torch.float32, out=grad_weight)
+                elif fp32_out:
+                    grad_weight += torch.mm(logits.T, h, out_dtype=torch.float32)
+                else:
+                    grad_weight += (logits.T @ h).float()
     # 0/0 = nan when no label is valid, as F.cross_entropy gives.
     loss = losses.sum() / valid_count
     return loss, grad_hidden, grad_weight.to(weight.dtype)
-
-
-def _chunks(hidden, w, labels, ignore_index, compute_dtype, with_grads, losses, inv_valid, grad_hidden, grad_weight,
-            step):
-    n_tokens, vocab = hidden.shape[0], w.shape[0]
-    fp32_out = w.device.type == "cuda" and compute_dtype in (torch.bfloat16, torch.float16)
-    for start in range(0, n_tokens, step):
-        stop = min(start + step, n_tokens)
-        h = hidden[start:stop].to(compute_dtype)
-        logits = h @ w.T
-        _cross_entropy_rows_kernel[(stop - start,)](
-            logits, logits.stride(0), labels[start:stop], losses[start:stop], inv_valid, vocab, ignore_index,
-            BLOCK_V=BLOCK_V, WITH_GRAD=with_grads, num_warps=NUM_WARPS)
-        if with_grads:  # logits now hold d loss / d logits
-            grad_hidden[start:stop] = logits @ w
-            if fp32_out and _ADDMM_OUT_DTYPE:
-                torch.addmm(grad_weight, logits.T, h, out_dtype=torch.float32, out=grad_weight)
-            elif fp32_out:
-                grad_weight += torch.mm(logits.T, h, out_dtype=torch.float32)
-            else:
-                grad_weight += (logits.T @ h).float()
 
 
 @_linear_cross_entropy.register_fake

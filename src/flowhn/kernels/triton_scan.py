@@ -52,8 +52,6 @@ from flowhn.kernels import triton_interpreter  # noqa: F401  (patches the CPU in
 LOG2E = tl.constexpr(1.4426950408889634)  # jit code may only read constexpr globals
 
 
-
-
 @triton.jit
 def _compose(a_first, x_first, a_then, x_then):
     # Two steps of h -> a h + x, earlier one first. Triton's reverse scan passes the later-in-time
@@ -626,9 +624,10 @@ def _scan_bwd(dout: _Tensor, u: _Tensor, delta: _Tensor, A: _Tensor, B: _Tensor,
     dD = totals.new_empty(batch, dim, parts) if D is not None else None
     dbias = totals.new_empty(batch, dim, parts) if delta_bias is not None else None
     partials = gluon and GLUON_DB_DC == "partials"
+    # The Gluon backward's channel blocks (its grid's second axis).
+    gluon_blocks = triton.cdiv(dim, 32 // GLUON_LANES_PER_CHANNEL * GLUON_BWD_WARPS)
     if partials:  # the per-program sums, added up below
-        channel_blocks = triton.cdiv(dim, 32 // GLUON_LANES_PER_CHANNEL * GLUON_BWD_WARPS)
-        dB = torch.empty(batch, channel_blocks, length, 2 * block_n, **f32)
+        dB = torch.empty(batch, gluon_blocks, length, 2 * block_n, **f32)
         dC = dB
     else:
         dB, dC = torch.zeros(B.shape, **f32), torch.zeros(C.shape, **f32)
@@ -644,8 +643,7 @@ def _scan_bwd(dout: _Tensor, u: _Tensor, delta: _Tensor, A: _Tensor, B: _Tensor,
 
         _same_layout(u, delta, z, dout, du, ddelta, dz if z is not None else None)
         _same_layout(B, C)
-        gluon_scan._scan_bwd_seq_kernel[(batch, triton.cdiv(dim, 32 // GLUON_LANES_PER_CHANNEL * GLUON_BWD_WARPS),
-                                         1 if sequence else n_chunks)](
+        gluon_scan._scan_bwd_seq_kernel[(batch, gluon_blocks, 1 if sequence else n_chunks)](
             *pointers, *sizes, u.stride(0), u.stride(1), B.stride(0), B.stride(1),
             dB.stride(0), dB.stride(1), HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
             SOFTPLUS=softplus, CHUNK=chunk, SUB=min(GLUON_SUB, chunk), BLOCK_N=block_n,
