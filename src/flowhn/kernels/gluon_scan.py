@@ -230,13 +230,46 @@ def _stage_dy(dout_ptr, z_ptr, dy_smem, pid_b, offs_d, t, m, stride_b, stride_d,
     dy_smem.permute([1, 0]).store(dy)
 
 
+# A step's dB and dC products, summed over the program's channels through shared memory. Each thread
+# writes its lane's states, dB's then dC's (2 · BLOCK_N // LPC floats), as one contiguous run of a
+# (channels, 2·states) row: "lane-major" column order, column = lane part · 2S + (0 dB | 1 dC) · S + state
+# within the part, S = BLOCK_N // LPC. Rows are 128 bytes (BLOCK_N = 16), so without a swizzle every row
+# starts at bank 0: a quarter-warp's STS.128 (4 rows × 2 lanes) went to 2 of 8 bank groups, 16 wavefronts
+# instead of 4, half the backward's shared-memory traffic (ncu, eighth session). The swizzle XORs a row's
+# 16-byte groups with row % 4, which spreads those 8 stores over 8 groups (bank model: 4 wavefronts), and
+# the sums' reads (column_layout) take each thread's rows ≡ its lane mod 4, so their swizzle is the same
+# for all of a thread's rows and their addresses stay immediates (a swizzle that varies along a thread's
+# rows cost 24 address registers and spilled).
+@gluon.constexpr_function
+def products_layout(COLS):
+    return gl.SwizzledSharedLayout(4, 1, max(1, min(4, COLS // 4)), [1, 0])
+
+
+@gluon.constexpr_function
+def products_registers(BLOCK_N, LPC, WARPS):
+    """The product tile in registers, lane-major: a thread's dB and dC states side by side."""
+    return gl.BlockedLayout([1, 2 * BLOCK_N // LPC], [32 // LPC, LPC], [WARPS, 1], [1, 0])
+
+
 @gluon.constexpr_function
 def column_layout(ROWS, COLS, WARPS):
-    """(channels, 2·states) products summed over the channels: a warp owns whole columns, and a column's
-    rows are split among a few lanes, so the sum needs no exchange between warps."""
-    lanes_cols = max(1, min(32, COLS // WARPS))
-    lanes_rows = 32 // lanes_cols
-    return gl.BlockedLayout([max(1, ROWS // lanes_rows), 1], [lanes_rows, lanes_cols], [1, WARPS], [0, 1])
+    """The product tile read back to be summed over the channels (rows): a warp owns whole columns, 4
+    lanes split a column's rows (a thread's rows are ≡ its lane mod 4: see products_layout), and the
+    sum needs no exchange between warps."""
+    lanes_rows = min(4, ROWS)
+    lanes_cols = 32 // lanes_rows
+    return gl.BlockedLayout([1, 1], [lanes_rows, lanes_cols], [1, WARPS], [0, 1])
+
+
+@gluon.jit
+def _lane_major(dB_part, dC_part, BLOCK_D: gl.constexpr, BLOCK_N: gl.constexpr, LPC: gl.constexpr,
+                layout: gl.constexpr):
+    """(channels, states) dB and dC products as one (channels, 2·states) tile in lane-major column order
+    (see products_layout); only registers are renamed, no data moves between threads."""
+    S: gl.constexpr = BLOCK_N // LPC
+    both = gl.join(dB_part.reshape([BLOCK_D, LPC, S]), dC_part.reshape([BLOCK_D, LPC, S]))
+    both = both.permute(0, 1, 3, 2).reshape([BLOCK_D, 2 * BLOCK_N])
+    return gl.convert_layout(both, layout, assert_trivial=True)
 
 
 @gluon.jit
@@ -276,12 +309,15 @@ def _scan_bwd_seq_kernel(
     rows_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, rows))
     rows_s = gl.arange(0, SUB, layout=gl.SliceLayout(0, rows))
     mask_rows_n = rows_n < N
+    # The sums' columns in lane-major order (products_layout): which state, and dB's or dC's.
+    S: gl.constexpr = BLOCK_N // LPC
     sum_n = gl.arange(0, 2 * BLOCK_N, layout=gl.SliceLayout(0, column))
-    sum_is_B = sum_n < BLOCK_N
-    sum_state = gl.where(sum_is_B, sum_n, sum_n - BLOCK_N)
+    sum_is_B = (sum_n // S) % 2 == 0
+    sum_state = (sum_n // (2 * S)) * S + sum_n % S
     sum_mask = sum_state < N
-    if PARTIALS:  # this program's sums at dB_ptr[b, channel block, t, 2·BLOCK_N]: plain stores
-        sum_at = ((pid_b * gl.num_programs(1) + gl.program_id(1)) * L) * (2 * BLOCK_N) + sum_n
+    if PARTIALS:  # this program's sums at dB_ptr[b, channel block, t, 2·BLOCK_N] (dB's, then dC's)
+        plain_n = gl.where(sum_is_B, sum_state, sum_state + BLOCK_N)
+        sum_at = ((pid_b * gl.num_programs(1) + gl.program_id(1)) * L) * (2 * BLOCK_N) + plain_n
         sum_step = 2 * BLOCK_N
     else:  # added into dB (B, N, ·) and dC atomically
         sum_at = pid_b * sdB_b + sum_state * sdB_n
@@ -293,10 +329,11 @@ def _scan_bwd_seq_kernel(
     dy_smem = gl.allocate_shared_memory(gl.float32, [SUB, BLOCK_D], plain)
     B_smem = gl.allocate_shared_memory(gl.float32, [SUB, BLOCK_N], plain)
     C_smem = gl.allocate_shared_memory(gl.float32, [SUB, BLOCK_N], plain)
-    # A step's dB and dC products, (channels, 2·states): two buffers, alternating, so that one barrier
-    # a step suffices (separate allocations: the compiler's hazard analysis tells them apart).
-    products_even = gl.allocate_shared_memory(gl.float32, [BLOCK_D, 2 * BLOCK_N], plain)
-    products_odd = gl.allocate_shared_memory(gl.float32, [BLOCK_D, 2 * BLOCK_N], plain)
+    # A step's dB and dC products, (channels, 2·states) lane-major: two buffers, alternating, so that one
+    # barrier a step suffices (separate allocations: the compiler's hazard analysis tells them apart).
+    products: gl.constexpr = products_registers(BLOCK_N, LPC, WARPS)
+    products_even = gl.allocate_shared_memory(gl.float32, [BLOCK_D, 2 * BLOCK_N], products_layout(2 * BLOCK_N))
+    products_odd = gl.allocate_shared_memory(gl.float32, [BLOCK_D, 2 * BLOCK_N], products_layout(2 * BLOCK_N))
     step_rows, u_rows, dy_rows = _rows(step_smem), _rows(u_smem), _rows(dy_smem)
     B_rows, C_rows = _rows(B_smem), _rows(C_smem)
 
@@ -386,8 +423,7 @@ def _scan_bwd_seq_kernel(
                     buffer = products_even
                 else:
                     buffer = products_odd
-                buffer.slice(0, BLOCK_N, dim=1).store(g * stepu)
-                buffer.slice(BLOCK_N, BLOCK_N, dim=1).store(h * dy[:, None])
+                buffer.store(_lane_major(g * stepu, h * dy[:, None], BLOCK_D, BLOCK_N, LPC, products))
                 gl.thread_barrier()
                 sums = gl.sum(buffer.load(column), axis=0)
                 t = c * CHUNK + k * SUB + r
