@@ -168,8 +168,9 @@ def check_and_time(name, fn, references):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--before", help="triton_scan.py of an earlier commit, timed at its default tiles")
-    parser.add_argument("--before-gluon", help="gluon_scan.py of an earlier commit: the default candidate is "
-                        "timed (and checked) with it too, in this process")
+    parser.add_argument("--before-gluon", nargs="+", default=[],
+                        help="gluon_scan.py files of earlier commits: the default candidate is timed (and checked) "
+                        "with each too, in this process, named by its file")
     parser.add_argument("--budget-s", type=float, default=300.0, help="stop adding candidates after this long")
     parser.add_argument("--cpu-smoke", action="store_true",
                         help="tiny shapes on Triton's CPU interpreter (TRITON_INTERPRET=1): checks this script runs")
@@ -189,9 +190,9 @@ def main():
     if args.before:
         before = load_before(args.before)
         variants.append(("before (8, 64, 1 warp, 8 blocks)", before.selective_scan_triton))
-    if args.before_gluon:
-        variants.append((f"{candidate_name(*CANDIDATES[0])}, earlier gluon_scan.py",
-                         ("before-gluon", load_gluon_before(args.before_gluon))))
+    for path in args.before_gluon:
+        variants.append((f"{candidate_name(*CANDIDATES[0])}, {os.path.basename(path)}",
+                         ("before-gluon", load_gluon_before(path))))
     variants += [(candidate_name(*candidate), candidate) for candidate in CANDIDATES]
     rows = []
     for name, variant in variants:

@@ -253,12 +253,24 @@ def products_registers(BLOCK_N, LPC, WARPS):
 
 @gluon.constexpr_function
 def column_layout(ROWS, COLS, WARPS):
-    """The product tile read back to be summed over the channels (rows): a warp owns whole columns, 4
-    lanes split a column's rows (a thread's rows are ≡ its lane mod 4: see products_layout), and the
-    sum needs no exchange between warps."""
-    lanes_rows = min(4, ROWS)
-    lanes_cols = 32 // lanes_rows
-    return gl.BlockedLayout([1, 1], [lanes_rows, lanes_cols], [1, WARPS], [0, 1])
+    """The product tile read back to be summed over the channels (rows). A linear layout: lanes 0-1 on
+    rows 1, 2 (so a thread's rows are ≡ its lane mod 4 and the swizzle of products_layout is the same for
+    all of them: immediate addresses), lanes 2-3 on columns 1, 2 and lane 4 on column 16, warps on
+    columns 4, 8 (the sum needs no exchange between warps), the rest in registers. For one register the
+    warp's 32 reads then fall in 8 distinct 16-byte groups after the swizzle, conflict-free (a
+    blocked layout of 4 × 8 lanes reads 2-way conflicted). Tiles under 4 × 32: a blocked layout."""
+    ROWS, COLS, WARPS = int(ROWS), int(COLS), int(WARPS)
+    if ROWS < 4 or COLS < 32:
+        lanes_rows = min(4, ROWS)
+        return gl.BlockedLayout([1, 1], [lanes_rows, 32 // lanes_rows], [1, WARPS], [0, 1])
+    rows = [1 << b for b in range(2, ROWS.bit_length() - 1)]  # 4, 8, ..., ROWS / 2
+    cols = [4, 8] + [1 << b for b in range(5, COLS.bit_length() - 1)]  # 4, 8, 32, ..., COLS / 2
+    warps = []
+    for _ in range(WARPS.bit_length() - 1):
+        warps.append([0, cols.pop(0)] if cols else [rows.pop(0), 0])
+    registers = [[r, 0] for r in rows] + [[0, c] for c in cols]
+    lanes = [[1, 0], [2, 0], [0, 1], [0, 2], [0, 16]]
+    return gl.DistributedLinearLayout(registers, lanes, warps, [], [ROWS, COLS])
 
 
 @gluon.jit
