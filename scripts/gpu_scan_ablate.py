@@ -24,21 +24,27 @@ from gpu_scan_tiles import configure, module_from_source, timings, use_gluon  # 
 
 from flowhn.kernels import gluon_scan  # noqa: E402
 
-DB_DC_ATOMICS = '''                if PARTIALS:
-                    gl.store(dB_ptr + sum_at + t * sum_step, sums, mask=sum_mask & (t < L))
-                else:
-                    gl.atomic_add(dB_ptr + sum_at + t, sums, mask=sum_mask & sum_is_B & (t < L), sem="relaxed")
-                    gl.atomic_add(dC_ptr + sum_at + t, sums, mask=sum_mask & (~sum_is_B) & (t < L), sem="relaxed")
+DB_DC_ATOMICS = '''                gl.atomic_add(dB_ptr + sums_at, sums, mask=sums_m & sum_is_B[:, None], sem="relaxed")
+                gl.atomic_add(dC_ptr + sums_at, sums, mask=sums_m & (~sum_is_B)[:, None], sem="relaxed")
 '''
 DB_DC_STEP = '''                if r % 2 == 0:
                     buffer = products_even
                 else:
                     buffer = products_odd
-                buffer.slice(0, BLOCK_N, dim=1).store(g * stepu)
-                buffer.slice(BLOCK_N, BLOCK_N, dim=1).store(h * dy[:, None])
+                buffer.store(_lane_major(g * stepu, h * dy[:, None], BLOCK_D, BLOCK_N, LPC, products))
                 gl.thread_barrier()
                 sums = gl.sum(buffer.load(column), axis=0)
-                t = c * CHUNK + k * SUB + r
+                if PARTIALS:
+                    t = c * CHUNK + k * SUB + r
+                    gl.store(dB_ptr + sum_at + t * (2 * BLOCK_N), sums, mask=sum_mask & (t < L))
+                else:
+                    _rows(sums_smem).index(r).store(sums)
+'''
+DB_DC_SUB_CHUNK = '''            if not PARTIALS:  # (sums_smem is next written after the next sub-chunk's staging barrier)
+                t = c * CHUNK + k * SUB + staged_s[None, :]
+                sums = sums_smem.permute([1, 0]).load(staged)
+                sums_at = sum_at[:, None] + t
+                sums_m = sum_mask[:, None] & (t < L)
 ''' + DB_DC_ATOMICS
 STATE_STEP = "h = gl.exp2(A2 * step[:, None]) * h + stepu[:, None] * B_rows.index(j).load(per_state)[None, :]"
 WALK_DECAY = "a = gl.exp2(A2 * step[:, None])\n                g = a_next"
@@ -46,13 +52,13 @@ WALK_DECAY = "a = gl.exp2(A2 * step[:, None])\n                g = a_next"
 # (name, [(text, replacement, occurrences to replace: 0 = all)]). Differences against "kernel as is":
 VARIANTS = [
     ("kernel as is", []),
-    ("dB/dC: sums kept, neither atomics nor stores (summed in registers)", [
-        (DB_DC_ATOMICS, "                keep += sums\n", 1),
+    ("dB/dC: sums kept, no atomics (summed in registers)", [
+        (DB_DC_ATOMICS, "                keep += gl.sum(gl.where(sums_m, sums, 0.0), axis=1)\n", 1),
         ("    dbias_acc = gl.zeros(",
-         "    keep = gl.zeros([2 * BLOCK_N], gl.float32, layout=gl.SliceLayout(0, column))\n    dbias_acc = gl.zeros(", 1),
+         "    keep = gl.zeros([2 * BLOCK_N], gl.float32, layout=gl.SliceLayout(1, staged))\n    dbias_acc = gl.zeros(", 1),
         ("    if HAS_BIAS:\n        gl.store(dbias_ptr", "    gl.store(dB_ptr + sum_at, keep, mask=sum_mask)\n"
          "    if HAS_BIAS:\n        gl.store(dbias_ptr", 1)]),
-    ("dB/dC: none (no products, barrier, sums, atomics)", [(DB_DC_STEP, "", 1)]),
+    ("dB/dC: none (no products, barrier, sums, atomics)", [(DB_DC_STEP, "", 1), (DB_DC_SUB_CHUNK, "", 1)]),
     ("checkpoint pass: no state update (loads and stores kept)", [(STATE_STEP, "h = h + stepu[:, None]", 1)]),
     ("walk: decay a without its exponential", [(WALK_DECAY, "a = A2 * step[:, None] + 1.0\n                g = a_next", 1)]),
     ("recompute: no state update (y kept)", [(STATE_STEP, "h = h * step[:, None] + stepu[:, None]", 2)]),
