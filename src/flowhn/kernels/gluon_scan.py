@@ -491,10 +491,10 @@ def _scan_bwd_seq_kernel(
             if not PARTIALS:  # (sums_smem is next written after the next sub-chunk's staging barrier)
                 t = c * CHUNK + k * SUB + staged_s[None, :]
                 sums = sums_smem.permute([1, 0]).load(staged)
-                at = sum_at[:, None] + t
-                m = sum_mask[:, None] & (t < L)
-                gl.atomic_add(dB_ptr + at, sums, mask=m & sum_is_B[:, None], sem="relaxed")
-                gl.atomic_add(dC_ptr + at, sums, mask=m & (~sum_is_B)[:, None], sem="relaxed")
+                sums_at = sum_at[:, None] + t
+                sums_m = sum_mask[:, None] & (t < L)
+                gl.atomic_add(dB_ptr + sums_at, sums, mask=sums_m & sum_is_B[:, None], sem="relaxed")
+                gl.atomic_add(dC_ptr + sums_at, sums, mask=sums_m & (~sum_is_B)[:, None], sem="relaxed")
 
     if SEQUENCE:
         part = 0
