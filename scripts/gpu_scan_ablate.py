@@ -24,27 +24,22 @@ from gpu_scan_tiles import configure, module_from_source, timings, use_gluon  # 
 
 from flowhn.kernels import gluon_scan  # noqa: E402
 
-DB_DC_ATOMICS = '''                gl.atomic_add(dB_ptr + sums_at, sums, mask=sums_m & sum_is_B[:, None], sem="relaxed")
+DB_DC_ATOMICS = '''            if PARTIALS:
+                gl.store(dB_ptr + sums_at, sums, mask=sums_m)
+            else:
+                gl.atomic_add(dB_ptr + sums_at, sums, mask=sums_m & sum_is_B[:, None], sem="relaxed")
                 gl.atomic_add(dC_ptr + sums_at, sums, mask=sums_m & (~sum_is_B)[:, None], sem="relaxed")
 '''
-DB_DC_STEP = '''                if r % 2 == 0:
-                    buffer = products_even
-                else:
-                    buffer = products_odd
-                buffer.store(_lane_major(g * stepu, h * dy[:, None], BLOCK_D, BLOCK_N, LPC, products))
-                gl.thread_barrier()
-                sums = gl.sum(buffer.load(column), axis=0)
-                if PARTIALS:
-                    t = c * CHUNK + k * SUB + r
-                    gl.store(dB_ptr + sum_at + t * (2 * BLOCK_N), sums, mask=sum_mask & (t < L))
-                else:
-                    _rows(sums_smem).index(r).store(sums)
+DB_DC_STEP = '''                both = gl.convert_layout(_lane_major(g * stepu, h * dy[:, None], BLOCK_D, BLOCK_N, LPC, products),
+                                         warp_sums)
+                per_warp = gl.sum(both.reshape([WARPS, BLOCK_D // WARPS, 2 * BLOCK_N]), axis=1)
+                sums_rows.index(r).store(per_warp.reshape([WARPS * 2 * BLOCK_N]))
 '''
-DB_DC_SUB_CHUNK = '''            if not PARTIALS:  # (sums_smem is next written after the next sub-chunk's staging barrier)
-                t = c * CHUNK + k * SUB + staged_s[None, :]
-                sums = sums_smem.permute([1, 0]).load(staged)
-                sums_at = sum_at[:, None] + t
-                sums_m = sum_mask[:, None] & (t < L)
+DB_DC_SUB_CHUNK = '''            # (sums_smem is next written after the next sub-chunk's staging barrier)
+            t = c * CHUNK + k * SUB + staged_s[None, :]
+            sums = gl.sum(sums_3d.permute([2, 0, 1]).load(staged_layout(SUB, WARPS)), axis=2)
+            sums_at = sum_at[:, None] + t * sum_step
+            sums_m = sum_mask[:, None] & (t < L)
 ''' + DB_DC_ATOMICS
 STATE_STEP = "h = gl.exp2(A2 * step[:, None]) * h + stepu[:, None] * B_rows.index(j).load(per_state)[None, :]"
 WALK_DECAY = "a = gl.exp2(A2 * step[:, None])\n                g = a_next"
@@ -53,7 +48,7 @@ WALK_DECAY = "a = gl.exp2(A2 * step[:, None])\n                g = a_next"
 VARIANTS = [
     ("kernel as is", []),
     ("dB/dC: sums kept, no atomics (summed in registers)", [
-        (DB_DC_ATOMICS, "                keep += gl.sum(gl.where(sums_m, sums, 0.0), axis=1)\n", 1),
+        (DB_DC_ATOMICS, "            keep += gl.sum(gl.where(sums_m, sums, 0.0), axis=1)\n", 1),
         ("    dbias_acc = gl.zeros(",
          "    keep = gl.zeros([2 * BLOCK_N], gl.float32, layout=gl.SliceLayout(1, staged))\n    dbias_acc = gl.zeros(", 1),
         ("    if HAS_BIAS:\n        gl.store(dbias_ptr", "    gl.store(dB_ptr + sum_at, keep, mask=sum_mask)\n"

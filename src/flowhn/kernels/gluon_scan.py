@@ -13,8 +13,8 @@ Second version (the first, a lane per channel with per-step shared-memory stores
 H200 but slower than triton_scan: shared memory held it to 4-6 warps an SM, and every per-step store
 made the compiler put a barrier in the step): per-step results (y, du, dΔ) are collected into register
 tiles (one column a step) and stored once per block of steps; the backward keeps a sub-chunk's states
-in registers; dB and dC, sums over channels (across threads), go through a double-buffered shared
-product tile and are added to global memory with relaxed atomics every step.
+in registers; dB and dC, sums over channels (across threads), are re-laid out within each warp (see
+warp_sums_layout), summed in the thread, and added to global memory with relaxed atomics once a sub-chunk.
 
 The chunk structure is ``triton_scan``'s. A program either is one chunk (``SEQUENCE=False``: the state
 entering it and the adjoint from later chunks come from ``triton_scan``'s summary and chunk-pass
@@ -25,7 +25,8 @@ chunk-end states and step totals they would have produced). Row-major (B, D, pit
 default kernels, walking the sequence (``triton_scan.MAIN_KERNELS``, ``GLUON_WALK``). On an H200,
 bf16, forward+backward at 16×4096×1024×16: Triton's 6.508 ms, these walking chunks 5.338, walking the
 sequence 4.493; at L = 369: 3.377, 3.524, 3.157; every float64 check passed (experiments/bench/H200.md,
-seventh session).
+seventh session). Ninth session, the backward's dB/dC sums without bank conflicts, a barrier-free
+read or per-step atomics: 4.497 -> 3.354 ms at L = 1024, 3.142 -> 2.862 at L = 369 (H200.md, ninth session).
 
 Backward. The adjoint g_t = a_{t+1} g_{t+1} + C_t dy_t runs backwards in time and needs h_t at each
 step. The chunk is cut into sub-chunks of SUB steps: a forward pass keeps the state entering each
@@ -230,21 +231,14 @@ def _stage_dy(dout_ptr, z_ptr, dy_smem, pid_b, offs_d, t, m, stride_b, stride_d,
     dy_smem.permute([1, 0]).store(dy)
 
 
-# A step's dB and dC products, summed over the program's channels through shared memory. Each thread
-# writes its lane's states, dB's then dC's (2 · BLOCK_N // LPC floats), as one contiguous run of a
-# (channels, 2·states) row: "lane-major" column order, column = lane part · 2S + (0 dB | 1 dC) · S + state
-# within the part, S = BLOCK_N // LPC. Rows are 128 bytes (BLOCK_N = 16), so without a swizzle every row
-# starts at bank 0: a quarter-warp's STS.128 (4 rows × 2 lanes) went to 2 of 8 bank groups, 16 wavefronts
-# instead of 4, half the backward's shared-memory traffic (ncu, eighth session). The swizzle XORs a row's
-# 16-byte groups with row % 4, which spreads those 8 stores over 8 groups (bank model: 4 wavefronts), and
-# the sums' reads (column_layout) take each thread's rows ≡ its lane mod 4, so their swizzle is the same
-# for all of a thread's rows and their addresses stay immediates (a swizzle that varies along a thread's
-# rows cost 24 address registers and spilled).
-@gluon.constexpr_function
-def products_layout(COLS):
-    return gl.SwizzledSharedLayout(4, 1, max(1, min(4, COLS // 4)), [1, 0])
-
-
+# A step's dB and dC products, (channels, 2·states), summed over the program's channels. Each thread
+# holds its lane's states, dB's then dC's (2 · BLOCK_N // LPC floats): "lane-major" column order, column
+# = lane part · 2S + (0 dB | 1 dC) · S + state within the part, S = BLOCK_N // LPC. The tile is then
+# re-laid out within each warp (warp_sums_layout: the warp's rows in a thread's registers, its lanes on
+# the columns; Triton does it through a warp's own shared-memory scratch, 4 STS.128 + 4 LDSM a step and
+# no barrier) and summed over those rows in the thread. The warps' sums are added once a sub-chunk.
+# Before (eighth session) the products went through a shared tile read back by columns: a barrier a step,
+# 16 scalar loads, and bank conflicts on both sides (16 wavefronts a STS.128 instead of 4).
 @gluon.constexpr_function
 def products_registers(BLOCK_N, LPC, WARPS):
     """The product tile in registers, lane-major: a thread's dB and dC states side by side."""
@@ -252,24 +246,18 @@ def products_registers(BLOCK_N, LPC, WARPS):
 
 
 @gluon.constexpr_function
-def column_layout(ROWS, COLS, WARPS):
-    """The product tile read back to be summed over the channels (rows). A linear layout: lanes 0-1 on
-    rows 1, 2 (so a thread's rows are ≡ its lane mod 4 and the swizzle of products_layout is the same for
-    all of them: immediate addresses), lanes 2-3 on columns 1, 2 and lane 4 on column 16, warps on
-    columns 4, 8 (the sum needs no exchange between warps), the rest in registers. For one register the
-    warp's 32 reads then fall in 8 distinct 16-byte groups after the swizzle, conflict-free (a
-    blocked layout of 4 × 8 lanes reads 2-way conflicted). Tiles under 4 × 32: a blocked layout."""
+def warp_sums_layout(ROWS, COLS, WARPS):
+    """(channels, 2·states) with each warp's rows (channels) as products_registers has them, but in each
+    thread's registers, and the warp's lanes on the columns (on the top rows too when COLS < 32)."""
     ROWS, COLS, WARPS = int(ROWS), int(COLS), int(WARPS)
-    if ROWS < 4 or COLS < 32:
-        lanes_rows = min(4, ROWS)
-        return gl.BlockedLayout([1, 1], [lanes_rows, 32 // lanes_rows], [1, WARPS], [0, 1])
-    rows = [1 << b for b in range(2, ROWS.bit_length() - 1)]  # 4, 8, ..., ROWS / 2
-    cols = [4, 8] + [1 << b for b in range(5, COLS.bit_length() - 1)]  # 4, 8, 32, ..., COLS / 2
-    warps = []
-    for _ in range(WARPS.bit_length() - 1):
-        warps.append([0, cols.pop(0)] if cols else [rows.pop(0), 0])
-    registers = [[r, 0] for r in rows] + [[0, c] for c in cols]
-    lanes = [[1, 0], [2, 0], [0, 1], [0, 2], [0, 16]]
+    rows_a_warp = ROWS // WARPS
+    cols = [1 << b for b in range(COLS.bit_length() - 1)]
+    rows = [1 << b for b in range(rows_a_warp.bit_length() - 1)]
+    lanes = [[0, c] for c in cols[:5]]
+    while len(lanes) < 5:
+        lanes.append([rows.pop(), 0])
+    registers = [[r, 0] for r in rows] + [[0, c] for c in cols[5:]]
+    warps = [[rows_a_warp << b, 0] for b in range(WARPS.bit_length() - 1)]
     return gl.DistributedLinearLayout(registers, lanes, warps, [], [ROWS, COLS])
 
 
@@ -281,9 +269,10 @@ def _lane_major_columns(cols, S: gl.constexpr):
 
 @gluon.constexpr_function
 def staged_layout(SUB, WARPS):
-    """(lane-major columns, steps) of a sub-chunk's dB/dC sums: a warp's lanes along the steps, so an
-    atomic add covers a run of consecutive steps of a state's row (32 bytes at SUB = 8)."""
-    return gl.BlockedLayout([1, 1], [32 // SUB, SUB], [WARPS, 1], [1, 0])
+    """(lane-major columns, steps, warps) of a sub-chunk's per-warp dB/dC sums: the warps' sums in a
+    thread's registers (added there), a warp's lanes along the steps, so an atomic add covers a run of
+    consecutive steps of a state's row (32 bytes at SUB = 8)."""
+    return gl.BlockedLayout([1, 1, WARPS], [32 // SUB, SUB, 1], [WARPS, 1, 1], [2, 1, 0])
 
 
 @gluon.jit
@@ -321,7 +310,7 @@ def _scan_bwd_seq_kernel(
     # (channels, steps) tiles of a sub-chunk: loaded, stored, and built in registers a step at a time.
     io: gl.constexpr = steps_layout(SUB, LPC, WARPS)
     rows: gl.constexpr = rows_layout(BLOCK_N, SUB, WARPS)
-    column: gl.constexpr = column_layout(BLOCK_D, 2 * BLOCK_N, WARPS)
+    warp_sums: gl.constexpr = warp_sums_layout(BLOCK_D, 2 * BLOCK_N, WARPS)
     plain: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
     channel: gl.constexpr = gl.SliceLayout(1, state)
     per_state: gl.constexpr = gl.SliceLayout(0, state)
@@ -334,23 +323,22 @@ def _scan_bwd_seq_kernel(
     rows_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, rows))
     rows_s = gl.arange(0, SUB, layout=gl.SliceLayout(0, rows))
     mask_rows_n = rows_n < N
-    # The sums' columns are lane-major (products_layout). PARTIALS: a step's sums are stored at
-    # dB_ptr[b, channel block, t, 2·BLOCK_N] (dB's, then dC's). Else a sub-chunk's sums are staged in
-    # shared memory and added to dB and dC (B, N, ·) atomically once the sub-chunk is done, in the
-    # staged layout (a step at a time, an atomic instruction hit 32 rows: 0.58 of the backward's 3.86 ms,
-    # eighth session).
+    # The sums' columns are lane-major. A step's per-warp sums are staged in shared memory; once the
+    # sub-chunk is done they are added over the warps and, PARTIALS, stored at dB_ptr[b, channel block,
+    # t, 2·BLOCK_N] (dB's, then dC's), else added to dB and dC (B, N, ·) atomically (a step at a time, an
+    # atomic instruction hit 32 rows: 0.58 of the backward's 3.86 ms, eighth session).
     S: gl.constexpr = BLOCK_N // LPC
-    staged: gl.constexpr = staged_layout(SUB, WARPS)
+    staged: gl.constexpr = gl.SliceLayout(2, staged_layout(SUB, WARPS))
+    sum_is_B, sum_state = _lane_major_columns(gl.arange(0, 2 * BLOCK_N, layout=gl.SliceLayout(1, staged)), S)
+    sum_mask = sum_state < N
+    staged_s = gl.arange(0, SUB, layout=gl.SliceLayout(0, staged))
     if PARTIALS:
-        sum_is_B, sum_state = _lane_major_columns(gl.arange(0, 2 * BLOCK_N, layout=gl.SliceLayout(0, column)), S)
-        sum_mask = sum_state < N
         sum_at = (((pid_b * gl.num_programs(1) + gl.program_id(1)) * L) * (2 * BLOCK_N)
                   + gl.where(sum_is_B, sum_state, sum_state + BLOCK_N))
+        sum_step = 2 * BLOCK_N
     else:
-        sum_is_B, sum_state = _lane_major_columns(gl.arange(0, 2 * BLOCK_N, layout=gl.SliceLayout(1, staged)), S)
-        sum_mask = sum_state < N
         sum_at = pid_b * sdB_b + sum_state * sdB_n
-        staged_s = gl.arange(0, SUB, layout=gl.SliceLayout(0, staged))
+        sum_step = 1
 
     ckpt = gl.allocate_shared_memory(gl.float32, [SUBS, BLOCK_D, BLOCK_N], plain)
     step_smem = gl.allocate_shared_memory(gl.float32, [SUB, BLOCK_D], plain)
@@ -358,12 +346,11 @@ def _scan_bwd_seq_kernel(
     dy_smem = gl.allocate_shared_memory(gl.float32, [SUB, BLOCK_D], plain)
     B_smem = gl.allocate_shared_memory(gl.float32, [SUB, BLOCK_N], plain)
     C_smem = gl.allocate_shared_memory(gl.float32, [SUB, BLOCK_N], plain)
-    # A step's dB and dC products, (channels, 2·states) lane-major: two buffers, alternating, so that one
-    # barrier a step suffices (separate allocations: the compiler's hazard analysis tells them apart).
     products: gl.constexpr = products_registers(BLOCK_N, LPC, WARPS)
-    products_even = gl.allocate_shared_memory(gl.float32, [BLOCK_D, 2 * BLOCK_N], products_layout(2 * BLOCK_N))
-    products_odd = gl.allocate_shared_memory(gl.float32, [BLOCK_D, 2 * BLOCK_N], products_layout(2 * BLOCK_N))
-    sums_smem = gl.allocate_shared_memory(gl.float32, [SUB, 2 * BLOCK_N], plain)
+    # A step's per-warp sums: row r of sums_rows, (warps · 2·states); read back as (steps, warps, 2·states).
+    sums_smem = gl.allocate_shared_memory(gl.float32, [SUB, WARPS * 2 * BLOCK_N], plain)
+    sums_rows = _rows(sums_smem)
+    sums_3d = sums_smem._reinterpret(gl.float32, [SUB, WARPS, 2 * BLOCK_N], gl.SwizzledSharedLayout(1, 1, 1, [2, 1, 0]))
     step_rows, u_rows, dy_rows = _rows(step_smem), _rows(u_smem), _rows(dy_smem)
     B_rows, C_rows = _rows(B_smem), _rows(C_smem)
 
@@ -449,18 +436,10 @@ def _scan_bwd_seq_kernel(
                 gB = gl.sum(g * Bt, axis=1)
                 du = _put_column(du, io_s, r, step * gB, io)
                 dstep = _put_column(dstep, io_s, r, gl.sum(ga * An, axis=1) + u * gB, io)
-                if r % 2 == 0:
-                    buffer = products_even
-                else:
-                    buffer = products_odd
-                buffer.store(_lane_major(g * stepu, h * dy[:, None], BLOCK_D, BLOCK_N, LPC, products))
-                gl.thread_barrier()
-                sums = gl.sum(buffer.load(column), axis=0)
-                if PARTIALS:
-                    t = c * CHUNK + k * SUB + r
-                    gl.store(dB_ptr + sum_at + t * (2 * BLOCK_N), sums, mask=sum_mask & (t < L))
-                else:
-                    _rows(sums_smem).index(r).store(sums)
+                both = gl.convert_layout(_lane_major(g * stepu, h * dy[:, None], BLOCK_D, BLOCK_N, LPC, products),
+                                         warp_sums)
+                per_warp = gl.sum(both.reshape([WARPS, BLOCK_D // WARPS, 2 * BLOCK_N]), axis=1)
+                sums_rows.index(r).store(per_warp.reshape([WARPS * 2 * BLOCK_N]))
                 a_next = a
 
             # This sub-chunk's du, dΔ, dz (channels × steps, coalesced).
@@ -488,11 +467,14 @@ def _scan_bwd_seq_kernel(
             gl.store(du_ptr + grad_at, du.to(du_ptr.dtype.element_ty), mask=m)
             gl.store(ddelta_ptr + grad_at, dstep.to(ddelta_ptr.dtype.element_ty), mask=m)
             gl.thread_barrier()
-            if not PARTIALS:  # (sums_smem is next written after the next sub-chunk's staging barrier)
-                t = c * CHUNK + k * SUB + staged_s[None, :]
-                sums = sums_smem.permute([1, 0]).load(staged)
-                sums_at = sum_at[:, None] + t
-                sums_m = sum_mask[:, None] & (t < L)
+            # (sums_smem is next written after the next sub-chunk's staging barrier)
+            t = c * CHUNK + k * SUB + staged_s[None, :]
+            sums = gl.sum(sums_3d.permute([2, 0, 1]).load(staged_layout(SUB, WARPS)), axis=2)
+            sums_at = sum_at[:, None] + t * sum_step
+            sums_m = sum_mask[:, None] & (t < L)
+            if PARTIALS:
+                gl.store(dB_ptr + sums_at, sums, mask=sums_m)
+            else:
                 gl.atomic_add(dB_ptr + sums_at, sums, mask=sums_m & sum_is_B[:, None], sem="relaxed")
                 gl.atomic_add(dC_ptr + sums_at, sums, mask=sums_m & (~sum_is_B)[:, None], sem="relaxed")
 

@@ -452,12 +452,12 @@ GLUON_SUB = 8
 # spills 36 bytes).
 GLUON_WALK = os.environ.get("FLOWHN_SCAN_WALK", "sequence")
 # GLUON_DB_DC: how the Gluon backward's per-step sums over its channels reach dB and dC. "atomics": added
-# into them with relaxed atomics (one per state, step and program: 67M at 16×4096×1024×16). "partials":
-# stored, a (B, channel blocks, L, 2N) fp32 buffer, then summed over the blocks (268 MB at that shape).
-# On an H200 (eighth session): the atomics took 0.58 of the backward's 3.86 ms (scripts/gpu_scan_ablate.py);
-# "partials", bf16 fwd+bwd (gpu_scan_tiles.py): 16×4096×1024×16 4.498 -> 4.246 ms, but 16×4096×369×16
-# 3.145 -> 3.386; mamba 1B 41,223 -> 42,339 tok/s (+2.7 %, peak +0.04 GiB). Slower at FAC's share of the
-# tokens, so not the default. FLOWHN_SCAN_DB_DC sets it for a process.
+# into them with relaxed atomics, once a sub-chunk, each atomic instruction over runs of a state's
+# consecutive steps. "partials": stored, a (B, channel blocks, L, 2N) fp32 buffer, then summed over the
+# blocks (268 MB at 16×4096×1024×16). On an H200, bf16 fwd+bwd (gpu_scan_tiles.py): eighth session, with
+# an atomic a state and step, partials were faster at that shape (4.498 -> 4.246 ms) and slower at
+# 16×4096×369×16 (3.145 -> 3.386); ninth session, with the atomics once a sub-chunk, partials are slower
+# at both (3.426 -> 3.498, 2.970 -> 3.127), so not the default. FLOWHN_SCAN_DB_DC sets it for a process.
 GLUON_DB_DC = os.environ.get("FLOWHN_SCAN_DB_DC", "atomics")
 GLUON_SEQUENCE_FWD_MAXNREG = 128
 
