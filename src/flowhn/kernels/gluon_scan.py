@@ -25,8 +25,8 @@ chunk-end states and step totals they would have produced). Row-major (B, D, pit
 default kernels, walking the sequence (``triton_scan.MAIN_KERNELS``, ``GLUON_WALK``). On an H200,
 bf16, forward+backward at 16×4096×1024×16: Triton's 6.508 ms, these walking chunks 5.338, walking the
 sequence 4.493; at L = 369: 3.377, 3.524, 3.157; every float64 check passed (experiments/bench/H200.md,
-seventh session). Ninth session, the backward's dB/dC sums without bank conflicts, a barrier-free
-read or per-step atomics: 4.497 -> 3.354 ms at L = 1024, 3.142 -> 2.862 at L = 369 (H200.md, ninth session).
+seventh session). Ninth session, the backward's dB/dC sums without shared-memory bank conflicts and
+their atomics once a sub-chunk: 4.497 -> 3.354 ms at L = 1024, 3.142 -> 2.862 at L = 369 (H200.md).
 
 Backward. The adjoint g_t = a_{t+1} g_{t+1} + C_t dy_t runs backwards in time and needs h_t at each
 step. The chunk is cut into sub-chunks of SUB steps: a forward pass keeps the state entering each
@@ -235,10 +235,14 @@ def _stage_dy(dout_ptr, z_ptr, dy_smem, pid_b, offs_d, t, m, stride_b, stride_d,
 # holds its lane's states, dB's then dC's (2 · BLOCK_N // LPC floats): "lane-major" column order, column
 # = lane part · 2S + (0 dB | 1 dC) · S + state within the part, S = BLOCK_N // LPC. The tile is then
 # re-laid out within each warp (warp_sums_layout: the warp's rows in a thread's registers, its lanes on
-# the columns; Triton does it through a warp's own shared-memory scratch, 4 STS.128 + 4 LDSM a step and
-# no barrier) and summed over those rows in the thread. The warps' sums are added once a sub-chunk.
-# Before (eighth session) the products went through a shared tile read back by columns: a barrier a step,
-# 16 scalar loads, and bank conflicts on both sides (16 wavefronts a STS.128 instead of 4).
+# the columns; Triton converts through shared-memory scratch, 4 STS.128 + 4 LDSM a warp and step, with a
+# barrier a step for the scratch's reuse) and summed over those rows in the thread. The warps' sums are
+# added once a sub-chunk. Before (eighth session) the products went through a shared tile read back by
+# columns: 16 scalar loads a step, bank conflicts on both sides (16 wavefronts a STS.128 instead of 4),
+# and an atomic instruction a step over 32 rows of dB/dC. Ninth session, on an H200: that tile swizzled
+# and lane-major (709b960), the sums' atomics once a sub-chunk (fb1dd26), its reads conflict-free
+# (5230175), then this re-layout: the backward at 16×4096×1024×16 bf16 3.847 -> 3.462 -> 2.954 -> 2.774
+# -> 2.704 ms (gpu_scan_tiles.py, separate calls for each step; float64 checks passed each time).
 @gluon.constexpr_function
 def products_registers(BLOCK_N, LPC, WARPS):
     """The product tile in registers, lane-major: a thread's dB and dC states side by side."""

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Ninth session, call C (nvidia-h200-x2): the rest of the tables at this code (f9b54ea), the backward's stages
 # timed again, and one more backward variant (a warp-level re-layout of the dB/dC products instead of the
-# shared product tile: logs/calls/gluon_CVT.py) checked against float64 and timed.
+# shared product tile: logs/calls/gluon_CVT.py, since committed as e699547) checked against float64 and timed.
 # GPU 0: gpu_scan_tiles.py (this kernel and gluon_CVT.py), gpu_scan_ablate.py at 2 and 4 lanes, 1B no_split, shm.
 # GPU 1: 1B jamba, hymba; 135M ae_split, fa_split, llama, mamba2, HF Llama compiled.
 set -u
