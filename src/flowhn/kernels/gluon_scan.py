@@ -267,7 +267,7 @@ def warp_sums_layout(ROWS, COLS, WARPS):
 
 @gluon.jit
 def _lane_major_columns(cols, S: gl.constexpr):
-    """Of lane-major columns (products_layout): whether each is dB's (else dC's), and its state."""
+    """Of lane-major columns (products_registers): whether each is dB's (else dC's), and its state."""
     return (cols // S) % 2 == 0, (cols // (2 * S)) * S + cols % S
 
 
@@ -283,7 +283,7 @@ def staged_layout(SUB, WARPS):
 def _lane_major(dB_part, dC_part, BLOCK_D: gl.constexpr, BLOCK_N: gl.constexpr, LPC: gl.constexpr,
                 layout: gl.constexpr):
     """(channels, states) dB and dC products as one (channels, 2·states) tile in lane-major column order
-    (see products_layout); only registers are renamed, no data moves between threads."""
+    (see products_registers); only registers are renamed, no data moves between threads."""
     S: gl.constexpr = BLOCK_N // LPC
     both = gl.join(dB_part.reshape([BLOCK_D, LPC, S]), dC_part.reshape([BLOCK_D, LPC, S]))
     both = both.permute(0, 1, 3, 2).reshape([BLOCK_D, 2 * BLOCK_N])
