@@ -402,6 +402,40 @@ def test_mamba1_mixer_triton_matches_reference_gpu():
 
 
 @pytest.mark.skipif(not has_triton, reason="triton is not installed")
+@pytest.mark.parametrize("lanes", [1, 2, 4, 8])
+@pytest.mark.parametrize("block_n", [8, 16])
+@pytest.mark.parametrize("warps", [1, 2, 4])
+def test_gluon_scan_backward_sum_layout_stays_within_warps(lanes, block_n, warps):
+    """The layout the backward re-lays its dB/dC products into (warp_sums_layout) holds every element of
+    the (channels, 2·states) tile once, and gives each warp the rows (channels) products_registers gives
+    it, so the conversion never moves data between warps and the per-warp sums cover the program."""
+    from flowhn.kernels import gluon_scan
+
+    rows, cols = (32 // lanes) * warps, 2 * block_n
+    layout = gluon_scan.warp_sums_layout(rows, cols, warps)
+    assert layout.shape == [rows, cols]
+
+    def place(bases, index):
+        row = col = 0
+        for bit, (r, c) in enumerate(bases):
+            if index >> bit & 1:
+                row, col = row ^ r, col ^ c
+        return row, col
+
+    seen = {}
+    for warp in range(warps):
+        for lane in range(32):
+            for register in range(1 << len(layout.reg_bases)):
+                parts = [place(layout.warp_bases, warp), place(layout.lane_bases, lane),
+                         place(layout.reg_bases, register)]
+                element = (parts[0][0] ^ parts[1][0] ^ parts[2][0], parts[0][1] ^ parts[1][1] ^ parts[2][1])
+                seen.setdefault(element, set()).add(warp)
+    assert len(seen) == rows * cols and all(0 <= r < rows and 0 <= c < cols for r, c in seen)
+    rows_a_warp = 32 // lanes  # products_registers: warp w holds channels [w·32/LPC, (w+1)·32/LPC)
+    assert all(warps_of == {r // rows_a_warp} for (r, _), warps_of in seen.items())
+
+
+@pytest.mark.skipif(not has_triton, reason="triton is not installed")
 def test_gluon_scan_kernels_compile_for_sm90():
     """No GPU needed: Triton compiles for a target it is given and ships ptxas. Both Gluon kernels at
     the model's tile (chunk 64, 16 states, their default warps) build for sm_90, fit shared memory,
