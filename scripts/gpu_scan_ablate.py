@@ -37,7 +37,7 @@ DB_DC_STEP = '''                both = gl.convert_layout(_lane_major(g * stepu, 
 '''
 DB_DC_SUB_CHUNK = '''            # (sums_smem is next written after the next sub-chunk's staging barrier)
             t = c * CHUNK + k * SUB + staged_s[None, :]
-            sums = gl.sum(sums_3d.permute([2, 0, 1]).load(staged_layout(SUB, WARPS)), axis=2)
+            sums = gl.sum(sums_3d.permute([2, 0, 1]).load(staged_warps), axis=2)
             sums_at = sum_at[:, None] + t * sum_step
             sums_m = sum_mask[:, None] & (t < L)
 ''' + DB_DC_ATOMICS

@@ -415,21 +415,16 @@ def test_gluon_scan_backward_sum_layout_stays_within_warps(lanes, block_n, warps
     layout = gluon_scan.warp_sums_layout(rows, cols, warps)
     assert layout.shape == [rows, cols]
 
-    def place(bases, index):
+    # A linear layout: the element a (register, lane, warp) index holds is the XOR of the bases of its set bits.
+    bases = layout.reg_bases + layout.lane_bases + layout.warp_bases
+    warp_shift = len(layout.reg_bases) + len(layout.lane_bases)
+    seen = {}
+    for index in range(1 << len(bases)):
         row = col = 0
         for bit, (r, c) in enumerate(bases):
             if index >> bit & 1:
                 row, col = row ^ r, col ^ c
-        return row, col
-
-    seen = {}
-    for warp in range(warps):
-        for lane in range(32):
-            for register in range(1 << len(layout.reg_bases)):
-                parts = [place(layout.warp_bases, warp), place(layout.lane_bases, lane),
-                         place(layout.reg_bases, register)]
-                element = (parts[0][0] ^ parts[1][0] ^ parts[2][0], parts[0][1] ^ parts[1][1] ^ parts[2][1])
-                seen.setdefault(element, set()).add(warp)
+        seen.setdefault((row, col), set()).add(index >> warp_shift)
     assert len(seen) == rows * cols and all(0 <= r < rows and 0 <= c < cols for r, c in seen)
     rows_a_warp = 32 // lanes  # products_registers: warp w holds channels [w·32/LPC, (w+1)·32/LPC)
     assert all(warps_of == {r // rows_a_warp} for (r, _), warps_of in seen.items())

@@ -332,7 +332,8 @@ def _scan_bwd_seq_kernel(
     # t, 2·BLOCK_N] (dB's, then dC's), else added to dB and dC (B, N, ·) atomically (a step at a time, an
     # atomic instruction hit 32 rows: 0.58 of the backward's 3.86 ms, eighth session).
     S: gl.constexpr = BLOCK_N // LPC
-    staged: gl.constexpr = gl.SliceLayout(2, staged_layout(SUB, WARPS))
+    staged_warps: gl.constexpr = staged_layout(SUB, WARPS)
+    staged: gl.constexpr = gl.SliceLayout(2, staged_warps)
     sum_is_B, sum_state = _lane_major_columns(gl.arange(0, 2 * BLOCK_N, layout=gl.SliceLayout(1, staged)), S)
     sum_mask = sum_state < N
     staged_s = gl.arange(0, SUB, layout=gl.SliceLayout(0, staged))
@@ -473,7 +474,7 @@ def _scan_bwd_seq_kernel(
             gl.thread_barrier()
             # (sums_smem is next written after the next sub-chunk's staging barrier)
             t = c * CHUNK + k * SUB + staged_s[None, :]
-            sums = gl.sum(sums_3d.permute([2, 0, 1]).load(staged_layout(SUB, WARPS)), axis=2)
+            sums = gl.sum(sums_3d.permute([2, 0, 1]).load(staged_warps), axis=2)
             sums_at = sum_at[:, None] + t * sum_step
             sums_m = sum_mask[:, None] & (t < L)
             if PARTIALS:
