@@ -14,6 +14,9 @@ compile mode). Each is built and stepped exactly as ``python -m flowhn.bench`` d
 2. One step under torch.profiler (CPU and CUDA): kernel launches, syncs and device-to-host copies,
    and the ops with the most host time of their own.
 3. One step under cProfile: the Python functions with the most time of their own.
+4. One step's idle gaps on the device timeline (``flowhn.perf.gaps``): how much of the step the GPU
+   idles, how much of that is the host launching late (grouped by the CPU op that launched next),
+   and the kernels around the largest gaps.
 
 A table (GPU ms, host ms, launches, syncs) is printed last; the details go to $OUT/host_profile.log.
 """
@@ -36,6 +39,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from flowhn.bench import CONF, make_train_step, ours
 from flowhn.kernels.testing import ScriptLog
+from flowhn.perf.gaps import gap_markdown, profile_gaps
 
 log = ScriptLog()
 SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cuStreamSynchronize")
@@ -137,15 +141,22 @@ def main() -> int:
                 f"{time.time() - started:.0f} s with compile")
             log(top)
             log(python_profile(step))
-            rows.append((spec, gpu_ms, host_ms, counts))
+            idle = late = float("nan")
+            if torch.cuda.is_available():
+                gaps, busy, span, _, _ = profile_gaps(step)
+                log(gap_markdown(gaps, busy, span, f"{spec}: idle gaps of one step"))
+                idle, late = sum(g.us for g in gaps) / 1e3, sum(g.host_late for g in gaps) / 1e3
+            rows.append((spec, gpu_ms, host_ms, counts, idle, late))
             del model, step
             torch._dynamo.reset()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-    log("\n| spec | step ms (events) | host ms (median, idle GPU at start) | launches | syncs | memcpy | item() |")
-    log("|---|---:|---:|---:|---:|---:|---:|")
-    for spec, gpu_ms, host_ms, c in rows:
-        log(f"| {spec} | {gpu_ms:.1f} | {host_ms:.1f} | {c['launches']} | {c['syncs']} | {c['memcpy']} | {c['item']} |")
+    log("\n| spec | step ms (events) | host ms (median, idle GPU at start) | launches | syncs | memcpy | item() "
+        "| GPU idle ms (profiled step) | of it host late |")
+    log("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for spec, gpu_ms, host_ms, c, idle, late in rows:
+        log(f"| {spec} | {gpu_ms:.1f} | {host_ms:.1f} | {c['launches']} | {c['syncs']} | {c['memcpy']} | {c['item']} "
+            f"| {idle:.1f} | {late:.1f} |")
     return 0
 
 

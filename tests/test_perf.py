@@ -463,3 +463,53 @@ def test_progress_bar_reads_metrics_only_when_it_redraws(tmp_path, ours, batches
         progress_bar=CountingBar(refresh_rate=3 if batches == 7 else 4))
     # Lightning's bar reads after every batch; ours at its redraws (every refresh_rate batches and the last).
     assert reads == expected
+
+
+# ---------------------------------------------------------------------------------------------
+# idle gaps on the device timeline (flowhn.perf.gaps): a trace shaped as torch.profiler exports it
+
+
+def _x(cat, name, ts, dur, correlation=None, tid=1):
+    return {"ph": "X", "cat": cat, "name": name, "ts": ts, "dur": dur, "tid": tid,
+            "args": {} if correlation is None else {"correlation": correlation}}
+
+
+def test_gaps_split_host_late_from_device_side_and_name_the_launcher():
+    from flowhn.perf.gaps import device_times_by_name, gap_markdown, kernel_gaps
+
+    trace = {"traceEvents": [
+        _x("cpu_op", "aten::mm", 0, 5), _x("cuda_runtime", "cudaLaunchKernel", 1, 2, correlation=1),
+        _x("kernel", "gemm", 10, 40, correlation=1),                    # busy 10..50
+        _x("cpu_op", "flowhn::scan", 3, 10),
+        _x("cuda_runtime", "cudaLaunchKernel", 5, 2, correlation=2),   # launched early: a device-side gap
+        _x("kernel", "scan", 54, 20, correlation=2),                    # gap 50..54, 4 µs, none host-late
+        _x("kernel", "copy_on_stream_2", 60, 30, correlation=3),        # overlaps scan: no gap, busy to 90
+        _x("cuda_runtime", "cudaLaunchKernel", 3, 1, correlation=3),
+        _x("cpu_op", "Optimizer.step", 95, 20),
+        _x("cpu_op", "aten::_foreach_add", 100, 10),
+        _x("cuda_runtime", "cudaLaunchKernel", 104, 2, correlation=4),  # launched 14 µs after idle began
+        _x("gpu_memset", "Memset", 110, 5, correlation=4),              # gap 90..110: 14 host-late of 20
+        _x("cuda_runtime", "cudaLaunchKernel", 200, 1, correlation=5, tid=2),  # no CPU op on thread 2
+        _x("kernel", "adam", 205, 10, correlation=5),                   # gap 115..205: host-late 85 of 90
+    ]}
+    gaps, busy, span = kernel_gaps(trace)
+    assert span == 215 - 10
+    assert busy == 40 + 36 + 5 + 10
+    assert [(g.before, g.after, g.us, g.host_late, g.launcher) for g in gaps] == [
+        ("gemm", "scan", 4, 0, "flowhn::scan"),
+        ("copy_on_stream_2", "Memset", 20, 14, "aten::_foreach_add"),
+        ("Memset", "adam", 90, 85, ""),
+    ]
+    assert busy + sum(g.us for g in gaps) == span
+    assert [g.us for g in kernel_gaps(trace, min_us=10)[0]] == [20, 90]
+    text = gap_markdown(gaps, busy, span, "row")
+    assert "idle 0.11 ms in 3 gaps; of it 0.10 ms before the host" in text
+    assert "| `aten::_foreach_add` | 0.014 | 1 |" in text and "| `?` | 0.085 | 1 |" in text
+    assert kernel_gaps({"traceEvents": []}) == ([], 0.0, 0.0)
+    # Per-name sums (the bench's kernel table): every device event counted, an ATen kernel whose name
+    # holds a lambda's '#' too (function events filtered those out, with the profiler's own '#' ranges).
+    trace["traceEvents"].append(_x("kernel", "void at::native::elementwise_kernel<{lambda(float)#1}>", 300, 7,
+                                   correlation=6))
+    times = device_times_by_name(trace)
+    assert times["void at::native::elementwise_kernel<{lambda(float)#1}>"] == [7, 1]
+    assert times["gemm"] == [40, 1] and times["Memset"] == [5, 1] and "aten::mm" not in times

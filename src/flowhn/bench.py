@@ -55,7 +55,8 @@ class Row:
     step_ms: float | None = None
     mem_gib: float | None = None
     params_m: float | None = None
-    gpu_busy: float | None = None  # profiled kernel time / step time: below 1 the host holds the GPU back
+    # ms of the profiled step with any kernel running / step ms: below 1 the GPU idles (the host, syncs)
+    gpu_busy: float | None = None
     split_ratio: float | None = None  # attention's share of the tokens (FA ratio; FAC's window width / T)
 
 
@@ -321,7 +322,7 @@ def _timed_row(make, bench: DictConfig, peak: float | None, name: str) -> tuple[
         if not bench.profile:
             return row, None
         breakdown = profile_steps(step, bench.profile_steps)
-        row.gpu_busy = breakdown.total_ms / ms
+        row.gpu_busy = (breakdown.busy_ms if breakdown.busy_ms is not None else breakdown.total_ms) / ms
         return row, breakdown.markdown(name, top=bench.get("profile_top", 8))
     except torch.OutOfMemoryError:
         return Row(name, "OOM"), None
