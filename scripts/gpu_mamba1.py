@@ -11,7 +11,7 @@
    PyTorch conv compiled, the Triton scan row-major (old layout) and channel-last (new), fp32 and bf16.
 3. Conv at the 1B Mamba layer (16 × 1024 × 4096, width 4, bf16, x the hidden half of a (B, L, 8192)
    in_proj output): F.pad + F.conv1d + SiLU on the transposed view (old, eager and compiled) vs the
-   Triton kernels (each backward: ``recompute`` and ``staged``, triton_conv.BWD_KERNEL) vs the shifted
+   Triton kernels (each backward: ``recompute``, ``staged``, ``walk``; triton_conv.BWD_KERNEL) vs the shifted
    multiply-adds compiled; a forward and a backward tile sweep per backward kernel; the floor
    = 5·B·L·C·2 bytes (fwd: read x, write out; bwd: read x and dy, write dx) at copy bandwidth.
 4. Scan at 16×4096×1024×16 and 16×4096×369×16 bf16: row-major (old) vs channel-last (new, inputs as
@@ -57,6 +57,7 @@ SMOKE_SIZES = dict(
     acc_conv=[((2, 13, 40, 4), 96)], acc_scan=(2, 12, 19, 4), acc_mixer=(8, 2, 11),
     conv=[((2, 16, 64, 4), 160, "conv smoke"), ((2, 16, 72, 4), 160, "conv smoke 2")],
     scan=[(2, 16, 40, 4), (2, 16, 23, 4)], dt_rank=4, mixer=(16, 2, 24))
+KERNEL_TIME = False  # --kernel-time: fwd_bwd_ms reports GPU kernel time instead of wall time
 SWEEP_BUDGET_S = 210  # tile sweeps stop adding configs once the script has run this long
 STARTED = time.time()
 DEVICE = "cuda"
@@ -81,7 +82,11 @@ def check(name, errors, tol):
 
 
 def fwd_bwd_ms(fn, leaves, *, fwd_only=False):
-    """Median ms of fn() (+ backward of its output under a fixed cotangent), gradients reset each time."""
+    """ms of fn() (+ backward of its output under a fixed cotangent), gradients reset each time: median
+    wall time (do_bench), or with KERNEL_TIME the GPU time of its kernels summed (torch.profiler, mean
+    of 10 runs), which the host's launch overhead cannot inflate: kernels of ~0.1-1 ms launched with
+    autograd's overhead between them, on a host shared with another GPU's run, read up to 40 % high in
+    wall time (tenth session, call A)."""
     out = fn()
     dy = torch.randn_like(out)
 
@@ -96,7 +101,18 @@ def fwd_bwd_ms(fn, leaves, *, fwd_only=False):
         started = time.time()
         step()
         return (time.time() - started) * 1e3
-    return do_bench(step, grad_to_none=leaves, return_mode="median")
+    if not KERNEL_TIME:
+        return do_bench(step, grad_to_none=leaves, return_mode="median")
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(10):
+            for leaf in leaves:
+                leaf.grad = None
+            step()
+        torch.cuda.synchronize()
+    return sum(e.device_time_total for e in prof.key_averages()) / 10 / 1e3
 
 
 def compile_fn(fn):
@@ -105,14 +121,14 @@ def compile_fn(fn):
 
 # ---------------------------------------------------------------- accuracy
 
-BACKWARD_KERNELS = ("recompute", "staged")  # triton_conv.BWD_KERNEL
+BACKWARD_KERNELS = triton_conv.BWD_KERNELS
 
 
 @contextlib.contextmanager
 def conv_backward(kernel, tile=None):
     """The conv's backward kernel (and its tile: block_l, block_c, seg_tiles, warps) while inside."""
     names = ("BLOCK_L", "BLOCK_C", "SEG_TILES", "WARPS")
-    prefix = "STAGED_" if kernel == "staged" else "BWD_"
+    prefix = {"staged": "STAGED_", "walk": "WALK_"}.get(kernel, "BWD_")
     saved = triton_conv.BWD_KERNEL, [getattr(triton_conv, prefix + n) for n in names]
     triton_conv.BWD_KERNEL = kernel
     for n, v in zip(names, tile or saved[1]):
@@ -125,6 +141,22 @@ def conv_backward(kernel, tile=None):
             setattr(triton_conv, prefix + n, v)
 
 
+@contextlib.contextmanager
+def conv_forward(kernel, tile=None):
+    """The conv's forward kernel ("tiles" or "walk"; the walk's tile: block_l, block_c, seg_tiles, warps)."""
+    names = ("BLOCK_L", "BLOCK_C", "SEG_TILES", "WARPS")
+    saved = triton_conv.FWD_KERNEL, [getattr(triton_conv, "WALK_FWD_" + n) for n in names]
+    triton_conv.FWD_KERNEL = kernel
+    for n, v in zip(names, tile or saved[1]):
+        setattr(triton_conv, "WALK_FWD_" + n, v)
+    try:
+        yield
+    finally:
+        triton_conv.FWD_KERNEL = saved[0]
+        for n, v in zip(names, saved[1]):
+            setattr(triton_conv, "WALK_FWD_" + n, v)
+
+
 def accuracy(seed, conv_only=False):
     log("\nAccuracy vs float64 (relative L2 error of the output and every gradient):")
     shifted_compiled = compile_fn(causal_conv1d_silu_shifted)
@@ -134,9 +166,10 @@ def accuracy(seed, conv_only=False):
             inputs = conv_inputs(*shape, dtype=dtype, device=DEVICE, row_stride=stride, seed=seed)
             tag = f"{'x'.join(map(str, shape))} {str(dtype)[6:]}"
             for kernel in BACKWARD_KERNELS:
-                with conv_backward(kernel):
-                    check(f"conv triton, {kernel} bwd {tag}", compare_conv(triton_conv.causal_conv1d_silu_triton, inputs),
-                          TOL[dtype])
+                forward = "walk" if kernel == "walk" else "tiles"
+                with conv_backward(kernel), conv_forward(forward):
+                    check(f"conv triton, {forward} fwd, {kernel} bwd {tag}",
+                          compare_conv(triton_conv.causal_conv1d_silu_triton, inputs), TOL[dtype])
             check(f"conv shifted compiled {tag}", compare_conv(shifted_compiled, inputs), TOL[dtype])
     if conv_only:
         return
@@ -188,17 +221,20 @@ def time_conv(bandwidth, sweep, shape, stride, label):
     nbytes = 5 * batch * length * channels * 2
     floor = nbytes / bandwidth / 1e6
     tag = f"{batch}x{length}x{channels} k{width}"
-    variants = {  # name: (function, the Triton conv's backward kernel while it runs)
+    variants = {  # name: (function, the Triton conv's forward and backward kernels while it runs)
         "F.conv1d+SiLU eager (old)": (conv_old, None),
         "F.conv1d+SiLU compiled": (compile_fn(conv_old), None),
         "shifted madds compiled": (compile_fn(causal_conv1d_silu_shifted), None),
-        **{f"triton, {kernel} bwd": (triton_conv.causal_conv1d_silu_triton, kernel) for kernel in BACKWARD_KERNELS},
+        **{f"triton, {kernel} bwd": (triton_conv.causal_conv1d_silu_triton, ("tiles", kernel))
+           for kernel in BACKWARD_KERNELS},
+        "triton, walk fwd, walk bwd": (triton_conv.causal_conv1d_silu_triton, ("walk", "walk")),
     }
     log(f"\n{label} {tag} bf16 (x: column view, row stride {stride}); floor {floor:.3f} ms "
         f"({nbytes / 1e6:.0f} MB at {bandwidth:.0f} GB/s)")
-    for name, (fn, kernel) in variants.items():
+    for name, (fn, kernels_used) in variants.items():
         call = lambda fn=fn: fn(x, w, b)
-        with conv_backward(kernel or triton_conv.BWD_KERNEL):
+        forward, backward = kernels_used or (triton_conv.FWD_KERNEL, triton_conv.BWD_KERNEL)
+        with conv_backward(backward), conv_forward(forward):
             fwd = fwd_bwd_ms(call, leaves, fwd_only=True)
             ms = fwd_bwd_ms(call, leaves)
         log(f"  {name:28s} fwd {fwd:.3f}  fwd+bwd {ms:.3f} ms  ({ms / floor:.2f}x floor)")
@@ -219,13 +255,24 @@ def sweep_conv_tiles(x, w, b, leaves, label, tag, floor):
         best = min(best, (fwd, (bl, bc, nw)))
         log(f"    ({bl:3d}, {bc:3d}, {nw}) {fwd:.3f}")
     log(f"  best forward tile {best[1]}: {best[0]:.3f} ms")
+    log("  Triton walking forward tiles (block_l, block_c, seg_tiles, warps): fwd ms")
+    best_walk = (float("inf"), None)
+    for cfg in triton_conv.WALK_FWD_TILES:
+        if time.time() - STARTED > SWEEP_BUDGET_S:
+            break
+        with conv_forward("walk", cfg):
+            fwd = fwd_bwd_ms(lambda: triton_conv.causal_conv1d_silu_triton(x, w, b), leaves, fwd_only=True)
+        best_walk = min(best_walk, (fwd, cfg))
+        log(f"    {cfg} {fwd:.3f}")
+    log(f"  best walking forward tile {best_walk[1]}: {best_walk[0]:.3f} ms")
     # The staged kernel's tiles (scripts/kernel_stats.py --conv on sm_90): 8 x 128 x 4 warps (the
     # default) has no spills in 128 registers; 16 x 128 x 4 the fewest instructions per element.
     tiles = {"recompute": ((16, 128, 8, 4), (32, 64, 8, 4), (32, 128, 4, 4), (32, 128, 8, 4), (32, 128, 16, 4),
                            (32, 256, 8, 8), (64, 128, 4, 8), (64, 64, 8, 4), (16, 256, 16, 4), (32, 128, 32, 4)),
              "staged": ((8, 128, 32, 4), (8, 128, 16, 4), (16, 128, 16, 4), (16, 128, 8, 4), (16, 64, 16, 2),
-                        (16, 128, 16, 8), (32, 64, 16, 4), (8, 256, 16, 4), (16, 128, 32, 4), (4, 128, 32, 2))}
-    for kernel in ("staged", "recompute"):
+                        (16, 128, 16, 8), (32, 64, 16, 4), (8, 256, 16, 4), (16, 128, 32, 4), (4, 128, 32, 2)),
+             "walk": triton_conv.WALK_TILES}
+    for kernel in ("walk", "staged", "recompute"):
         log(f"  Triton {kernel} backward tiles (block_l, block_c, seg_tiles, warps): fwd+bwd ms (forward at its default)")
         best_bwd = (float("inf"), None)
         for cfg in tiles[kernel]:
@@ -373,15 +420,20 @@ def time_mixer():
 
 
 def main():
+    global DEVICE, DTYPES, BENCH_DTYPE, KERNEL_TIME, SWEEP_BUDGET_S
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="no tile sweeps, no pytest")
     parser.add_argument("--conv", action="store_true", help="only the conv: accuracy, timings and tile sweeps")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--kernel-time", action="store_true",
+                        help="time by the GPU kernels' own durations (torch.profiler), not wall time")
+    parser.add_argument("--sweep-budget-s", type=float, default=SWEEP_BUDGET_S,
+                        help="tile sweeps stop adding configs once the script has run this long")
     parser.add_argument("--cpu-smoke", action="store_true",
                         help="tiny shapes on CPU under TRITON_INTERPRET=1, to check this script runs (no timings)")
     args = parser.parse_args()
+    KERNEL_TIME, SWEEP_BUDGET_S = args.kernel_time, args.sweep_budget_s
     if args.cpu_smoke:
-        global DEVICE, DTYPES, BENCH_DTYPE
         if os.environ.get("TRITON_INTERPRET") != "1":
             sys.exit("gpu_mamba1.py: --cpu-smoke needs TRITON_INTERPRET=1")
         DEVICE, DTYPES, BENCH_DTYPE = "cpu", (torch.float32,), torch.float32

@@ -9,6 +9,7 @@ earlier path (the PyTorch chunked SSD under torch.compile).
   PYTHONPATH=src python scripts/gpu_ssd.py --sanitize  # also: the quick check under compute-sanitizer memcheck
   PYTHONPATH=src compute-sanitizer --tool memcheck python3 scripts/gpu_ssd.py --quick-check   # by hand
   PYTHONPATH=src python scripts/gpu_ssd.py --state-pass   # only: the pass over chunks, loop vs prefetch
+  PYTHONPATH=src python scripts/gpu_ssd.py --chunks 64,128,256   # only: the chunk size, checked and timed
 
 1. Accuracy: relative L2 error ‖out − ref‖/‖ref‖ of the output and of every gradient (x, dt, A, B, C, D)
    against ``reference.ssd_sequential`` in float64 fed the same (possibly bf16-rounded) inputs, at three
@@ -38,6 +39,12 @@ step; "prefetch": 16 chunks' loads at once) at the Mamba-2 135M and 1B layers (1
 chunks; 24 and 64 heads of 64, N=128) and at 8× the length, forward (one direction), backward with
 recompute (two), median ms and GB/s of its bytes (each direction reads and writes the states once);
 the prefetching kernel's output must equal the loop's (same operations in the same order).
+--chunks: only the chunk size (``model.ssm_chunk_size``), each in its own process: float64 checks at
+2×1000×8×64, G=2, N=128 (L not a multiple of any chunk) in fp32 and bf16, recompute on and off; then
+forward+backward timed in bf16 at the Mamba-2 135M layer (24 heads, recompute off, its default) and 1B
+layer (64 heads, recompute on), with peak scratch and the kernels of one profiled 1B forward+backward.
+A larger chunk halves the (batch, chunks, heads, P, N) fp32 states the kernels write and read (the
+pass over chunks moves only those) and doubles the T × T work of each chunk.
 --diagnose: the bf16 accuracy case that faulted on the H200 (2×1000×8×64, G=2, N=128), once per tile of
 ``_chunk_scan_bwd_dbc_kernel`` (the kernel that faulted) with its head loop pipelined (num_stages 2) and
 not (1), each in its own process, pinned to that one config; prints PASS / FAIL / CRASH per config. The
@@ -201,18 +208,8 @@ def bench(fn, inputs):
 
 
 def profile_new(shape, dtype):
-    inputs = leaves(ssd_inputs(*shape, dtype=dtype, device="cuda", seed=0))
-    fn = functools.partial(ssd_gpu, impl="triton", recompute=True)
-    dy = torch.randn_like(fn(**inputs))
-    fn(**inputs).backward(dy)
-    torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(5):
-            fn(**inputs).backward(dy)
-        torch.cuda.synchronize()
-    rows = [(e.key, e.device_time_total / 5 / 1e3, e.count // 5) for e in prof.key_averages()
-            if e.device_time_total > 0]
-    rows.sort(key=lambda r: -r[1])
+    inputs = ssd_inputs(*shape, dtype=dtype, device="cuda", seed=0)
+    rows = kernel_times(functools.partial(ssd_gpu, impl="triton", recompute=True), inputs, reps=5)
     log(f"\nNew path kernels, recompute, {'x'.join(map(str, shape))} {dtype_name(dtype)} "
         f"(ms per forward+backward, launches):")
     for name, ms, count in rows[:15]:
@@ -318,6 +315,79 @@ def diagnose(seed):
     return rows
 
 
+CHUNK_CHECK_SHAPE = (2, 1000, 8, 64, 2, 128)
+CHUNK_TIMED = [("135M layer 16x1024x24x64 N128", (16, 1024, 24, 64, 1, 128), False),
+               ("1B layer 16x1024x64x64 N128", (16, 1024, 64, 64, 1, 128), True)]
+
+
+def kernel_times(fn, inputs, reps=3):
+    """(name, ms per forward+backward, launches) of each kernel, one profiled run of ``reps``."""
+    tensors = leaves(inputs)
+    dy = torch.randn_like(fn(**tensors))
+    fn(**tensors).backward(dy)
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn(**tensors).backward(dy)
+        torch.cuda.synchronize()
+    rows = [(e.key, e.device_time_total / reps / 1e3, e.count // reps) for e in prof.key_averages()
+            if e.device_time_total > 0]
+    return sorted(rows, key=lambda r: -r[1])
+
+
+def chunk_case_here(chunk, seed):
+    """Child process for --chunks: one chunk size's checks, timings and 1B kernel profile (RESULT lines)."""
+    for dtype in DTYPES:
+        for recompute in (True, False):
+            ok, worst, errors = check_accuracy(CHUNK_CHECK_SHAPE, chunk, dtype, recompute, seed)
+            torch.cuda.synchronize()
+            log_case(CHUNK_CHECK_SHAPE, chunk, dtype, recompute, "PASS" if ok else "FAIL", errors)
+            print("RESULT " + json.dumps({"kind": "check", "dtype": dtype_name(dtype), "recompute": recompute,
+                                          "ok": ok, "worst": worst}), flush=True)
+    for label, shape, recompute in CHUNK_TIMED:
+        inputs = ssd_inputs(*shape, dtype=torch.bfloat16, device="cuda", seed=seed)
+        fn = functools.partial(ssd_gpu, impl="triton", recompute=recompute, chunk_size=chunk)
+        ms, fwd, scratch = bench(fn, inputs)
+        torch.cuda.empty_cache()
+        log(f"  chunk {chunk} {label} recompute={recompute}: {ms:.3f} ms (fwd {fwd:.3f}), "
+            f"scratch {scratch / 2**20:.0f} MiB")
+        print("RESULT " + json.dumps({"kind": "time", "label": label, "recompute": recompute, "ms": ms,
+                                      "fwd": fwd, "scratch_mib": scratch / 2**20}), flush=True)
+        if recompute:
+            for name, kms, count in kernel_times(fn, inputs)[:8]:
+                log(f"    {kms:7.3f} ms  x{count:<3d} {name[:80]}")
+    for kernel in (K._chunk_state_kernel, K._chunk_scan_fwd_kernel, K._chunk_scan_bwd_dx_kernel,
+                   K._chunk_scan_bwd_dbc_kernel):
+        for key, config in getattr(kernel, "cache", {}).items():
+            log(f"    tile {kernel.fn.__name__:28s} {key}: {config}")
+
+
+def chunk_sweep(chunks, seed) -> bool:
+    """--chunks: each chunk size in its own process (a faulting or spilling tile stays in its process)."""
+    table, ok = [], True
+    for chunk in chunks:
+        t0 = time.time()
+        log(f"\nchunk {chunk}:")
+        results, ended, tail = run_child(["--chunk-case", str(chunk), "--seed", str(seed)], f"chunk {chunk}",
+                                         timeout=420, relay=True)
+        checks = [r for r in results if r["kind"] == "check"]
+        passed = len(checks) == 2 * len(DTYPES) and all(r["ok"] for r in checks)
+        ok &= passed and ended == "ok"
+        times = {r["label"]: r for r in results if r["kind"] == "time"}
+        table.append((chunk, passed, ended, max((r["worst"] for r in checks), default=float("nan")), times))
+        if ended != "ok":
+            log(f"  chunk {chunk}: {ended}: " + (tail.splitlines()[-1][:160] if tail else ""))
+        log(f"  [{time.time() - t0:.0f} s]")
+    log("\n| chunk | float64 checks (fp32, bf16; recompute on/off) | worst rel. error | "
+        + " | ".join(f"{label} ms (scratch MiB)" for label, _, _ in CHUNK_TIMED) + " |")
+    log("|---:|---|---:|" + "---:|" * len(CHUNK_TIMED))
+    for chunk, passed, ended, worst, times in table:
+        cells = [f"{times[label]['ms']:.3f} ({times[label]['scratch_mib']:.0f})" if label in times else ended
+                 for label, _, _ in CHUNK_TIMED]
+        log(f"| {chunk} | {'pass' if passed else 'FAIL'} | {worst:.1e} | " + " | ".join(cells) + " |")
+    return ok
+
+
 STATE_PASS_SHAPES = ((16, 16, 24, 64, 128), (16, 16, 64, 64, 128), (2, 128, 64, 64, 128))
 
 
@@ -369,6 +439,8 @@ def main():
                         help="do not run --diagnose automatically when a bf16 accuracy case crashes")
     parser.add_argument("--state-pass", action="store_true",
                         help="only: the pass over chunks, its loop and prefetching kernels, timed and compared")
+    parser.add_argument("--chunks", help="only: these chunk sizes (comma-separated), checked and timed")
+    parser.add_argument("--chunk-case", type=int, help=argparse.SUPPRESS)  # child of --chunks
     parser.add_argument("--case", help=argparse.SUPPRESS)  # child: one accuracy case (JSON)
     parser.add_argument("--timing", help=argparse.SUPPRESS)  # child: the timing part for these dtypes
     args = parser.parse_args()
@@ -382,6 +454,15 @@ def main():
     if args.timing:
         timing_here(args.timing.split(","), args.no_old, seed)
         return
+    if args.chunk_case:
+        chunk_case_here(args.chunk_case, seed)
+        return
+    if args.chunks:
+        if os.environ.get("OUT"):
+            log.open(os.path.join(os.environ["OUT"], "ssd_chunks.log"))
+        log(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  triton {triton.__version__}  "
+            f"seed {seed}")
+        sys.exit(0 if chunk_sweep([int(c) for c in args.chunks.split(",")], seed) else 1)
     if args.state_pass:
         if os.environ.get("OUT"):
             log.open(os.path.join(os.environ["OUT"], "ssd_state_pass.log"))

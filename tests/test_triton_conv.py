@@ -92,6 +92,21 @@ _INTERPRETER_SCRIPT = textwrap.dedent("""
         tc.STAGED_BLOCK_L, tc.STAGED_BLOCK_C, tc.STAGED_SEG_TILES = tile or default_staged_tile
         inputs = conv_inputs(*shape, bias=bias, row_stride=stride, seed=sum(shape) + 1)
         results[f"staged{shape}"] = compare_conv(tc.causal_conv1d_silu_triton, inputs)
+    # The walking kernels, both ways (x and g windows in registers): rows a block of 1, 2, 4, 8 (fewer
+    # than the 3 rows the backward walks past a segment, and more), partial channel blocks, segments of
+    # 1-3 blocks, widths 1-4 (width 5 takes the other kernels), a strided input.
+    tc.FWD_KERNEL = tc.BWD_KERNEL = "walk"
+    default_walk_tile = (tc.WALK_BLOCK_L, tc.WALK_BLOCK_C, tc.WALK_SEG_TILES)
+    for shape, bias, stride, tile in [
+        ((2, 13, 11, 4), True, 24, (4, 8, 2)), ((1, 9, 20, 3), False, None, (2, 16, 3)),
+        ((2, 37, 16, 4), True, None, (1, 8, 3)), ((1, 40, 9, 2), True, 12, (8, 8, 1)),
+        ((1, 11, 8, 1), True, None, (2, 8, 2)), ((2, 5, 16, 4), True, None, None), ((1, 11, 8, 5), True, None, None),
+    ]:
+        tc.WALK_BLOCK_L, tc.WALK_BLOCK_C, tc.WALK_SEG_TILES = tile or default_walk_tile
+        tc.WALK_FWD_BLOCK_L, tc.WALK_FWD_BLOCK_C, tc.WALK_FWD_SEG_TILES = tile or default_walk_tile
+        inputs = conv_inputs(*shape, bias=bias, row_stride=stride, seed=sum(shape) + 2)
+        results[f"walk{shape}"] = compare_conv(tc.causal_conv1d_silu_triton, inputs)
+    tc.FWD_KERNEL, tc.BWD_KERNEL = "tiles", "staged"
     tc.STAGED_BLOCK_L = 2  # under the width's 4 rows: a clear error before the backward kernel runs
     inputs = conv_inputs(1, 9, 8, 4, seed=5)
     try:
@@ -105,12 +120,13 @@ _INTERPRETER_SCRIPT = textwrap.dedent("""
         results["errors"]["unknown_kernel"] = str(exc)
     # The op's schema, fake shapes and autograd registration, on a strided input, with each backward.
     inputs = conv_inputs(2, 7, 6, 4, row_stride=12, seed=1)
-    args = (inputs["x"].detach().requires_grad_(), inputs["weight"].requires_grad_(),
-            inputs["bias"].requires_grad_(), True, 4, 8, 1)
+    leaves = (inputs["x"].detach().requires_grad_(), inputs["weight"].requires_grad_(), inputs["bias"].requires_grad_())
     tc.BWD_BLOCK_L, tc.BWD_BLOCK_C, tc.BWD_SEG_TILES = 4, 8, 1
     tc.STAGED_BLOCK_L, tc.STAGED_BLOCK_C, tc.STAGED_SEG_TILES = 4, 8, 1
-    for kernel in ("recompute", "staged"):
-        tc.BWD_KERNEL = kernel
+    tc.WALK_BLOCK_L, tc.WALK_BLOCK_C, tc.WALK_SEG_TILES = 2, 8, 2
+    for forward, backward in zip(("tiles", "walk", "walk"), tc.BWD_KERNELS):
+        tc.BWD_KERNEL = backward
+        args = (*leaves, True, 4, 8, 2, 1, forward)  # silu, rows, channels, blocks a segment, warps, kernel
         torch.library.opcheck(torch.ops.flowhn.causal_conv1d_silu_fwd.default, args)
     json.dump(results, sys.stdout)
 """)
@@ -121,8 +137,9 @@ def test_triton_conv_in_interpreter():
     results = json.loads(run_in_triton_interpreter(_INTERPRETER_SCRIPT))
     errors = results.pop("errors")
     assert "at least 4 rows for width 4, got 2" in errors["small_staged_tile"]
-    assert "BWD_KERNEL must be 'recompute' or 'staged', got 'fastest'" in errors["unknown_kernel"]
-    assert len(results) == 9
+    assert "BWD_KERNEL (FLOWHN_CONV_BWD) must be one of ('recompute', 'staged', 'walk'), got 'fastest'" in \
+        errors["unknown_kernel"]
+    assert len(results) == 16
     for case, errors in results.items():
         assert {"out", "dx", "dweight"} <= set(errors), case
         assert_errors_below({f"{case}:{k}": v for k, v in errors.items()}, 1e-5)
@@ -137,11 +154,12 @@ GPU_TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("shape,row_stride", [((2, 1000, 1536, 4), 3072), ((3, 77, 4352, 4), None),
                                               ((1, 333, 100, 3), 256)], ids=str)
-@pytest.mark.parametrize("backward", ["recompute", "staged"])
-def test_triton_conv_gpu(dtype, shape, row_stride, backward, monkeypatch):
+@pytest.mark.parametrize("forward,backward", [("tiles", "recompute"), ("tiles", "staged"), ("walk", "walk")])
+def test_triton_conv_gpu(dtype, shape, row_stride, forward, backward, monkeypatch):
     import flowhn.kernels.triton_conv as triton_conv
     from flowhn.kernels.triton_conv import causal_conv1d_silu_triton
 
+    monkeypatch.setattr(triton_conv, "FWD_KERNEL", forward)
     monkeypatch.setattr(triton_conv, "BWD_KERNEL", backward)
     inputs = conv_inputs(*shape, dtype=dtype, device="cuda", row_stride=row_stride, seed=7)
     assert_errors_below(compare_conv(causal_conv1d_silu_triton, inputs), GPU_TOL[dtype])

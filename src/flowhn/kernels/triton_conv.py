@@ -4,23 +4,32 @@ Semantics: ``flowhn.kernels.torch_conv.causal_conv1d_silu_reference`` (F.conv1d 
 left, then SiLU). ``x`` is (B, L, C) with unit channel stride and any batch/row strides, so the hidden
 half of a mixer's in_proj output (a view with row stride 2E) is read in place, no transpose or copy.
 
-Forward: a program owns a (BLOCK_L rows × BLOCK_C channels) tile and sums K row-shifted loads of x
-(the shifted rows are L1/L2 hits), adds the bias and applies SiLU; only the output is written.
+Forward (``FWD_KERNEL``): "walk" (the default, widths ≤ 4): each thread walks its channels' rows one
+at a time with x_{t-1..t-3} in registers, so x is read once; "tiles": a program sums K row-shifted
+loads of an (BLOCK_L rows × BLOCK_C channels) tile (the shifted rows are L1/L2 hits). Either adds the
+bias and applies SiLU; only the output is written.
 
 Backward: the pre-activation is recomputed, not stored. With p_t = bias + Σ_k w_k x_{t-K+1+k} and
 g_t = dy_t · silu'(p_t):  dx_t = Σ_j w_{K-1-j} g_{t+j},  dw_k = Σ_t g_t x_{t-K+1+k},  dbias = Σ_t g_t.
-Two kernels do this (``BWD_KERNEL``). ``staged`` (the default; about 2x faster on an H200): g is
-computed once per element and staged in a small per-program ring buffer, from which dx and dw read its
-K shifts (a register tile cannot be shifted along its rows). ``recompute``: a program recomputes g at
-its rows shifted by j = 0..K-1 (K sigmoids and K² loads of x per element), writes dx once, and
-accumulates dw/dbias in registers over a segment of SEG_TILES row tiles. Either way the per-segment
-partial sums (B · L/segment · (K+1) · C floats) are summed after.
+Three kernels do this (``BWD_KERNEL``). ``walk`` (the default, widths ≤ 4): each thread walks its
+channels' rows with x_{t-1..t-3} and g_{t-1..t-3} in registers and writes dx three rows behind the row
+it is at; x and dy are read once, nothing is staged (a register tile cannot be shifted along its rows,
+but a thread's own sliding window can). ``staged``: g is computed once per element and staged in a small
+per-program ring buffer in global memory, from which dx and dw read its K shifts. ``recompute``: a
+program recomputes g at its rows shifted by j = 0..K-1 (K sigmoids and K² loads of x per element),
+writes dx once, and accumulates dw/dbias in registers over a segment of SEG_TILES row tiles. Each way
+the per-segment partial sums (B · L/segment · (K+1) · C floats) are summed after. On an H200 (GPU
+kernel time, fwd+bwd at the 1B Mamba layer, 16×1024×4096 bf16, experiments/bench/H200.md, tenth
+session): walk + walk 0.265 ms at a first tile (1.68× the 0.158 ms its bytes take at copy bandwidth),
+tiles + staged 0.574, tiles + recompute 1.254; at the walk tiles now the defaults, each timed with the
+other kernel at a fixed tile, the forward takes 0.085 and the backward about 0.156 ms.
 Both are ``torch.library`` custom ops with fake shapes and ``register_autograd``, so ``torch.compile``
 keeps one graph across them.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -206,9 +215,145 @@ def _conv_bwd_staged_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, dx_ptr, ring_ptr, dw_pa
         tl.store(db_part_ptr + part * C + offs_c, tl.sum(db, axis=0), mask=mask_c)
 
 
+@triton.jit
+def _lag_taps(w_ptr, offs_c, mask_c, K: tl.constexpr):
+    """v_l = w[c, K-1-l] for the lags l = 0..3 (fp32; zero for l ≥ K), so p_t = bias + Σ_l v_l x_{t-l}."""
+    v0 = tl.load(w_ptr + offs_c * K + (K - 1), mask=mask_c, other=0.0).to(tl.float32)
+    v1 = tl.zeros_like(v0)
+    v2 = tl.zeros_like(v0)
+    v3 = tl.zeros_like(v0)
+    if K > 1:
+        v1 = tl.load(w_ptr + offs_c * K + (K - 2), mask=mask_c, other=0.0).to(tl.float32)
+    if K > 2:
+        v2 = tl.load(w_ptr + offs_c * K + (K - 3), mask=mask_c, other=0.0).to(tl.float32)
+    if K > 3:
+        v3 = tl.load(w_ptr + offs_c * K + (K - 4), mask=mask_c, other=0.0).to(tl.float32)
+    return v0, v1, v2, v3
+
+
+@triton.jit
+def _row(ptr, t, stride_l, offs_c, mask_c, L):
+    """Row t of a channel-last tensor (fp32), zero outside [0, L)."""
+    inside = (t >= 0) & (t < L)
+    return tl.load(ptr + t.to(tl.int64) * stride_l + offs_c, mask=mask_c & inside, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _conv_bwd_walk_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, dx_ptr, dw_part_ptr, db_part_ptr,
+                          L, C, stride_xb, stride_xl, n_segments,
+                          K: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
+                          BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr, SEG_TILES: tl.constexpr):
+    """The backward with each thread walking its channels' rows one at a time (K ≤ 4): x_{t-1..t-3} and
+    g_{t-1..t-3} ride along in registers, so every element of x and dy is read once and nothing is
+    staged. At row t: p_t = bias + Σ_l v_l x_{t-l} (v_l = w_{K-1-l}), g_t = dy_t silu'(p_t),
+    dv_l += g_t x_{t-l}, and dx_{t-3} = Σ_j v_j g_{t-3+j} is written (its last g just computed). A program
+    owns BLOCK_C channels of a segment of SEG_TILES·BLOCK_L rows; it reads the 3 rows before it (x) and
+    walks 3 rows past it (x, dy: the g its last dx needs). Rows come BLOCK_L at a time, all loads of a
+    block issued before its arithmetic, so BLOCK_L rows of memory latency overlap."""
+    pid_b = tl.program_id(0).to(tl.int64)
+    seg = tl.program_id(1)
+    offs_c, mask_c, bias = _channels_and_bias(b_ptr, C, BLOCK_C, HAS_BIAS)
+    v0, v1, v2, v3 = _lag_taps(w_ptr, offs_c, mask_c, K)
+    x_row_ptr = x_ptr + pid_b * stride_xb
+    dy_row_ptr = dy_ptr + pid_b * L * C
+    dx_row_ptr = dx_ptr + pid_b * L * C
+    start = seg * (SEG_TILES * BLOCK_L)
+    end = start + SEG_TILES * BLOCK_L
+    x1 = _row(x_row_ptr, start - 1, stride_xl, offs_c, mask_c, L)
+    x2 = _row(x_row_ptr, start - 2, stride_xl, offs_c, mask_c, L)
+    x3 = _row(x_row_ptr, start - 3, stride_xl, offs_c, mask_c, L)
+    g1 = tl.zeros_like(x1)
+    g2 = tl.zeros_like(x1)
+    g3 = tl.zeros_like(x1)
+    dv0 = tl.zeros_like(x1)
+    dv1 = tl.zeros_like(x1)
+    dv2 = tl.zeros_like(x1)
+    dv3 = tl.zeros_like(x1)
+    db = tl.zeros_like(x1)
+    # SEG_TILES blocks of the segment, then enough for the 3 rows after it (the rest of those is masked).
+    for block in range(SEG_TILES + (3 + BLOCK_L - 1) // BLOCK_L):
+        t0 = start + block * BLOCK_L
+        xs = ()
+        dys = ()
+        for r in tl.static_range(BLOCK_L):
+            xs = xs + (_row(x_row_ptr, t0 + r, stride_xl, offs_c, mask_c, L),)
+            dys = dys + (_row(dy_row_ptr, t0 + r, C, offs_c, mask_c, L),)
+        for r in tl.static_range(BLOCK_L):
+            t = t0 + r
+            x0 = xs[r]
+            pre = bias + v0 * x0 + v1 * x1 + v2 * x2 + v3 * x3
+            g0 = dys[r]  # zero past L, so g is too
+            if SILU:
+                sig = tl.sigmoid(pre)
+                g0 = g0 * sig * (1.0 + pre * (1.0 - sig))
+            own = tl.where(t < end, g0, 0.0)  # rows past the segment are the next one's
+            dv0 += own * x0
+            dv1 += own * x1
+            dv2 += own * x2
+            dv3 += own * x3
+            db += own
+            s = t - 3
+            dx = v0 * g3 + v1 * g2 + v2 * g1 + v3 * g0
+            tl.store(dx_row_ptr + s.to(tl.int64) * C + offs_c, dx.to(dx_ptr.dtype.element_ty),
+                     mask=mask_c & (s >= start) & (s < end) & (s < L))
+            x3, x2, x1 = x2, x1, x0
+            g3, g2, g1 = g2, g1, g0
+    part = pid_b * n_segments + seg
+    at = dw_part_ptr + part * K * C + offs_c  # dw_k = dv_{K-1-k}
+    tl.store(at + (K - 1) * C, dv0, mask=mask_c)
+    if K > 1:
+        tl.store(at + (K - 2) * C, dv1, mask=mask_c)
+    if K > 2:
+        tl.store(at + (K - 3) * C, dv2, mask=mask_c)
+    if K > 3:
+        tl.store(at + (K - 4) * C, dv3, mask=mask_c)
+    if HAS_BIAS:
+        tl.store(db_part_ptr + part * C + offs_c, db, mask=mask_c)
+
+
+@triton.jit
+def _conv_fwd_walk_kernel(x_ptr, w_ptr, b_ptr, out_ptr, L, C, stride_xb, stride_xl,
+                          K: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
+                          BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr, SEG_TILES: tl.constexpr):
+    """The forward as ``_conv_bwd_walk_kernel`` walks (K ≤ 4): x_{t-1..t-3} in registers, so each element
+    of x is read once (``_conv_fwd_kernel`` loads it K times, shifted, from L1/L2). Grid (batch, segment
+    of SEG_TILES·BLOCK_L rows, channel block); out (B, L, C) contiguous."""
+    pid_b = tl.program_id(0).to(tl.int64)
+    offs_c, mask_c, bias = _channels_and_bias(b_ptr, C, BLOCK_C, HAS_BIAS)
+    v0, v1, v2, v3 = _lag_taps(w_ptr, offs_c, mask_c, K)
+    x_row_ptr = x_ptr + pid_b * stride_xb
+    out_row_ptr = out_ptr + pid_b * L * C
+    start = tl.program_id(1) * (SEG_TILES * BLOCK_L)
+    x1 = _row(x_row_ptr, start - 1, stride_xl, offs_c, mask_c, L)
+    x2 = _row(x_row_ptr, start - 2, stride_xl, offs_c, mask_c, L)
+    x3 = _row(x_row_ptr, start - 3, stride_xl, offs_c, mask_c, L)
+    for block in range(SEG_TILES):
+        t0 = start + block * BLOCK_L
+        xs = ()
+        for r in tl.static_range(BLOCK_L):
+            xs = xs + (_row(x_row_ptr, t0 + r, stride_xl, offs_c, mask_c, L),)
+        for r in tl.static_range(BLOCK_L):
+            t = t0 + r
+            x0 = xs[r]
+            pre = bias + v0 * x0 + v1 * x1 + v2 * x2 + v3 * x3
+            out = pre * tl.sigmoid(pre) if SILU else pre
+            tl.store(out_row_ptr + t.to(tl.int64) * C + offs_c, out.to(out_ptr.dtype.element_ty), mask=mask_c & (t < L))
+            x3, x2, x1 = x2, x1, x0
+
+
 # Tile defaults; scripts/gpu_mamba1.py sweeps them. BLOCK_C channels × 2 bytes should span whole
 # 128-byte lines in bf16.
 FWD_BLOCK_L, FWD_BLOCK_C, FWD_WARPS = 32, 128, 4
+# The forward kernel: "tiles" (_conv_fwd_kernel, K shifted loads an element, any width) or "walk"
+# (_conv_fwd_walk_kernel, widths up to STAGED_MAX_WIDTH, wider ones take "tiles") at its own tile
+# (rows a block, channels, blocks a segment, warps). FLOWHN_CONV_FWD picks one for a process. On an
+# H200 (tenth session, call B: scripts/gpu_mamba1.py --conv --kernel-time, bf16, GPU kernel time) the
+# walk at this tile (the best of WALK_FWD_TILES at both shapes) took 0.085 ms at 16×1024×4096 and
+# 0.095 at 16×1024×4352 where "tiles" took 0.106 and 0.116 at its best: the default.
+FWD_KERNEL = os.environ.get("FLOWHN_CONV_FWD", "walk")
+FWD_KERNELS = ("tiles", "walk")
+WALK_FWD_BLOCK_L, WALK_FWD_BLOCK_C, WALK_FWD_SEG_TILES, WALK_FWD_WARPS = 8, 512, 8, 8
+WALK_FWD_TILES = ((4, 256, 32, 4), (8, 256, 16, 4), (4, 128, 32, 4), (4, 512, 16, 4), (8, 512, 8, 8), (2, 256, 64, 4))
 BWD_BLOCK_L, BWD_BLOCK_C, BWD_SEG_TILES, BWD_WARPS = 32, 128, 8, 4
 # The backward kernel: "staged" (_conv_bwd_staged_kernel: g once per element, staged for its shifts;
 # widths up to STAGED_MAX_WIDTH, wider kernels take "recompute") or "recompute" (_conv_bwd_kernel: the
@@ -219,9 +364,23 @@ BWD_BLOCK_L, BWD_BLOCK_C, BWD_SEG_TILES, BWD_WARPS = 32, 128, 8, 4
 # this one has the lowest sum over the two. Compiled for sm_90 (scripts/kernel_stats.py --conv):
 # 57 SASS instructions per element in its main loop and no spills, against 161 and 796 bytes of
 # spills for "recompute".
-BWD_KERNEL = "staged"
+#
+# "walk" (``_conv_bwd_walk_kernel``, widths up to STAGED_MAX_WIDTH): each thread walks its channels'
+# rows with x and g in registers, every element of x and dy read once, nothing staged. Tenth session,
+# call B (GPU kernel time, the tiled forward's 0.106/0.116 ms included): fwd+bwd 0.262 ms at
+# 16×1024×4096 and 0.287 at 4352 at the tile below (the best of WALK_TILES at both), against the staged
+# backward's 0.574 / 0.633 at its default tile and 0.442 / 0.483 at its best: the default.
+# FLOWHN_CONV_BWD picks one for a process. (Timed by wall clock in call A, with another GPU's run
+# on the same host, every variant read 0.65-0.94 ms: the launches, not the kernels, set that time.)
+BWD_KERNEL = os.environ.get("FLOWHN_CONV_BWD", "walk")
+BWD_KERNELS = ("recompute", "staged", "walk")
 STAGED_BLOCK_L, STAGED_BLOCK_C, STAGED_SEG_TILES, STAGED_WARPS = 8, 256, 16, 4
 STAGED_MAX_WIDTH = 4
+# The walk's tile: (rows a block: loads in flight, channels, blocks a segment, warps). WALK_TILES: the
+# candidates scripts/gpu_mamba1.py --conv times.
+WALK_BLOCK_L, WALK_BLOCK_C, WALK_SEG_TILES, WALK_WARPS = 4, 512, 32, 4
+WALK_TILES = ((4, 256, 32, 4), (4, 256, 16, 4), (8, 256, 16, 4), (4, 128, 32, 4), (8, 128, 8, 4), (4, 512, 32, 4),
+              (2, 256, 64, 4), (8, 256, 32, 8))
 
 
 def _channel_last(x: torch.Tensor) -> torch.Tensor:
@@ -231,28 +390,33 @@ def _channel_last(x: torch.Tensor) -> torch.Tensor:
 
 @torch.library.custom_op("flowhn::causal_conv1d_silu_fwd", mutates_args=())
 def _conv_fwd(x: _Tensor, weight: _Tensor, bias: _MaybeTensor, silu: bool, block_l: int, block_c: int,
-              num_warps: int) -> _Tensor:
-    """out (B, L, C) contiguous, in x's dtype."""
+              seg_tiles: int, num_warps: int, kernel: str) -> _Tensor:
+    """out (B, L, C) contiguous, in x's dtype. ``kernel``: "tiles" or "walk" (``seg_tiles``: its blocks
+    a segment; unused by "tiles")."""
     x, weight = _channel_last(x), weight.contiguous()
     batch, length, channels = x.shape
     out = torch.empty(batch, length, channels, device=x.device, dtype=x.dtype)
-    grid = (batch, triton.cdiv(length, block_l), triton.cdiv(channels, block_c))
-    _conv_fwd_kernel[grid](x, weight, weight if bias is None else bias, out, length, channels,
-                           x.stride(0), x.stride(1), K=weight.shape[1], HAS_BIAS=bias is not None, SILU=silu,
-                           BLOCK_L=block_l, BLOCK_C=block_c, num_warps=num_warps)
+    args = (x, weight, weight if bias is None else bias, out, length, channels, x.stride(0), x.stride(1))
+    flags = dict(K=weight.shape[1], HAS_BIAS=bias is not None, SILU=silu, BLOCK_L=block_l, BLOCK_C=block_c,
+                 num_warps=num_warps)
+    if kernel == "walk":
+        grid = (batch, triton.cdiv(length, block_l * seg_tiles), triton.cdiv(channels, block_c))
+        _conv_fwd_walk_kernel[grid](*args, SEG_TILES=seg_tiles, **flags)
+    else:
+        _conv_fwd_kernel[(batch, triton.cdiv(length, block_l), triton.cdiv(channels, block_c))](*args, **flags)
     return out
 
 
 @_conv_fwd.register_fake
-def _(x, weight, bias, silu, block_l, block_c, num_warps):
+def _(x, weight, bias, silu, block_l, block_c, seg_tiles, num_warps, kernel):
     return x.new_empty(x.shape)
 
 
 @torch.library.custom_op("flowhn::causal_conv1d_silu_bwd", mutates_args=())
 def _conv_bwd(dout: _Tensor, x: _Tensor, weight: _Tensor, bias: _MaybeTensor, silu: bool, block_l: int,
-              block_c: int, seg_tiles: int, num_warps: int, staged: bool) -> list[_Tensor]:
+              block_c: int, seg_tiles: int, num_warps: int, kernel: str) -> list[_Tensor]:
     """[dx (B, L, C) contiguous in x's dtype, dweight (C, K), dbias (C,) (empty without bias)].
-    ``staged``: _conv_bwd_staged_kernel (widths up to STAGED_MAX_WIDTH), else _conv_bwd_kernel."""
+    ``kernel``: one of BWD_KERNELS (the caller has checked that it applies: ``_bwd_kernel_and_tile``)."""
     x, weight, dout = _channel_last(x), weight.contiguous(), dout.contiguous()
     batch, length, channels = x.shape
     width = weight.shape[1]
@@ -267,10 +431,14 @@ def _conv_bwd(dout: _Tensor, x: _Tensor, weight: _Tensor, bias: _MaybeTensor, si
     flags = dict(K=width, K_POW2=triton.next_power_of_2(width), HAS_BIAS=bias is not None, SILU=silu, BLOCK_L=block_l,
                  BLOCK_C=block_c, SEG_TILES=seg_tiles, num_warps=num_warps)
     b = weight if bias is None else bias
-    if staged and width <= STAGED_MAX_WIDTH:
-        if block_l < triton.next_power_of_2(width):  # the halo's rows must fit in one half of the ring
-            raise ValueError(f"triton_conv: the staged backward needs a row tile of at least "
-                             f"{triton.next_power_of_2(width)} rows for width {width}, got {block_l}")
+    if kernel == "staged" and block_l < triton.next_power_of_2(width):
+        # the halo's rows must fit in one half of the ring
+        raise ValueError(f"triton_conv: the staged backward needs a row tile of at least "
+                         f"{triton.next_power_of_2(width)} rows for width {width}, got {block_l}")
+    if kernel == "walk":
+        flags.pop("K_POW2")
+        _conv_bwd_walk_kernel[grid](x, weight, b, dout, dx, dw_part, db_part, *args, **flags)
+    elif kernel == "staged":
         ring = torch.empty(grid[0] * grid[1] * grid[2], 2 * block_l, block_c, **f32)
         # One stage: the ring's loads must not be hoisted above the barrier that publishes its stores.
         _conv_bwd_staged_kernel[grid](x, weight, b, dout, dx, ring, dw_part, db_part, *args, num_stages=1, **flags)
@@ -282,35 +450,60 @@ def _conv_bwd(dout: _Tensor, x: _Tensor, weight: _Tensor, bias: _MaybeTensor, si
 
 
 @_conv_bwd.register_fake
-def _(dout, x, weight, bias, silu, block_l, block_c, seg_tiles, num_warps, staged):
+def _(dout, x, weight, bias, silu, block_l, block_c, seg_tiles, num_warps, kernel):
     return [x.new_empty(x.shape), torch.empty_like(weight, memory_format=torch.contiguous_format),
             x.new_empty(0) if bias is None else torch.empty_like(bias)]
 
 
 def _setup_context(ctx, inputs, output):
-    x, weight, bias, silu, _, _, _ = inputs
+    x, weight, bias, silu = inputs[:4]
     ctx.save_for_backward(x, weight, bias)
     ctx.silu = silu
 
 
+def _bwd_kernel_and_tile(width: int) -> tuple[str, tuple[int, int, int, int]]:
+    """The backward kernel for this width (BWD_KERNEL, but "staged" and "walk" take widths up to
+    STAGED_MAX_WIDTH; wider ones "recompute") and its tile (rows, channels, row tiles a segment, warps).
+    Read at call time, so a sweep can set them."""
+    if BWD_KERNEL not in BWD_KERNELS:
+        raise ValueError(f"triton_conv.BWD_KERNEL (FLOWHN_CONV_BWD) must be one of {BWD_KERNELS}, got {BWD_KERNEL!r}")
+    kernel = BWD_KERNEL
+    if kernel != "recompute" and width > STAGED_MAX_WIDTH:
+        kernel = "recompute"
+    tiles = {"recompute": (BWD_BLOCK_L, BWD_BLOCK_C, BWD_SEG_TILES, BWD_WARPS),
+             "staged": (STAGED_BLOCK_L, STAGED_BLOCK_C, STAGED_SEG_TILES, STAGED_WARPS),
+             "walk": (WALK_BLOCK_L, WALK_BLOCK_C, WALK_SEG_TILES, WALK_WARPS)}
+    return kernel, tiles[kernel]
+
+
 def _backward(ctx, dout):
     x, weight, bias = ctx.saved_tensors
-    # The backward kernel and its tile are read from the module at call time so a sweep can set them.
-    if BWD_KERNEL not in ("recompute", "staged"):
-        raise ValueError(f"triton_conv.BWD_KERNEL must be 'recompute' or 'staged', got {BWD_KERNEL!r}")
-    staged = BWD_KERNEL == "staged" and weight.shape[1] <= STAGED_MAX_WIDTH
-    tile = ((STAGED_BLOCK_L, STAGED_BLOCK_C, STAGED_SEG_TILES, STAGED_WARPS) if staged
-            else (BWD_BLOCK_L, BWD_BLOCK_C, BWD_SEG_TILES, BWD_WARPS))
-    dx, dweight, dbias = _conv_bwd(dout, x, weight, bias, ctx.silu, *tile, staged)
-    return dx, dweight, None if bias is None else dbias, None, None, None, None
+    # Contiguous here, traced into the compiled backward, not inside the op: in a Mamba mixer dout is the
+    # sum of x_proj's gradient and the scan's transposed du, which inductor may lay out transposed, and
+    # the op's own .contiguous() was then an eager strided copy (0.42 ms a layer at Mamba 1B, tenth session).
+    dout = dout.contiguous()
+    kernel, tile = _bwd_kernel_and_tile(weight.shape[1])
+    dx, dweight, dbias = _conv_bwd(dout, x, weight, bias, ctx.silu, *tile, kernel)
+    return dx, dweight, None if bias is None else dbias, None, None, None, None, None, None
 
 
 _conv_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
+def _fwd_kernel_and_tile(width: int) -> tuple[str, tuple[int, int, int, int]]:
+    """The forward kernel for this width (FWD_KERNEL; "walk" takes widths up to STAGED_MAX_WIDTH) and its
+    tile (rows, channels, blocks a segment, warps), read at call time."""
+    if FWD_KERNEL not in FWD_KERNELS:
+        raise ValueError(f"triton_conv.FWD_KERNEL (FLOWHN_CONV_FWD) must be one of {FWD_KERNELS}, got {FWD_KERNEL!r}")
+    if FWD_KERNEL == "walk" and width <= STAGED_MAX_WIDTH:
+        return "walk", (WALK_FWD_BLOCK_L, WALK_FWD_BLOCK_C, WALK_FWD_SEG_TILES, WALK_FWD_WARPS)
+    return "tiles", (FWD_BLOCK_L, FWD_BLOCK_C, 1, FWD_WARPS)
+
+
 def causal_conv1d_silu_triton(x, weight, bias=None, silu=True, block_l=None, block_c=None, num_warps=None):
     """Same contract as ``torch_conv.causal_conv1d_silu_reference``; x (B, L, C), weight (C, K), bias (C,).
-    ``block_l``, ``block_c``, ``num_warps`` override the forward tile (tests, tuning)."""
+    ``block_l``, ``block_c``, ``num_warps`` override the forward kernel's tile (tests, tuning)."""
     check_conv_args(x, weight, bias)
-    return _conv_fwd(x, weight, bias, bool(silu), block_l or FWD_BLOCK_L, block_c or FWD_BLOCK_C,
-                     num_warps or FWD_WARPS)
+    kernel, (rows, channels, seg_tiles, warps) = _fwd_kernel_and_tile(weight.shape[1])
+    return _conv_fwd(x, weight, bias, bool(silu), block_l or rows, block_c or channels, seg_tiles,
+                     num_warps or warps, kernel)

@@ -687,6 +687,12 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dout, _dstates, _dtotals):
     u, delta, A, B, C, D, z, delta_bias, states, totals = ctx.saved_tensors
+    if not ctx.options[-1]:  # row-major: the kernels want dout laid out as u (contiguous)
+        # Here, not inside the op: this line is traced into the compiled backward, where inductor writes
+        # dout's transpose (from out_proj's (B, L, D) gradient) with a tiled kernel. Inside the op it was
+        # an eager strided copy, at_native elementwise_kernel: 0.86 ms a layer at Mamba 1B, 31 ms a step
+        # (tenth session, call B, the profile's trace).
+        dout = dout.contiguous()
     du, ddelta, dz, dB, dC, dA, dD, dbias = _scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, states, totals,
                                                       *ctx.options)
     return (du, ddelta, dA, dB, dC, None if D is None else dD, None if z is None else dz,

@@ -78,8 +78,9 @@ def _configs(stages=2, tiles=TILES):
     return [triton.Config({"BLOCK_NK": nk}, num_warps=w, num_stages=stages) for nk, w in tiles]
 
 
-# Tiles depend on the head and state sizes (and the dtypes, which the autotuner adds), not on L.
-_KEY = ["P", "N"]
+# Tiles depend on the head and state sizes and the chunk (the T × T tiles' registers; the dtypes the
+# autotuner adds), not on L. Without T a process that ran two chunk sizes reused the first one's tile.
+_KEY = ["P", "N", "T"]
 
 
 @triton.jit
