@@ -502,6 +502,8 @@ def test_gaps_split_host_late_from_device_side_and_name_the_launcher():
     ]
     assert busy + sum(g.us for g in gaps) == span
     assert [g.us for g in kernel_gaps(trace, min_us=10)[0]] == [20, 90]
+    quick = kernel_gaps(trace, launchers=False)  # the bench's busy time: no CPU-op lookup per gap
+    assert quick[1:] == (busy, span) and {g.launcher for g in quick[0]} == {""}
     text = gap_markdown(gaps, busy, span, "row")
     assert "idle 0.11 ms in 3 gaps; of it 0.10 ms before the host" in text
     assert "| `aten::_foreach_add` | 0.014 | 1 |" in text and "| `?` | 0.085 | 1 |" in text

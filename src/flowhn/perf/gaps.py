@@ -1,6 +1,6 @@
 """Where a training step leaves the GPU idle: the gaps between its kernels, and whether the host caused them.
 
-The benchmark's "GPU busy %" is kernel time over step time; this module says what the rest is. From
+The benchmark's "GPU busy %" is this busy time over the step time; this module also says what the rest is. From
 one profiled step (``torch.profiler``'s trace, CPU and CUDA activity), the device timeline is the
 union of every kernel, memcpy and memset on every stream; each hole in it ends when some device
 activity starts. That activity was launched by a runtime call on the host (``cudaLaunchKernel``,
@@ -51,9 +51,11 @@ def _innermost_op(cpu_ops: list[dict], ts: float, tid) -> str:
     return min(spanning, key=lambda e: e.get("dur", 0))["name"] if spanning else ""
 
 
-def kernel_gaps(trace: dict, min_us: float = 0.0) -> tuple[list[Gap], float, float]:
+def kernel_gaps(trace: dict, min_us: float = 0.0, launchers: bool = True) -> tuple[list[Gap], float, float]:
     """(gaps longer than ``min_us``, device-busy µs, timeline span µs) of a Chrome trace as
-    ``torch.profiler`` exports it. Overlapping activities (several streams) count once."""
+    ``torch.profiler`` exports it. Overlapping activities (several streams) count once. ``launchers``:
+    name the CPU op behind each gap's next launch (a scan of the CPU ops per gap; the busy time alone
+    does not need it)."""
     device = _device_events(trace)
     if not device:
         return [], 0.0, 0.0
@@ -70,7 +72,7 @@ def kernel_gaps(trace: dict, min_us: float = 0.0) -> tuple[list[Gap], float, flo
             launch = launches.get(_correlation(event))
             late = min(hole, max(0.0, launch["ts"] - end)) if launch else 0.0
             if hole > min_us:
-                launcher = _innermost_op(cpu_ops, launch["ts"], launch.get("tid")) if launch else ""
+                launcher = _innermost_op(cpu_ops, launch["ts"], launch.get("tid")) if launch and launchers else ""
                 gaps.append(Gap(end, hole, late, last["name"], event["name"], launcher))
             busy += stop - start
             end, last = stop, event

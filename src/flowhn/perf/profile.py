@@ -107,7 +107,7 @@ def profile_steps(step: Callable[[], None], steps: int = 3, device: bool | None 
     if device:
         trace = exported_trace(prof)
         times = device_times_by_name(trace)
-        busy_ms = kernel_gaps(trace)[1] / 1e3 / steps
+        busy_ms = kernel_gaps(trace, launchers=False)[1] / 1e3 / steps
     else:
         times = _leaf_op_times(prof)
     rows = [(name, kernel_category(name), us / 1e3 / steps, launches / steps) for name, (us, launches) in times.items()]
