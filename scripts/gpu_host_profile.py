@@ -14,7 +14,7 @@ compile mode). Each is built and stepped exactly as ``python -m flowhn.bench`` d
 2. One step under torch.profiler (CPU and CUDA): kernel launches, syncs and device-to-host copies,
    and the ops with the most host time of their own.
 3. One step under cProfile: the Python functions with the most time of their own.
-4. One step's idle gaps on the device timeline (``flowhn.perf.gaps``): how much of the step the GPU
+4. That profiled step's idle gaps on the device timeline (``flowhn.perf.gaps``): how much of it the GPU
    idles, how much of that is the host launching late (grouped by the CPU op that launched next),
    and the kernels around the largest gaps.
 
@@ -39,7 +39,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from flowhn.bench import CONF, make_train_step, ours
 from flowhn.kernels.testing import ScriptLog
-from flowhn.perf.gaps import gap_markdown, profile_gaps
+from flowhn.perf.gaps import exported_trace, gap_markdown, kernel_gaps
 
 log = ScriptLog()
 SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cuStreamSynchronize")
@@ -78,8 +78,9 @@ def host_and_gpu_ms(step, steps: int) -> tuple[float, float]:
     return host[len(host) // 2] * 1e3, start.elapsed_time(end) / steps
 
 
-def runtime_calls(step) -> tuple[dict[str, int], str]:
-    """Counts of CUDA runtime/driver calls of interest in one step, and the top host ops (own time)."""
+def runtime_calls(step):
+    """Counts of CUDA runtime/driver calls of interest in one step, the top host ops (own time), and the
+    profile itself (its trace gives the step's idle gaps)."""
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     with profile(activities=activities) as prof:
         step()
@@ -96,7 +97,7 @@ def runtime_calls(step) -> tuple[dict[str, int], str]:
         elif e.key == "aten::_local_scalar_dense":
             counts["item"] += e.count
     top = events.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=70)
-    return counts, top
+    return counts, top, prof
 
 
 def python_profile(step, top: int = 30) -> str:
@@ -136,14 +137,14 @@ def main() -> int:
             for _ in range(args.warmup):
                 step()
             host_ms, gpu_ms = host_and_gpu_ms(step, args.steps)
-            counts, top = runtime_calls(step)
+            counts, top, prof = runtime_calls(step)
             log(f"\n=== {spec} ({name}): step {gpu_ms:.1f} ms, host {host_ms:.1f} ms, {counts}, "
                 f"{time.time() - started:.0f} s with compile")
             log(top)
             log(python_profile(step))
             idle = late = float("nan")
-            if torch.cuda.is_available():
-                gaps, busy, span, _, _ = profile_gaps(step)
+            if torch.cuda.is_available():  # the gaps of the step profiled above
+                gaps, busy, span = kernel_gaps(exported_trace(prof))
                 log(gap_markdown(gaps, busy, span, f"{spec}: idle gaps of one step"))
                 idle, late = sum(g.us for g in gaps) / 1e3, sum(g.host_late for g in gaps) / 1e3
             rows.append((spec, gpu_ms, host_ms, counts, idle, late))

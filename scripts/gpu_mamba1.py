@@ -125,36 +125,30 @@ BACKWARD_KERNELS = triton_conv.BWD_KERNELS
 
 
 @contextlib.contextmanager
+def _conv_kernel(choice, kernel, prefix, tile):
+    """triton_conv.<choice> = kernel and its tile constants <prefix>BLOCK_L, BLOCK_C, SEG_TILES, WARPS
+    (``tile``, or as they are) while inside; all restored after."""
+    names = [prefix + n for n in ("BLOCK_L", "BLOCK_C", "SEG_TILES", "WARPS")]
+    saved = getattr(triton_conv, choice), [getattr(triton_conv, n) for n in names]
+    setattr(triton_conv, choice, kernel)
+    for n, v in zip(names, tile or saved[1]):
+        setattr(triton_conv, n, v)
+    try:
+        yield
+    finally:
+        setattr(triton_conv, choice, saved[0])
+        for n, v in zip(names, saved[1]):
+            setattr(triton_conv, n, v)
+
+
 def conv_backward(kernel, tile=None):
     """The conv's backward kernel (and its tile: block_l, block_c, seg_tiles, warps) while inside."""
-    names = ("BLOCK_L", "BLOCK_C", "SEG_TILES", "WARPS")
-    prefix = {"staged": "STAGED_", "walk": "WALK_"}.get(kernel, "BWD_")
-    saved = triton_conv.BWD_KERNEL, [getattr(triton_conv, prefix + n) for n in names]
-    triton_conv.BWD_KERNEL = kernel
-    for n, v in zip(names, tile or saved[1]):
-        setattr(triton_conv, prefix + n, v)
-    try:
-        yield
-    finally:
-        triton_conv.BWD_KERNEL = saved[0]
-        for n, v in zip(names, saved[1]):
-            setattr(triton_conv, prefix + n, v)
+    return _conv_kernel("BWD_KERNEL", kernel, {"staged": "STAGED_", "walk": "WALK_"}.get(kernel, "BWD_"), tile)
 
 
-@contextlib.contextmanager
 def conv_forward(kernel, tile=None):
     """The conv's forward kernel ("tiles" or "walk"; the walk's tile: block_l, block_c, seg_tiles, warps)."""
-    names = ("BLOCK_L", "BLOCK_C", "SEG_TILES", "WARPS")
-    saved = triton_conv.FWD_KERNEL, [getattr(triton_conv, "WALK_FWD_" + n) for n in names]
-    triton_conv.FWD_KERNEL = kernel
-    for n, v in zip(names, tile or saved[1]):
-        setattr(triton_conv, "WALK_FWD_" + n, v)
-    try:
-        yield
-    finally:
-        triton_conv.FWD_KERNEL = saved[0]
-        for n, v in zip(names, saved[1]):
-            setattr(triton_conv, "WALK_FWD_" + n, v)
+    return _conv_kernel("FWD_KERNEL", kernel, "WALK_FWD_", tile)
 
 
 def accuracy(seed, conv_only=False):

@@ -239,6 +239,14 @@ def _row(ptr, t, stride_l, offs_c, mask_c, L):
 
 
 @triton.jit
+def _rows_before(x_row_ptr, start, stride_l, offs_c, mask_c, L):
+    """x at rows start-1, start-2, start-3: the window a walk enters its segment with (zeros before row 0)."""
+    return (_row(x_row_ptr, start - 1, stride_l, offs_c, mask_c, L),
+            _row(x_row_ptr, start - 2, stride_l, offs_c, mask_c, L),
+            _row(x_row_ptr, start - 3, stride_l, offs_c, mask_c, L))
+
+
+@triton.jit
 def _conv_bwd_walk_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, dx_ptr, dw_part_ptr, db_part_ptr,
                           L, C, stride_xb, stride_xl, n_segments,
                           K: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
@@ -259,9 +267,7 @@ def _conv_bwd_walk_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, dx_ptr, dw_part_ptr, db_p
     dx_row_ptr = dx_ptr + pid_b * L * C
     start = seg * (SEG_TILES * BLOCK_L)
     end = start + SEG_TILES * BLOCK_L
-    x1 = _row(x_row_ptr, start - 1, stride_xl, offs_c, mask_c, L)
-    x2 = _row(x_row_ptr, start - 2, stride_xl, offs_c, mask_c, L)
-    x3 = _row(x_row_ptr, start - 3, stride_xl, offs_c, mask_c, L)
+    x1, x2, x3 = _rows_before(x_row_ptr, start, stride_xl, offs_c, mask_c, L)
     g1 = tl.zeros_like(x1)
     g2 = tl.zeros_like(x1)
     g3 = tl.zeros_like(x1)
@@ -324,9 +330,7 @@ def _conv_fwd_walk_kernel(x_ptr, w_ptr, b_ptr, out_ptr, L, C, stride_xb, stride_
     x_row_ptr = x_ptr + pid_b * stride_xb
     out_row_ptr = out_ptr + pid_b * L * C
     start = tl.program_id(1) * (SEG_TILES * BLOCK_L)
-    x1 = _row(x_row_ptr, start - 1, stride_xl, offs_c, mask_c, L)
-    x2 = _row(x_row_ptr, start - 2, stride_xl, offs_c, mask_c, L)
-    x3 = _row(x_row_ptr, start - 3, stride_xl, offs_c, mask_c, L)
+    x1, x2, x3 = _rows_before(x_row_ptr, start, stride_xl, offs_c, mask_c, L)
     for block in range(SEG_TILES):
         t0 = start + block * BLOCK_L
         xs = ()

@@ -17,7 +17,6 @@ import json
 import os
 import tempfile
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass
 
 DEVICE_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
@@ -134,18 +133,3 @@ def exported_trace(prof) -> dict:
         prof.export_chrome_trace(path)
         with open(path) as f:
             return json.load(f)
-
-
-def profile_gaps(step: Callable[[], None], steps: int = 1, min_us: float = 0.0):
-    """Run ``step`` under torch.profiler (CPU and CUDA) after the caller's warm-up. Returns
-    (gaps, device-busy µs, timeline span µs, the profiler, its exported trace)."""
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        for _ in range(steps):
-            step()
-        torch.cuda.synchronize()
-    trace = exported_trace(prof)
-    return (*kernel_gaps(trace, min_us), prof, trace)
