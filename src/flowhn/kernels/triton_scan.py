@@ -427,13 +427,14 @@ BWD_CHANNEL_WARPS = 1
 # 16×4096×1024×16, fwd+bwd 6.514 -> 5.337 ms (-18 %), at 16×4096×369×16 3.385 -> 3.518 (+4 %), sixth
 # session; in the 1B bench, seventh session, same GPU, mamba 35,447 -> 38,176 tok/s (+7.7 %) and
 # flowhn/fac_split 89,584 -> 90,434 (+0.9 %; its scan 36.7 -> 34.2 ms a step): "gluon" is the default.
-# GLUON_*: warps a program (the backward's 2 were the fastest of 1, 2, 4), lanes a channel (its states
+# GLUON_*: warps a program (the backward's 2 were the fastest of 1, 2, 4 before the ninth session's re-layout;
+# FLOWHN_SCAN_BWD_WARPS sets it for a process), lanes a channel (its states
 # split among them: 32 // lanes channels a warp; FLOWHN_SCAN_LANES sets it for a process; 4 lanes, 168
 # registers instead of 254, ran 16×4096×1024×16 in 5.16 ms against 2 lanes' 4.50 and mamba 1B at 38,869
 # against 40,969 tok/s, eighth session), and the backward's sub-chunk.
 MAIN_KERNELS = os.environ.get("FLOWHN_SCAN_KERNELS", "gluon")
 GLUON_FWD_WARPS = 4
-GLUON_BWD_WARPS = 2
+GLUON_BWD_WARPS = int(os.environ.get("FLOWHN_SCAN_BWD_WARPS", "2"))
 GLUON_LANES_PER_CHANNEL = int(os.environ.get("FLOWHN_SCAN_LANES", "2"))
 GLUON_SUB = 8
 # GLUON_WALK: how the Gluon kernels cover the chunks. "chunks": a program a chunk, fed by the summary

@@ -231,9 +231,22 @@ def build_lm(cfg: DictConfig, specs: list[LayerSpec]) -> CausalLM:
         "layout": [s.mixer for s in specs], "mlp": [s.mlp for s in specs],
     }
     tables = os.environ.get("FLOWHN_ROPE_TABLES") != "0"  # "0": RoPE tables in the forward, as before
-    return CausalLM(
+    model = CausalLM(
         vocab, d, blocks, tie_embeddings=cfg.scale.tie_embeddings, norm_eps=m.norm_eps,
         n_meta_tokens=m.get("meta_tokens", 0), init_std=m.get("init_std", 0.02),
         split_ratio=split.ratio if parallel and split.strategy != "no_split" else None, config=config,
         rope_positions=cfg.data.seq_len + m.get("meta_tokens", 0) if tables else None,
     )
+    set_lean_activations(model, cfg.scale.get("lean_activations", False))
+    return model
+
+
+def set_lean_activations(model: nn.Module, lean: bool) -> None:
+    """scale.lean_activations: every RMSNorm keeps x̂ in the autocast dtype for its backward (not its fp32
+    input) and every SwiGLU recomputes silu(gate)·up in the backward; see conf/scale/*.yaml for what it
+    saves and costs."""
+    for module in model.modules():
+        if isinstance(module, RMSNorm):
+            module.keep_normalized = bool(lean)
+        elif isinstance(module, SwiGLU):
+            module.recompute_product = bool(lean)

@@ -7,17 +7,28 @@ import torch.nn.functional as F
 from torch import nn
 
 from flowhn.nn.flops import Flops, linear_flops
+from flowhn.nn.recompute import recomputed_in_backward
+
+
+def silu_product(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    return F.silu(gate) * up
 
 
 class SwiGLU(nn.Module):
-    def __init__(self, d_model: int, d_ff: int):
+    """``recompute_product`` (scale.lean_activations): silu(gate)·up is recomputed in the backward from gate
+    and up, which it keeps anyway: d_ff × 2 bytes a token less held per layer under bf16 autocast."""
+
+    def __init__(self, d_model: int, d_ff: int, recompute_product: bool = False):
         super().__init__()
+        self.recompute_product = recompute_product
         self.gate_proj = nn.Linear(d_model, d_ff, bias=False)
         self.up_proj = nn.Linear(d_model, d_ff, bias=False)
         self.down_proj = nn.Linear(d_ff, d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_proj(x), self.up_proj(x)
+        product = recomputed_in_backward(silu_product, gate, up) if self.recompute_product else silu_product(gate, up)
+        return self.down_proj(product)
 
     def flops(self) -> Flops:
         return Flops(matmul=linear_flops(self))
@@ -122,7 +133,9 @@ class MoE(nn.Module):
         gate_up = torch.stack([torch.cat([e.gate_proj.weight, e.up_proj.weight]) for e in self.experts]).to(dtype)
         down = torch.stack([e.down_proj.weight for e in self.experts]).to(dtype)
         gate, up = _GROUPED_MM(tokens, gate_up.transpose(1, 2), offs=group_ends).chunk(2, dim=-1)
-        expert_out = _GROUPED_MM(F.silu(gate) * up, down.transpose(1, 2), offs=group_ends)
+        lean = self.experts[0].recompute_product  # scale.lean_activations, as the dense experts
+        product = recomputed_in_backward(silu_product, gate, up) if lean else silu_product(gate, up)
+        expert_out = _GROUPED_MM(product, down.transpose(1, 2), offs=group_ends)
         # Back to (token, slot) order: position order[j] of the pair list holds sorted row j.
         per_pair = torch.empty_like(expert_out).index_copy_(0, order, expert_out)
         # Sum over the k slots in the output's dtype (promoted with the weights', as the loop does).

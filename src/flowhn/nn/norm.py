@@ -3,21 +3,65 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def normalized_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the normalized input is rounded to before the scale: the autocast dtype when fp32
+    activations run under autocast (the residual stream of fp32-master-weight training), else x's own.
+    HF's LlamaRMSNorm does the same rounding when its activations are bf16."""
+    device = x.device.type  # autocast knows no "meta" (FLOP counting builds models there)
+    if x.dtype == torch.float32 and device in ("cuda", "cpu") and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return x.dtype
+
+
+class _RMSNormKeepingNormalized(torch.autograd.Function):
+    """RMSNorm whose backward needs only the normalized input in its rounded dtype and the inverse RMS,
+    not the fp32 input: under bf16 autocast each norm then keeps 2 bytes a feature for the backward, not
+    4 (the fp32 residual stream). Its output is the plain path's exactly; its gradients are computed from
+    the rounded x̂ (a bf16 rounding error, 2^-9 relative, in dx and dweight)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps, groups, dtype):
+        grouped = x.float().unflatten(-1, (groups, -1))
+        rstd = torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + eps)
+        normed = (grouped * rstd).flatten(-2).to(dtype)
+        ctx.save_for_backward(normed, rstd, weight)
+        ctx.groups, ctx.x_dtype = groups, x.dtype
+        return weight * normed
+
+    @staticmethod
+    def backward(ctx, grad):
+        normed, rstd, weight = ctx.saved_tensors
+        grad, normed = grad.float(), normed.float()
+        dweight = (grad * normed).reshape(-1, normed.shape[-1]).sum(0).to(weight.dtype)
+        # d/dx of x·rstd(x) per group: rstd · (g − x̂ · mean(g · x̂)), with g the gradient at x̂.
+        g = (grad * weight.float()).unflatten(-1, (ctx.groups, -1))
+        xhat = normed.unflatten(-1, (ctx.groups, -1))
+        dx = rstd * (g - xhat * (g * xhat).mean(-1, keepdim=True))
+        return dx.flatten(-2).to(ctx.x_dtype), dweight, None, None, None
+
+
 class RMSNorm(nn.Module):
     """Root-mean-square norm with a learned scale, computed in fp32 (as Llama and Mamba do) so
     bf16 activations don't lose the variance.
 
     ``groups`` normalises each of that many equal slices of the features on its own, and ``gate``
     multiplies by silu(gate) first: together they are Mamba-2's gated norm (norm_before_gate=False).
+
+    ``keep_normalized`` (scale.lean_activations): when gradients are needed (and there is no gate), the
+    backward keeps x̂ in ``normalized_dtype`` rather than x (``_RMSNormKeepingNormalized``): under bf16
+    autocast with an fp32 residual stream that halves what each norm holds for the backward.
     """
 
-    def __init__(self, dim: int, eps: float = 1e-5, groups: int = 1):
+    def __init__(self, dim: int, eps: float = 1e-5, groups: int = 1, keep_normalized: bool = False):
         super().__init__()
-        self.eps, self.groups = eps, groups
+        self.eps, self.groups, self.keep_normalized = eps, groups, keep_normalized
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
-        dtype = x.dtype
+        dtype = normalized_dtype(x)
+        if (self.keep_normalized and gate is None and torch.is_grad_enabled()
+                and (x.requires_grad or self.weight.requires_grad)):
+            return _RMSNormKeepingNormalized.apply(x, self.weight, self.eps, self.groups, dtype)
         x = x.float()
         if gate is not None:
             x = x * F.silu(gate.float())

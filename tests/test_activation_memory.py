@@ -1,0 +1,129 @@
+"""What the models keep for the backward under scale.lean_activations: the RMSNorm that keeps x̂ in the
+autocast dtype instead of the fp32 residual, and SwiGLU's product recomputed in the backward. Values and gradients against
+references, and what a compiled model saves (the partitioner decides that, so it is checked compiled)."""
+
+import functools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import flowhn
+from conftest import compose_train, small_cfg
+from flowhn.nn.mlp import SwiGLU
+from flowhn.nn.norm import RMSNorm
+
+
+def plain_rmsnorm(x, weight, eps, groups):
+    """The textbook definition, differentiated by autograd (no rounding)."""
+    grouped = x.unflatten(-1, (groups, -1))
+    grouped = grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * grouped.flatten(-2)
+
+
+@pytest.mark.parametrize("groups", [1, 3])
+def test_rmsnorm_gradients_match_float64_autograd(groups):
+    torch.manual_seed(0)
+    x = torch.randn(2, 7, 12, requires_grad=True)
+    norm = RMSNorm(12, eps=1e-5, groups=groups, keep_normalized=True)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(12))
+    dy = torch.randn(2, 7, 12)
+    out = norm(x)
+    dx, dw = torch.autograd.grad(out, [x, norm.weight], dy)
+    x64, w64 = x.detach().double().requires_grad_(), norm.weight.detach().double().requires_grad_()
+    ref = plain_rmsnorm(x64, w64, 1e-5, groups)
+    rdx, rdw = torch.autograd.grad(ref, [x64, w64], dy.double())
+    torch.testing.assert_close(out.double(), ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(dx.double(), rdx, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(dw.double(), rdw, rtol=1e-5, atol=1e-6)
+
+
+def test_rmsnorm_under_bf16_autocast_rounds_xhat_and_keeps_only_it():
+    """fp32 input under bf16 autocast: the output is w · bf16(x̂) with or without gradients, the gradients
+    are within bf16 rounding of the exact ones, and what the backward keeps is x̂ in bf16 (and the
+    per-row inverse RMS, and the weight), not the fp32 input."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 9, 64, requires_grad=True)
+    norm = RMSNorm(64, keep_normalized=True)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(64) + 0.5)
+    saved = []
+
+    def pack(t):
+        saved.append((tuple(t.shape), t.dtype))
+        return t
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = norm(x)
+        with torch.no_grad():
+            out_no_grad = norm(x)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, out_no_grad, rtol=0, atol=0)
+    xhat = x.detach() * torch.rsqrt(x.detach().pow(2).mean(-1, keepdim=True) + norm.eps)
+    torch.testing.assert_close(out, norm.weight.detach() * xhat.to(torch.bfloat16).float(), rtol=0, atol=0)
+    assert sorted(saved, key=str) == sorted([((4, 9, 64), torch.bfloat16), ((4, 9, 1, 1), torch.float32),
+                                             ((64,), torch.float32)], key=str)
+    dy = torch.randn_like(out)
+    dx, dw = torch.autograd.grad(out, [x, norm.weight], dy)
+    x64, w64 = x.detach().double().requires_grad_(), norm.weight.detach().double().requires_grad_()
+    rdx, rdw = torch.autograd.grad(plain_rmsnorm(x64, w64, norm.eps, 1), [x64, w64], dy.double())
+    assert (dx.double() - rdx).norm() / rdx.norm() < 4e-3
+    assert (dw.double() - rdw).norm() / rdw.norm() < 4e-3
+
+
+# 48 tokens: no activation shares a shape with a tiny model's weights (d_model 64).
+SEQ = 24
+
+
+@functools.lru_cache(maxsize=None)
+def run_once(arch, *overrides, compile_model=True):
+    """One training forward and backward of a 2-layer model under bf16 autocast (compiled by inductor on
+    the CPU, or eager): (its model config, the (shape, dtype) of every tensor kept for the backward, the
+    parameters' gradients). The partitioner decides what a compiled model keeps, so that is checked compiled."""
+    cfg = small_cfg(arch, "model.n_layers=2", *overrides, seq_len=SEQ)
+    torch.manual_seed(0)
+    model = flowhn.build_model(cfg)
+    if compile_model:
+        model.compile_in_place("model")
+    saved = []
+
+    def pack(t):
+        saved.append((tuple(t.shape), t.dtype))
+        return t
+
+    ids = torch.randint(0, cfg.scale.vocab_size, (2, SEQ), generator=torch.Generator().manual_seed(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        logits = model(ids)
+    F.cross_entropy(logits.float().flatten(0, 1), ids.flatten()).backward()
+    return cfg.model, saved, {name: p.grad.detach().clone() for name, p in model.named_parameters()}
+
+
+def test_compiled_llama_keeps_neither_the_fp32_residual_nor_the_swiglu_product():
+    """Before: each norm kept its fp32 input (the residual stream) and each MLP its silu(gate)·up, besides
+    gate and up; now the norms keep x̂ in bf16 and the product is recomputed. Per layer: two bf16
+    (tokens, d_ff) tensors (gate and up) and no fp32 (…, d_model) activation. The gradients are the eager
+    model's (which keeps everything) within bf16 autocast's noise."""
+    m, saved, grads = run_once("llama")
+    tokens = 2 * SEQ
+    fp32_acts = [s for s, dt in saved if dt == torch.float32 and torch.Size(s).numel() >= tokens * m.d_model]
+    ff_acts = [s for s, dt in saved if s[-1] == m.d_ff and torch.Size(s).numel() == tokens * m.d_ff]
+    assert fp32_acts == [], fp32_acts
+    assert len(ff_acts) == 2 * m.n_layers, ff_acts
+    _, _, eager = run_once("llama", compile_model=False)
+    for name, g in grads.items():
+        assert (g - eager[name]).norm() <= 2e-2 * eager[name].norm() + 1e-6, name
+
+
+
+@pytest.mark.parametrize("scale,lean", [("tiny", True), ("135m", True), ("1b", False)])
+def test_lean_activations_follow_the_scale_and_can_be_set(scale, lean):
+    """On by default where it measured free (135M), off at 1B (~1 % slower there); an override wins."""
+    for overrides, want in (((), lean), ((f"scale.lean_activations={not lean}",), not lean)):
+        cfg = compose_train("model=hymba", f"scale={scale}", "data.seq_len=64", "model.window=32", *overrides)
+        with torch.device("meta"):
+            model = flowhn.build_model(cfg)
+        norms = [m.keep_normalized for m in model.modules() if isinstance(m, RMSNorm)]
+        mlps = [m.recompute_product for m in model.modules() if isinstance(m, SwiGLU)]
+        assert norms and mlps and set(norms) == set(mlps) == {want}, (scale, overrides)
