@@ -108,6 +108,10 @@ def test_training_steps_wait_for_the_gpu_only_when_the_progress_bar_redraws(fuse
     from flowhn.training.callbacks import StepRateProgressBar
     from flowhn.training.module import CausalLMModule
 
+    from flowhn.kernels import cross_entropy
+
+    if cross_entropy.import_problem(fused_loss) is not None:  # liger: optional (scripts/gpu_wheels.sh fetches it)
+        pytest.skip(f"{fused_loss}: {cross_entropy.import_problem(fused_loss)}")
     cfg = small_cfg("llama", f"paths.root_dir={ROOT}", "paths.output_dir=unused", f"fused_loss={fused_loss}", seq_len=64)
     module = CausalLMModule(OmegaConf.to_container(cfg, resolve=True))
     torch._dynamo.reset()

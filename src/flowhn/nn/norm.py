@@ -3,10 +3,9 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def normalized_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype the normalized input is rounded to before the scale: the autocast dtype when fp32
-    activations run under autocast (the residual stream of fp32-master-weight training), else x's own.
-    HF's LlamaRMSNorm does the same rounding when its activations are bf16."""
+def kept_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a lean RMSNorm keeps x̂ in for its backward: the autocast dtype when fp32 activations run
+    under autocast (the residual stream of fp32-master-weight training), else x's own."""
     device = x.device.type  # autocast knows no "meta" (FLOP counting builds models there)
     if x.dtype == torch.float32 and device in ("cuda", "cpu") and torch.is_autocast_enabled(device):
         return torch.get_autocast_dtype(device)
@@ -14,19 +13,19 @@ def normalized_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 class _RMSNormKeepingNormalized(torch.autograd.Function):
-    """RMSNorm whose backward needs only the normalized input in its rounded dtype and the inverse RMS,
-    not the fp32 input: under bf16 autocast each norm then keeps 2 bytes a feature for the backward, not
-    4 (the fp32 residual stream). Its output is the plain path's exactly; its gradients are computed from
-    the rounded x̂ (a bf16 rounding error, 2^-9 relative, in dx and dweight)."""
+    """RMSNorm whose backward needs only x̂ in ``kept_dtype``, the inverse RMS and the weight, not the fp32
+    input: under bf16 autocast each norm then keeps 2 bytes a feature for its backward, not 4 (the next
+    matmul keeps the norm's bf16 output as before). The output is the plain path's, bit for bit; the
+    gradients are computed from the rounded x̂ (a bf16 rounding error, 2^-9 relative, in dx and dweight)."""
 
     @staticmethod
-    def forward(ctx, x, weight, eps, groups, dtype):
+    def forward(ctx, x, weight, eps, groups, kept):
         grouped = x.float().unflatten(-1, (groups, -1))
         rstd = torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + eps)
-        normed = (grouped * rstd).flatten(-2).to(dtype)
-        ctx.save_for_backward(normed, rstd, weight)
+        normed = (grouped * rstd).flatten(-2)
+        ctx.save_for_backward(normed.to(kept), rstd, weight)
         ctx.groups, ctx.x_dtype = groups, x.dtype
-        return weight * normed
+        return weight * normed.to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad):
@@ -48,7 +47,7 @@ class RMSNorm(nn.Module):
     multiplies by silu(gate) first: together they are Mamba-2's gated norm (norm_before_gate=False).
 
     ``keep_normalized`` (scale.lean_activations): when gradients are needed (and there is no gate), the
-    backward keeps x̂ in ``normalized_dtype`` rather than x (``_RMSNormKeepingNormalized``): under bf16
+    backward keeps x̂ in ``kept_dtype`` rather than x (``_RMSNormKeepingNormalized``): under bf16
     autocast with an fp32 residual stream that halves what each norm holds for the backward.
     """
 
@@ -58,10 +57,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
-        dtype = normalized_dtype(x)
         if (self.keep_normalized and gate is None and torch.is_grad_enabled()
                 and (x.requires_grad or self.weight.requires_grad)):
-            return _RMSNormKeepingNormalized.apply(x, self.weight, self.eps, self.groups, dtype)
+            return _RMSNormKeepingNormalized.apply(x, self.weight, self.eps, self.groups, kept_dtype(x))
+        dtype = x.dtype
         x = x.float()
         if gate is not None:
             x = x * F.silu(gate.float())
