@@ -275,19 +275,33 @@ _COMPILE_SCRIPT = textwrap.dedent("""
     for recompute in (False, True):
         saved = saved_tensor_bytes(lambda: ssd(**inputs, chunk_size=16, backend="triton", recompute=recompute))
         print("recompute" if recompute else "keep", saved, input_bytes)
+
+    # Mamba1Mixer(remake_scan_inputs=True) under inductor's partitioner (min-cut, as torch.compile's default
+    # backend uses): the backward remakes Δ and the scan's padded (B, d_inner, pitch) copies of u and Δ
+    # instead of keeping them, so of those copies only z's is kept (without it, all three are).
+    torch.manual_seed(0)
+    mixer = Mamba1Mixer(d_model=16, d_state=4, backend="triton", remake_scan_inputs=True)
+    compiled = torch.compile(mixer, backend="aot_eager_decomp_partition", fullgraph=True)
+    shapes = []
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: shapes.append(tuple(t.shape)) or t, lambda t: t):
+            compiled(torch.randn(2, 20, 16, requires_grad=True))
+    print("padded_copies_kept", shapes.count((2, mixer.d_inner, 32)))  # L = 20 is padded to a pitch of 32
 """)
 
 
 @pytest.mark.skipif(not has_triton, reason="triton is not installed")
 def test_triton_ops_compile_to_one_graph_in_interpreter():
     """The Triton scan is a torch.library op, so torch.compile neither breaks its graph nor
-    retraces there (on the H100 each break had left the GPU idle while Python ran), and the GPU SSD
-    path's recompute keeps only the inputs."""
+    retraces there (on the H100 each break had left the GPU idle while Python ran), the GPU SSD
+    path's recompute keeps only the inputs, and a Mamba-1 mixer that remakes its scan inputs keeps
+    neither padded copy."""
     stdout = run_in_triton_interpreter(_COMPILE_SCRIPT)
     saved = {line.split()[0]: [int(v) for v in line.split()[1:]] for line in stdout.splitlines()}
     keep, inputs = saved["keep"]
     assert saved["recompute"] == [inputs, inputs]
     assert keep > inputs  # without recompute the entering chunk states are kept too
+    assert saved["padded_copies_kept"] == [1]  # z's: u's and Δ's are remade in the backward
 
 
 _LAYOUT_SCRIPT = textwrap.dedent("""

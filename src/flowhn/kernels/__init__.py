@@ -102,12 +102,15 @@ def _check_scan_shapes(u, delta, A, B, C, D, z, delta_bias):
                              f"for u of shape {tuple(u.shape)} and A of shape {tuple(A.shape)}")
 
 
-def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, backend="auto"):
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, backend="auto",
+                   remake_inputs=False):
     """Mamba-1 selective scan. u, delta, z: (B, D, L); A: (D, N); B, C: (B, N, L); D, delta_bias: (D,).
 
     h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t,  y_t = C_t·h_t + D u_t,  y ← y·silu(z), with
     Δ = softplus(delta + delta_bias) if ``delta_softplus`` else delta + delta_bias. Returns y (B, D, L)
-    in u's dtype, differentiable in every tensor argument.
+    in u's dtype, differentiable in every tensor argument. ``remake_inputs`` (triton backend, under
+    torch.compile): the backward remakes its padded row-major copies of u and delta from u and delta
+    instead of keeping them (``triton_scan.selective_scan_triton``); the other backends ignore it.
     """
     _check_scan_shapes(u, delta, A, B, C, D, z, delta_bias)
     name = resolve_backend(backend, u.device)
@@ -120,7 +123,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     if name == "triton":
         from flowhn.kernels.triton_scan import selective_scan_triton
 
-        return selective_scan_triton(*args, **kwargs)
+        return selective_scan_triton(*args, **kwargs, remake_inputs=remake_inputs)
     from flowhn.kernels.mamba_ssm_ops import selective_scan_mamba_ssm
 
     return selective_scan_mamba_ssm(*args, **kwargs)

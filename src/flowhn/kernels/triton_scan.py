@@ -39,6 +39,7 @@ path and ``FLOWHN_SCAN_KERNELS=triton``.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Optional
 
@@ -48,6 +49,7 @@ import triton
 import triton.language as tl
 
 from flowhn.kernels import triton_interpreter  # noqa: F401  (patches the CPU interpreter where it runs)
+from flowhn.recompute import recomputed_in_backward
 
 LOG2E = tl.constexpr(1.4426950408889634)  # jit code may only read constexpr globals
 
@@ -751,12 +753,17 @@ CHANNEL_LAST_BY_DEFAULT = False
 
 
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                          block_d=None, chunk=None, num_warps=None, channel_last: bool | None = None):
+                          block_d=None, chunk=None, num_warps=None, channel_last: bool | None = None,
+                          remake_inputs: bool = False):
     """Same contract as ``reference.selective_scan_sequential``; differentiable in every tensor input.
     Row-major: rows are copied to an aligned pitch. ``channel_last=True`` (``u`` must be a transposed
     view of (B, L, D) memory): every input is read in place with its strides and the result is
     channel-last too; None: ``CHANNEL_LAST_BY_DEFAULT`` for such inputs.
-    ``block_d``, ``chunk``, ``num_warps`` override the tile choice (tests, tuning)."""
+    ``block_d``, ``chunk``, ``num_warps`` override the tile choice (tests, tuning).
+    ``remake_inputs``: under torch.compile the backward remakes the pitched copies of u and delta from u
+    and delta instead of keeping them (a Mamba layer keeps u for x_proj's weight gradient anyway, and can
+    recompute delta: ``Mamba1Mixer(remake_scan_inputs=True)``): 2 × 2 bytes a channel and step less kept
+    in bf16, for two copy passes in the backward."""
     length = u.shape[-1]
     if channel_last is None:
         channel_last = CHANNEL_LAST_BY_DEFAULT and is_channel_last(u)
@@ -769,7 +776,9 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
                               True)
         return out
     pitch = _row_pitch(length)
-    u, delta, B, C = (_pitched(t, pitch) for t in (u, delta, B, C))
+    remade = functools.partial(recomputed_in_backward, functools.partial(_pitched, pitch=pitch))
+    u, delta = (remade(t) if remake_inputs else _pitched(t, pitch) for t in (u, delta))
+    B, C = (_pitched(t, pitch) for t in (B, C))
     z = None if z is None else _pitched(z, pitch)
     out, _, _ = _scan_fwd(u, delta, A, B, C, D, z, delta_bias, length, softplus, block_d, chunk, num_warps, False)
     return out[..., :length]

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flowhn.nn.flops import Flops, linear_flops
-from flowhn.nn.recompute import recomputed_in_backward
+from flowhn.recompute import recomputed_in_backward
 
 
 def silu_product(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ from torch import nn
 from flowhn import kernels
 from flowhn.nn.flops import Flops, linear_flops
 from flowhn.nn.norm import RMSNorm
+from flowhn.recompute import recomputed_in_backward
 
 
 def init_dt_bias(dim: int, dt_min: float = 1e-3, dt_max: float = 0.1) -> torch.Tensor:
@@ -36,9 +37,13 @@ class Mamba1Mixer(nn.Module):
         inner_norms: bool = False,
         norm_eps: float = 1e-6,
         backend: str = "auto",
+        remake_scan_inputs: bool = False,
     ):
-        """``inner_norms``: RMSNorm on dt, B and C before the scan, as Jamba does for stability."""
+        """``inner_norms``: RMSNorm on dt, B and C before the scan, as Jamba does for stability.
+        ``remake_scan_inputs`` (model.ssm_remake_scan_inputs): under torch.compile the backward remakes Δ
+        (dt_proj's low-rank matmul) and the Triton scan's padded copies of u and Δ instead of keeping them."""
         super().__init__()
+        self.remake_scan_inputs = remake_scan_inputs
         self.d_inner = expand * d_model
         self.d_state = d_state
         self.dt_rank = dt_rank or math.ceil(d_model / 16)
@@ -69,11 +74,13 @@ class Mamba1Mixer(nn.Module):
         dt, B, C = self.x_proj(hidden).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         if self.inner_norms:
             dt, B, C = self.dt_layernorm(dt), self.b_layernorm(B), self.c_layernorm(C)
-        dt = F.linear(dt, self.dt_proj.weight)  # bias goes into the scan, fused
+        # The bias goes into the scan, fused.
+        remake, weight = self.remake_scan_inputs, self.dt_proj.weight
+        dt = recomputed_in_backward(F.linear, dt, weight) if remake else F.linear(dt, weight)
         y = kernels.selective_scan(
             hidden.transpose(1, 2), dt.transpose(1, 2), -torch.exp(self.A_log.float()), B.transpose(1, 2),
             C.transpose(1, 2), self.D.float(), z=gate.transpose(1, 2), delta_bias=self.dt_proj.bias.float(),
-            delta_softplus=True, backend=self.backend,
+            delta_softplus=True, backend=self.backend, remake_inputs=remake,
         )
         return self.out_proj(y.transpose(1, 2))
 

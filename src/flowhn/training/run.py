@@ -40,7 +40,8 @@ UNHASHED_KEYS = ("paths", "logger", "meta", "hydra", "ckpt_path", "callbacks", "
 # Keys a resumed run may change: they steer validation, evaluation, logging or which kernel
 # computes the same function, never the training trajectory.
 RESUME_MAY_CHANGE = (
-    "eval", "hardware", "compile", "compile_scope", "compile_mode", "fused_loss", "model.moe_dispatch", "model.ssm_backend", "model.ssd_recompute", "model.branch_streams",
+    "eval", "hardware", "compile", "compile_scope", "compile_mode", "fused_loss", "model.moe_dispatch", "model.ssm_backend",
+    "model.ssd_recompute", "model.ssm_remake_scan_inputs", "model.branch_streams",
     "data.num_workers", "data.eval_batch_size", "data.cache_dir", "trainer.val_check_interval", "trainer.limit_val_batches", "trainer.log_every_n_steps",
     "trainer.enable_model_summary", "trainer.ddp_timeout_s",
     # How DDP reduces the gradients (bucketing, views, static graph, the compiled graph's split), not
