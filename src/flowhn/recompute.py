@@ -9,11 +9,12 @@ from torch.utils.checkpoint import checkpoint
 def recomputed_in_backward(fn, *args: torch.Tensor) -> torch.Tensor:
     """``fn(*args)``, whose output the backward recomputes from ``args`` rather than keeping it.
 
-    For a cheap op between tensors the backward keeps anyway and a matmul that needs its output again for
-    its weight gradient: SwiGLU's silu(gate)·up before down_proj. Under
-    torch.compile the region is tagged for recomputation and the partitioner re-emits it in the backward
-    graph (without the tag it keeps any output a matmul's backward reads). In eager it is just
-    ``fn(*args)``: a checkpoint there keeps the region's inputs, but the ops after it still keep its output.
+    For a cheap op whose inputs the backward keeps anyway and whose output an op after it would keep:
+    SwiGLU's silu(gate)·up before down_proj, Mamba's Δ (dt_proj's low-rank matmul) and the Triton scan's
+    padded copies of u and Δ. Under torch.compile the region is tagged for recomputation and the
+    partitioner re-emits it in the backward graph (untagged, it keeps any value a matmul's or a custom op's
+    backward reads). In eager it is just ``fn(*args)``: a checkpoint there keeps the region's inputs, but
+    the ops after it still keep its output.
     """
     if torch.compiler.is_compiling() and torch.is_grad_enabled() and any(a.requires_grad for a in args):
         return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=False)
