@@ -129,3 +129,22 @@ def test_lean_activations_follow_the_scale_and_can_be_set(scale, lean):
         norms = [m.keep_normalized for m in model.modules() if isinstance(m, RMSNorm)]
         mlps = [m.recompute_product for m in model.modules() if isinstance(m, SwiGLU)]
         assert norms and mlps and set(norms) == set(mlps) == {want}, (scale, overrides)
+
+
+def test_a_run_from_before_the_memory_switches_resumes_with_them():
+    """scale.lean_activations and model.ssm_remake_scan_inputs change what the backward keeps, not the model
+    trained: a checkpoint written before they existed (or with other values) resumes; a real change does not."""
+    import copy
+
+    from omegaconf import OmegaConf
+
+    from flowhn.training.run import RESUME_MAY_CHANGE, UNHASHED_KEYS, config_differences
+
+    cfg = compose_train("model=mamba", "scale=135m")
+    new = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("model", "scale", "data", "trainer")}
+    old = copy.deepcopy(new)
+    del old["scale"]["lean_activations"], old["model"]["ssm_remake_scan_inputs"]
+    ignore = UNHASHED_KEYS + RESUME_MAY_CHANGE
+    assert config_differences(old, new, ignore) == []
+    old["model"]["d_state"] += 1
+    assert config_differences(old, new, ignore) == [f"model.d_state: {new['model']['d_state'] + 1} -> {new['model']['d_state']}"]

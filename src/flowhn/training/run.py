@@ -37,11 +37,12 @@ log = logging.getLogger(__name__)
 
 # Keys that say where or how a run is logged, not what it computes: left out of config_hash.
 UNHASHED_KEYS = ("paths", "logger", "meta", "hydra", "ckpt_path", "callbacks", "debug")
-# Keys a resumed run may change: they steer validation, evaluation, logging or which kernel
-# computes the same function, never the training trajectory.
+# Keys a resumed run may change: they steer validation, evaluation, logging, which kernel computes the
+# same function or what the backward keeps, never the function trained (scale.lean_activations: the norms'
+# gradients from x̂ rounded to bf16, a rounding-level change like another kernel's).
 RESUME_MAY_CHANGE = (
     "eval", "hardware", "compile", "compile_scope", "compile_mode", "fused_loss", "model.moe_dispatch", "model.ssm_backend",
-    "model.ssd_recompute", "model.ssm_remake_scan_inputs", "model.branch_streams",
+    "model.ssd_recompute", "model.ssm_remake_scan_inputs", "scale.lean_activations", "model.branch_streams",
     "data.num_workers", "data.eval_batch_size", "data.cache_dir", "trainer.val_check_interval", "trainer.limit_val_batches", "trainer.log_every_n_steps",
     "trainer.enable_model_summary", "trainer.ddp_timeout_s",
     # How DDP reduces the gradients (bucketing, views, static graph, the compiled graph's split), not
