@@ -1,6 +1,7 @@
 """What the models keep for the backward under scale.lean_activations: the RMSNorm that keeps x̂ in the
-autocast dtype instead of the fp32 residual, and SwiGLU's product recomputed in the backward. Values and gradients against
-references, and what a compiled model saves (the partitioner decides that, so it is checked compiled)."""
+autocast dtype instead of the fp32 residual, and SwiGLU's product recomputed in the backward. Values and
+gradients against references, and what a compiled model saves (the partitioner decides that, so it is
+checked compiled)."""
 
 import functools
 
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 
 import flowhn
 from conftest import compose_train, small_cfg
+from flowhn.kernels.testing import saved_tensors
 from flowhn.nn.mlp import SwiGLU
 from flowhn.nn.norm import RMSNorm
 
@@ -50,15 +52,8 @@ def test_rmsnorm_under_bf16_autocast_keeps_xhat_in_bf16_and_changes_no_output():
         norm.weight.copy_(torch.rand(64) + 0.5)
     plain = RMSNorm(64)
     plain.load_state_dict(norm.state_dict())
-    saved = []
-
-    def pack(t):
-        saved.append((tuple(t.shape), t.dtype))
-        return t
-
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            out = norm(x)
+        out, saved = saved_tensors(lambda: norm(x))
         out_plain = plain(x)
         with torch.no_grad():
             out_no_grad = norm(x)
@@ -89,15 +84,9 @@ def run_once(arch, *overrides, compile_model=True):
     model = flowhn.build_model(cfg)
     if compile_model:
         model.compile_in_place("model")
-    saved = []
-
-    def pack(t):
-        saved.append((tuple(t.shape), t.dtype))
-        return t
-
     ids = torch.randint(0, cfg.scale.vocab_size, (2, SEQ), generator=torch.Generator().manual_seed(1))
-    with torch.autocast("cpu", dtype=torch.bfloat16), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        logits = model(ids)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, saved = saved_tensors(lambda: model(ids))
     F.cross_entropy(logits.float().flatten(0, 1), ids.flatten()).backward()
     return cfg.model, saved, {name: p.grad.detach().clone() for name, p in model.named_parameters()}
 
@@ -116,7 +105,6 @@ def test_compiled_llama_keeps_neither_the_fp32_residual_nor_the_swiglu_product()
     _, _, eager = run_once("llama", compile_model=False)
     for name, g in grads.items():
         assert (g - eager[name]).norm() <= 2e-2 * eager[name].norm() + 1e-6, name
-
 
 
 @pytest.mark.parametrize("scale,lean", [("tiny", True), ("135m", True), ("1b", False)])

@@ -226,7 +226,7 @@ def test_triton_kernels_in_interpreter():
 _COMPILE_SCRIPT = textwrap.dedent("""
     import torch
     from flowhn.kernels import ssd
-    from flowhn.kernels.testing import saved_tensor_bytes, scan_inputs, ssd_inputs
+    from flowhn.kernels.testing import saved_tensor_bytes, saved_tensors, scan_inputs, ssd_inputs
     from flowhn.nn.ssm import Mamba1Mixer, Mamba2Mixer
     import flowhn.kernels.triton_scan  # registers the flowhn:: ops
 
@@ -282,10 +282,9 @@ _COMPILE_SCRIPT = textwrap.dedent("""
     torch.manual_seed(0)
     mixer = Mamba1Mixer(d_model=16, d_state=4, backend="triton", remake_scan_inputs=True)
     compiled = torch.compile(mixer, backend="aot_eager_decomp_partition", fullgraph=True)
-    shapes = []
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: shapes.append(tuple(t.shape)) or t, lambda t: t):
-            compiled(torch.randn(2, 20, 16, requires_grad=True))
+        _, kept = saved_tensors(lambda: compiled(torch.randn(2, 20, 16, requires_grad=True)))
+    shapes = [shape for shape, _ in kept]
     print("padded_copies_kept", shapes.count((2, mixer.d_inner, 32)))  # L = 20 is padded to a pitch of 32
 """)
 

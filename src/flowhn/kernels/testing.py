@@ -117,18 +117,23 @@ def copy_bandwidth() -> float:
     return 2 * src.numel() * 4 / do_bench(lambda: dst.copy_(src), return_mode="median") / 1e6
 
 
-def saved_tensor_bytes(call: Callable[[], object]) -> int:
-    """Bytes of the tensors autograd keeps for the backward while ``call()`` runs (what a recompute
-    option is meant to shrink)."""
-    sizes = []
+def saved_tensors(call: Callable[[], object]) -> tuple[object, list[tuple[tuple[int, ...], torch.dtype]]]:
+    """(``call()``'s result, the (shape, dtype) of every tensor autograd keeps for the backward while it
+    runs, a compiled graph's included): what a recompute option is meant to shrink."""
+    kept = []
 
     def pack(tensor):
-        sizes.append(tensor.numel() * tensor.element_size())
+        kept.append((tuple(tensor.shape), tensor.dtype))
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        call()
-    return sum(sizes)
+        result = call()
+    return result, kept
+
+
+def saved_tensor_bytes(call: Callable[[], object]) -> int:
+    """Bytes of the tensors autograd keeps for the backward while ``call()`` runs."""
+    return sum(torch.Size(shape).numel() * dtype.itemsize for shape, dtype in saved_tensors(call)[1])
 
 
 def reference_fn(kind: str) -> Callable:

@@ -776,9 +776,9 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
                               True)
         return out
     pitch = _row_pitch(length)
-    remade = functools.partial(recomputed_in_backward, functools.partial(_pitched, pitch=pitch))
-    u, delta = (remade(t) if remake_inputs else _pitched(t, pitch) for t in (u, delta))
-    B, C = (_pitched(t, pitch) for t in (B, C))
-    z = None if z is None else _pitched(z, pitch)
+    pitched = functools.partial(_pitched, pitch=pitch)
+    u, delta = (recomputed_in_backward(pitched, t, enabled=remake_inputs) for t in (u, delta))
+    B, C = (pitched(t) for t in (B, C))
+    z = None if z is None else pitched(z)
     out, _, _ = _scan_fwd(u, delta, A, B, C, D, z, delta_bias, length, softplus, block_d, chunk, num_warps, False)
     return out[..., :length]

@@ -27,8 +27,7 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_proj(x), self.up_proj(x)
-        product = recomputed_in_backward(silu_product, gate, up) if self.recompute_product else silu_product(gate, up)
-        return self.down_proj(product)
+        return self.down_proj(recomputed_in_backward(silu_product, gate, up, enabled=self.recompute_product))
 
     def flops(self) -> Flops:
         return Flops(matmul=linear_flops(self))
@@ -133,8 +132,8 @@ class MoE(nn.Module):
         gate_up = torch.stack([torch.cat([e.gate_proj.weight, e.up_proj.weight]) for e in self.experts]).to(dtype)
         down = torch.stack([e.down_proj.weight for e in self.experts]).to(dtype)
         gate, up = _GROUPED_MM(tokens, gate_up.transpose(1, 2), offs=group_ends).chunk(2, dim=-1)
-        lean = self.experts[0].recompute_product  # scale.lean_activations, as the dense experts
-        product = recomputed_in_backward(silu_product, gate, up) if lean else silu_product(gate, up)
+        # scale.lean_activations, as the dense experts (set_lean_activations sets it on each)
+        product = recomputed_in_backward(silu_product, gate, up, enabled=self.experts[0].recompute_product)
         expert_out = _GROUPED_MM(product, down.transpose(1, 2), offs=group_ends)
         # Back to (token, slot) order: position order[j] of the pair list holds sorted row j.
         per_pair = torch.empty_like(expert_out).index_copy_(0, order, expert_out)

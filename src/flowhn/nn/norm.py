@@ -12,6 +12,13 @@ def kept_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
+def _normalized(x: torch.Tensor, eps: float, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x̂, the inverse RMS (…, groups, 1)) of fp32 x, each of ``groups`` equal slices on its own."""
+    grouped = x.unflatten(-1, (groups, -1))
+    rstd = torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + eps)
+    return (grouped * rstd).flatten(-2), rstd
+
+
 class _RMSNormKeepingNormalized(torch.autograd.Function):
     """RMSNorm whose backward needs only x̂ in ``kept_dtype``, the inverse RMS and the weight, not the fp32
     input: under bf16 autocast each norm then keeps 2 bytes a feature for its backward, not 4 (the next
@@ -20,9 +27,7 @@ class _RMSNormKeepingNormalized(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, eps, groups, kept):
-        grouped = x.float().unflatten(-1, (groups, -1))
-        rstd = torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + eps)
-        normed = (grouped * rstd).flatten(-2)
+        normed, rstd = _normalized(x.float(), eps, groups)
         ctx.save_for_backward(normed.to(kept), rstd, weight)
         ctx.groups, ctx.x_dtype = groups, x.dtype
         return weight * normed.to(x.dtype)
@@ -64,6 +69,4 @@ class RMSNorm(nn.Module):
         x = x.float()
         if gate is not None:
             x = x * F.silu(gate.float())
-        grouped = x.unflatten(-1, (self.groups, -1))
-        grouped = grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * grouped.flatten(-2).to(dtype)
+        return self.weight * _normalized(x, self.eps, self.groups)[0].to(dtype)

@@ -75,8 +75,8 @@ class Mamba1Mixer(nn.Module):
         if self.inner_norms:
             dt, B, C = self.dt_layernorm(dt), self.b_layernorm(B), self.c_layernorm(C)
         # The bias goes into the scan, fused.
-        remake, weight = self.remake_scan_inputs, self.dt_proj.weight
-        dt = recomputed_in_backward(F.linear, dt, weight) if remake else F.linear(dt, weight)
+        remake = self.remake_scan_inputs
+        dt = recomputed_in_backward(F.linear, dt, self.dt_proj.weight, enabled=remake)
         y = kernels.selective_scan(
             hidden.transpose(1, 2), dt.transpose(1, 2), -torch.exp(self.A_log.float()), B.transpose(1, 2),
             C.transpose(1, 2), self.D.float(), z=gate.transpose(1, 2), delta_bias=self.dt_proj.bias.float(),
