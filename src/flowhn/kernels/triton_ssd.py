@@ -83,36 +83,52 @@ STATE_PASS_CHUNKS = 16
 STATE_PASS_BLOCK = 512  # columns of P·N a program of the prefetching pass (4 warps, 4 a thread)
 
 
-def state_pass(state, adjoint, total, heads, n_chunks, with_state, with_adjoint, acc, impl=None):
-    """In place: S (``state``, (batch, chunks, heads, P, N)) into the states entering each chunk, and K
-    (``adjoint``) into the adjoints of each chunk's end state; ``total`` (batch, heads, chunks) holds each
-    chunk's summed log decay. ``impl``: "loop" or "prefetch" (default ``STATE_PASS``)."""
+def state_pass(state, adjoint, total, heads, n_chunks, with_state, with_adjoint, acc, impl=None,
+               state_out=None, adjoint_out=None):
+    """S (``state``, (batch, chunks, heads, P, N)) into the states entering each chunk, and K (``adjoint``)
+    into the adjoints of each chunk's end state; ``total`` (batch, heads, chunks) holds each chunk's summed
+    log decay. Written to ``state_out`` / ``adjoint_out`` (same shape, any float dtype: the pass carries in
+    ``acc`` and rounds only what it stores), in place where they are None. ``impl``: "loop" or "prefetch"
+    (default ``STATE_PASS``)."""
     impl = impl or STATE_PASS
+    state_out = state if state_out is None else state_out
+    adjoint_out = adjoint if adjoint_out is None else adjoint_out
     buffer = state if with_state else adjoint
     batch, PN = buffer.shape[0], buffer[0, 0, 0].numel()
     first, directions = (0 if with_state else 1), int(with_state) + int(with_adjoint)
+    buffers = (state, adjoint, state_out, adjoint_out, total, heads, PN, n_chunks, first)
     if impl == "loop":
         block = min(1024, triton.next_power_of_2(PN))
-        K._state_pass_kernel[(triton.cdiv(PN, block), batch * heads, directions)](
-            state, adjoint, total, heads, PN, n_chunks, first, BLOCK=block, ACC=acc)
+        K._state_pass_kernel[(triton.cdiv(PN, block), batch * heads, directions)](*buffers, BLOCK=block, ACC=acc)
     elif impl == "prefetch":
         block = min(STATE_PASS_BLOCK, triton.next_power_of_2(PN))
         K._state_pass_prefetch_kernel[(triton.cdiv(PN, block), batch * heads, directions)](
-            state, adjoint, total, heads, PN, n_chunks, first, BLOCK=block, CHUNKS=STATE_PASS_CHUNKS, ACC=acc)
+            *buffers, BLOCK=block, CHUNKS=STATE_PASS_CHUNKS, ACC=acc)
     else:
         raise ValueError(f"triton_ssd.STATE_PASS must be 'loop' or 'prefetch', got {impl!r}")
 
 
+def _state_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype of the states the pass over chunks hands on (entering states H, end-state adjoints Ĝ).
+    bf16/fp16 inputs: their own dtype, as mamba-ssm's SSD does. Every matmul that reads them takes bf16
+    operands anyway (``_dot`` with LOWP), so only the dA term ⟨Ĝ, H⟩ sees the rounding; and the
+    (batch, chunks, heads, P, N) tensors are the SSD's largest: at the Mamba-2 1B layer 0.54 GB a layer in
+    fp32, read and written five times a step. The chunk sums S and K stay fp32 (each is rounded once
+    when stored, never accumulated in low precision)."""
+    return x.dtype if x.dtype in _HALF else _acc_dtype(x)
+
+
 def _chunk_states(x, dt, A, B, C, dy, chunk, with_state, with_adjoint):
     """Per chunk: S (what it adds to the state), K (its adjoint pull), and its total log decay; then the
-    passes over chunks turn S into entering states H and K into end-state adjoints Ĝ (in place)."""
+    passes over chunks turn S into entering states H and K into end-state adjoints Ĝ (``_state_dtype``:
+    in place when that is the accumulation dtype)."""
     batch, length, heads, P = x.shape
     groups, N = B.shape[2], B.shape[3]
     n_chunks = _n_chunks(length, chunk)
-    acc = _acc_dtype(x)
-    empty = lambda: torch.empty(batch, n_chunks, heads, P, N, device=x.device, dtype=acc)  # noqa: E731
-    state = empty() if with_state else x.new_empty(0, dtype=acc)
-    adjoint = empty() if with_adjoint else x.new_empty(0, dtype=acc)
+    acc, passed = _acc_dtype(x), _state_dtype(x)
+    empty = lambda dtype: torch.empty(batch, n_chunks, heads, P, N, device=x.device, dtype=dtype)  # noqa: E731
+    state = empty(acc) if with_state else x.new_empty(0, dtype=acc)
+    adjoint = empty(acc) if with_adjoint else x.new_empty(0, dtype=acc)
     total = torch.empty(batch, heads, n_chunks, device=x.device, dtype=acc)
     dy_or_x = dy if with_adjoint else x
     flags = _flags(x, P)
@@ -120,15 +136,21 @@ def _chunk_states(x, dt, A, B, C, dy, chunk, with_state, with_adjoint):
             x, dt, A, B, C, dy_or_x, state, adjoint, total,
             length, heads, P, N, heads // groups, n_chunks, *_strides(x, dt, B, C, dy_or_x),
             T=chunk, WITH_STATE=with_state, WITH_ADJOINT=with_adjoint, **flags)
-    state_pass(state, adjoint, total, heads, n_chunks, with_state, with_adjoint, flags["ACC"])
-    return state, adjoint
+    if passed == acc:
+        state_out, adjoint_out = state, adjoint
+    else:
+        state_out = empty(passed) if with_state else state
+        adjoint_out = empty(passed) if with_adjoint else adjoint
+    state_pass(state, adjoint, total, heads, n_chunks, with_state, with_adjoint, flags["ACC"],
+               state_out=state_out, adjoint_out=adjoint_out)
+    return state_out, adjoint_out
 
 
 @torch.library.custom_op("flowhn::ssd_fwd", mutates_args=())
 def _ssd_fwd(x: _Tensor, dt: _Tensor, A: _Tensor, B: _Tensor, C: _Tensor, D: _MaybeTensor, chunk: int,
              keep_states: bool) -> tuple[_Tensor, _Tensor]:
-    """(y (batch, L, H, P) in x's dtype, the states entering each chunk (batch, chunks, H, P, N) in the
-    accumulation dtype if ``keep_states`` else an empty tensor)."""
+    """(y (batch, L, H, P) in x's dtype, the states entering each chunk (batch, chunks, H, P, N) in
+    ``_state_dtype`` if ``keep_states`` else an empty tensor)."""
     batch, length, heads, P = x.shape
     groups, N = B.shape[2], B.shape[3]
     n_chunks = _n_chunks(length, chunk)
@@ -145,7 +167,7 @@ def _ssd_fwd(x: _Tensor, dt: _Tensor, A: _Tensor, B: _Tensor, C: _Tensor, D: _Ma
 def _(x, dt, A, B, C, D, chunk, keep_states):
     batch, length, heads, P = x.shape
     shape = (batch, _n_chunks(length, chunk), heads, P, B.shape[3]) if keep_states else (0,)
-    return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(shape, dtype=_acc_dtype(x))
+    return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(shape, dtype=_state_dtype(x))
 
 
 @torch.library.custom_op("flowhn::ssd_bwd", mutates_args=())

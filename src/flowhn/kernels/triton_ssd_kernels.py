@@ -11,7 +11,8 @@ Every exponent is a difference s_t − s_u with u ≤ t, or s_t itself, so it is
 its rounding error is proportional to its own size.
 
 Forward: (1) ``_chunk_state_kernel`` S per chunk (T×P by T×N matmul) and the chunk's total log decay;
-(2) ``_state_pass_kernel`` walks the chunks in order, turning S into the entering states H in place
+(2) ``_state_pass_kernel`` walks the chunks in order, turning S into the entering states H (carried in
+fp32, stored in x's dtype for bf16/fp16 inputs, as mamba-ssm does: ``triton_ssd._state_dtype``)
 (``_state_pass_prefetch_kernel``: the same, its loads issued CHUNKS chunks at a time; ``triton_ssd.STATE_PASS``);
 (3) ``_chunk_scan_fwd_kernel`` the output: C Bᵀ (T×T), masked decay, times x̃, plus exp(s) C Hᵀ.
 
@@ -161,11 +162,12 @@ def _state_row(b, c, h, H, PN, n_chunks):
 
 
 @triton.jit
-def _state_pass_kernel(state_ptr, adjoint_ptr, total_ptr, H, PN, n_chunks, first_direction,
-                       BLOCK: tl.constexpr, ACC: tl.constexpr):
+def _state_pass_kernel(state_ptr, adjoint_ptr, state_out_ptr, adjoint_out_ptr, total_ptr, H, PN, n_chunks,
+                       first_direction, BLOCK: tl.constexpr, ACC: tl.constexpr):
     """Grid (block of P·N, batch·head, directions). Direction 0 turns the chunk states S into the states
     entering each chunk, H_c = exp(s_T,c−1) H_{c−1} + S_{c−1}; direction 1 turns the adjoint pulls K into
-    the adjoints of each chunk's end state, Ĝ_c = K_{c+1} + exp(s_T,c+1) Ĝ_{c+1}. Both in place."""
+    the adjoints of each chunk's end state, Ĝ_c = K_{c+1} + exp(s_T,c+1) Ĝ_{c+1}. Carried in ACC, stored in
+    the output's dtype; the output may be the input (in place)."""
     bh = tl.program_id(1).to(tl.int64)
     direction = tl.program_id(2) + first_direction
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -175,20 +177,20 @@ def _state_pass_kernel(state_ptr, adjoint_ptr, total_ptr, H, PN, n_chunks, first
     if direction == 0:
         for c in range(n_chunks):
             at = _state_row(b, c, h, H, PN, n_chunks) + offs
-            added = tl.load(state_ptr + at, mask=mask, other=0.0)
-            tl.store(state_ptr + at, carried, mask=mask)
+            added = tl.load(state_ptr + at, mask=mask, other=0.0).to(ACC)
+            tl.store(state_out_ptr + at, carried.to(state_out_ptr.dtype.element_ty), mask=mask)
             carried = tl.exp(tl.load(total_ptr + bh * n_chunks + c)) * carried + added
     else:
         for i in range(n_chunks):
             c = n_chunks - 1 - i
             at = _state_row(b, c, h, H, PN, n_chunks) + offs
-            pull = tl.load(adjoint_ptr + at, mask=mask, other=0.0)
-            tl.store(adjoint_ptr + at, carried, mask=mask)
+            pull = tl.load(adjoint_ptr + at, mask=mask, other=0.0).to(ACC)
+            tl.store(adjoint_out_ptr + at, carried.to(adjoint_out_ptr.dtype.element_ty), mask=mask)
             carried = pull + tl.exp(tl.load(total_ptr + bh * n_chunks + c)) * carried
 
 
 @triton.jit
-def _pass_prefetched(ptr, total_ptr, b, h, bh, H, PN, n_chunks, offs, mask,
+def _pass_prefetched(ptr, out_ptr, total_ptr, b, h, bh, H, PN, n_chunks, offs, mask,
                      REVERSE: tl.constexpr, CHUNKS: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
     """One direction of ``_state_pass_prefetch_kernel``: CHUNKS chunks at a time, all their loads first."""
     carried = tl.zeros([BLOCK], dtype=ACC)
@@ -199,18 +201,20 @@ def _pass_prefetched(ptr, total_ptr, b, h, bh, H, PN, n_chunks, offs, mask,
             i = start + r
             c = n_chunks - 1 - i if REVERSE else i
             valid = i < n_chunks  # past the last chunk: x = 0, decay exp(0) = 1, nothing stored
-            values = values + (tl.load(ptr + _state_row(b, c, h, H, PN, n_chunks) + offs, mask=mask & valid, other=0.0),)
+            values = values + (tl.load(ptr + _state_row(b, c, h, H, PN, n_chunks) + offs, mask=mask & valid,
+                                       other=0.0).to(ACC),)
             decays = decays + (tl.exp(tl.load(total_ptr + bh * n_chunks + c, mask=valid, other=0.0)),)
         for r in tl.static_range(CHUNKS):  # addresses recomputed rather than kept live across the loads
             i = start + r
             c = n_chunks - 1 - i if REVERSE else i
-            tl.store(ptr + _state_row(b, c, h, H, PN, n_chunks) + offs, carried, mask=mask & (i < n_chunks))
+            tl.store(out_ptr + _state_row(b, c, h, H, PN, n_chunks) + offs, carried.to(out_ptr.dtype.element_ty),
+                     mask=mask & (i < n_chunks))
             carried = decays[r] * carried + values[r]
 
 
 @triton.jit
-def _state_pass_prefetch_kernel(state_ptr, adjoint_ptr, total_ptr, H, PN, n_chunks, first_direction,
-                                BLOCK: tl.constexpr, CHUNKS: tl.constexpr, ACC: tl.constexpr):
+def _state_pass_prefetch_kernel(state_ptr, adjoint_ptr, state_out_ptr, adjoint_out_ptr, total_ptr, H, PN, n_chunks,
+                                first_direction, BLOCK: tl.constexpr, CHUNKS: tl.constexpr, ACC: tl.constexpr):
     """``_state_pass_kernel``'s two passes with its loads issued CHUNKS chunks at a time. That kernel
     loads, stores and updates one chunk per step, so each step waits a memory round trip for its load
     (at 135M: 0.40 ms a launch where its bytes need 0.084 at copy bandwidth, experiments/bench/H200.md);
@@ -223,9 +227,11 @@ def _state_pass_prefetch_kernel(state_ptr, adjoint_ptr, total_ptr, H, PN, n_chun
     mask = offs < PN
     b, h = bh // H, bh % H
     if direction == 0:
-        _pass_prefetched(state_ptr, total_ptr, b, h, bh, H, PN, n_chunks, offs, mask, False, CHUNKS, BLOCK, ACC)
+        _pass_prefetched(state_ptr, state_out_ptr, total_ptr, b, h, bh, H, PN, n_chunks, offs, mask, False, CHUNKS,
+                         BLOCK, ACC)
     else:
-        _pass_prefetched(adjoint_ptr, total_ptr, b, h, bh, H, PN, n_chunks, offs, mask, True, CHUNKS, BLOCK, ACC)
+        _pass_prefetched(adjoint_ptr, adjoint_out_ptr, total_ptr, b, h, bh, H, PN, n_chunks, offs, mask, True, CHUNKS,
+                         BLOCK, ACC)
 
 
 @triton.jit
