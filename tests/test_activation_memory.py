@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import flowhn
 from conftest import compose_train, small_cfg
-from flowhn.kernels.testing import saved_tensors
+from flowhn.kernels.testing import saved_tensor_bytes, saved_tensors
 from flowhn.nn.mlp import SwiGLU
 from flowhn.nn.norm import RMSNorm
 
@@ -41,10 +41,11 @@ def test_rmsnorm_gradients_match_float64_autograd(groups):
     torch.testing.assert_close(dw.double(), rdw, rtol=1e-5, atol=1e-6)
 
 
-def test_rmsnorm_under_bf16_autocast_keeps_xhat_in_bf16_and_changes_no_output():
-    """fp32 input under bf16 autocast: the output is the plain path's bit for bit (the norm without
-    gradients, and one that keeps x as before), the gradients are within bf16 rounding of the exact ones,
-    and what the backward keeps is x̂ in bf16 (and the per-row inverse RMS, and the weight), not x."""
+def test_rmsnorm_under_bf16_autocast_keeps_xhat_in_bf16_and_rounds_it_in_every_mode():
+    """fp32 input under bf16 autocast: the output is weight · x̂ with x̂ rounded to bf16, with gradients and
+    without (bit for bit), within bf16 rounding of the plain path's; the gradients are within bf16 rounding
+    of the exact ones; what the backward keeps is x̂ in bf16 (and the per-row inverse RMS, and the weight),
+    not x. (The rounded x̂ is what lets a compiled backward remake the next matmul's input from it.)"""
     torch.manual_seed(0)
     x = torch.randn(4, 9, 64, requires_grad=True)
     norm = RMSNorm(64, keep_normalized=True)
@@ -58,8 +59,11 @@ def test_rmsnorm_under_bf16_autocast_keeps_xhat_in_bf16_and_changes_no_output():
         with torch.no_grad():
             out_no_grad = norm(x)
     assert out.dtype == torch.float32
-    torch.testing.assert_close(out, out_plain, rtol=0, atol=0)
+    xhat = x.detach() * torch.rsqrt(x.detach().pow(2).mean(-1, keepdim=True) + norm.eps)
+    torch.testing.assert_close(out, norm.weight.detach() * xhat.bfloat16().float(), rtol=0, atol=0)
     torch.testing.assert_close(out, out_no_grad, rtol=0, atol=0)
+    assert not torch.equal(out, out_plain)  # the plain path multiplies the unrounded x̂
+    torch.testing.assert_close(out, out_plain, rtol=2.0 ** -8, atol=0)
     assert sorted(saved, key=str) == sorted([((4, 9, 64), torch.bfloat16), ((4, 9, 1, 1), torch.float32),
                                              ((64,), torch.float32)], key=str)
     dy = torch.randn_like(out)
@@ -107,6 +111,33 @@ def test_compiled_llama_keeps_neither_the_fp32_residual_nor_the_swiglu_product()
         assert (g - eager[name]).norm() <= 2e-2 * eager[name].norm() + 1e-6, name
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_compiled_llama_on_the_gpu_keeps_two_bytes_less_a_norm_feature_and_no_swiglu_product():
+    """What inductor's partitioner keeps differs between CPU and CUDA (on the CPU it keeps each norm's x̂
+    and the next matmul's input in both forms of the lean norm), so the saving is read on the GPU: a
+    compiled llama under bf16 autocast, lean against not, keeps at least 2 bytes less per feature of each
+    norm in the layers (x̂ in bf16, not the fp32 residual) plus SwiGLU's product (2 bytes per d_ff feature
+    a layer). Of the 2·layers + 1 norms, one saves nothing: the model without lean activations keeps one
+    fp32 residual fewer than it has norms (4 for 5 on the CPU; on the H200 the saving was 4 norms' exactly).
+    A lean norm whose output was weight · x̂ in fp32 kept x̂ and the matmul's bf16 input (H200.md, twelfth
+    session): its norms saved nothing, and this test fails on it."""
+    saved_bytes = {}
+    for lean in (False, True):
+        cfg = compose_train("model=llama", "scale=tiny", "model.n_layers=2", f"data.seq_len={SEQ}",
+                            f"scale.lean_activations={lean}")
+        torch.manual_seed(0)
+        model = flowhn.build_model(cfg).cuda()
+        model.compile_in_place("model")
+        ids = torch.randint(0, cfg.scale.vocab_size, (2, SEQ), device="cuda")
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            saved_bytes[lean] = saved_tensor_bytes(lambda: model(ids))
+    m, tokens = cfg.model, 2 * SEQ
+    saving_norms = 2 * m.n_layers
+    expected = tokens * (saving_norms * m.d_model * 2 + m.n_layers * m.d_ff * 2)
+    assert saved_bytes[False] - saved_bytes[True] >= expected, (saved_bytes, expected)
+
+
 @pytest.mark.parametrize("scale,lean", [("tiny", True), ("135m", True), ("1b", False)])
 def test_lean_activations_follow_the_scale_and_can_be_set(scale, lean):
     """On by default where it measured free (135M), off at 1B (~1 % slower there); an override wins."""
@@ -117,6 +148,24 @@ def test_lean_activations_follow_the_scale_and_can_be_set(scale, lean):
         norms = [m.keep_normalized for m in model.modules() if isinstance(m, RMSNorm)]
         mlps = [m.recompute_product for m in model.modules() if isinstance(m, SwiGLU)]
         assert norms and mlps and set(norms) == set(mlps) == {want}, (scale, overrides)
+
+
+@pytest.mark.parametrize("scale,lean", [("135m", True), ("1b", False)])
+def test_memory_for_speed_defaults_of_the_ssm_baselines_follow_the_scale(scale, lean):
+    """Mamba-1 remakes its scan inputs where the scale is lean (mamba only: the H200 A/B in
+    conf/model/mamba.yaml); Mamba-2 keeps its chunk states at 135M and 1B, recomputes them at 350M."""
+    from flowhn.nn.ssm import Mamba1Mixer, Mamba2Mixer
+
+    for model_name, overrides in (("mamba", ()), ("hymba", ("data.seq_len=64", "model.window=32"))):
+        cfg = compose_train(f"model={model_name}", f"scale={scale}", *overrides)
+        with torch.device("meta"):
+            mixers = [m for m in flowhn.build_model(cfg).modules() if isinstance(m, Mamba1Mixer)]
+        assert mixers and {m.remake_scan_inputs for m in mixers} == {lean and model_name == "mamba"}, model_name
+    for scale_name, recompute in ((scale, False), ("350m", True)):
+        cfg = compose_train("model=mamba2", f"scale={scale_name}")
+        with torch.device("meta"):
+            mixers = [m for m in flowhn.build_model(cfg).modules() if isinstance(m, Mamba2Mixer)]
+        assert mixers and {m.recompute for m in mixers} == {recompute}, scale_name
 
 
 def test_a_run_from_before_the_memory_switches_resumes_with_them():

@@ -21,14 +21,17 @@ def _normalized(x: torch.Tensor, eps: float, groups: int) -> tuple[torch.Tensor,
 
 class _RMSNormKeepingNormalized(torch.autograd.Function):
     """RMSNorm whose backward needs only x̂ in ``kept_dtype``, the inverse RMS and the weight, not the fp32
-    input: under bf16 autocast each norm then keeps 2 bytes a feature for its backward, not 4 (the next
-    matmul keeps the norm's bf16 output as before). The output is the plain path's, bit for bit; the
-    gradients are computed from the rounded x̂ (a bf16 rounding error, 2^-9 relative, in dx and dweight)."""
+    input. Its output is weight · x̂ with x̂ rounded to ``kept_dtype`` first (as HF's LlamaRMSNorm rounds to
+    the activations' dtype), so the compiled backward can remake the next matmul's bf16 input from the kept
+    x̂: under bf16 autocast a norm keeps 2 bytes a feature, not 4. (An output of weight · x̂ in fp32, the
+    plain path's, made the partitioner keep both x̂ and the matmul's input: 4 bytes, nothing saved; H200.md,
+    twelfth session.) The gradients treat the rounding as the identity (2^-9 relative in dx and dweight)."""
 
     @staticmethod
     def forward(ctx, x, weight, eps, groups, kept):
         normed, rstd = _normalized(x.float(), eps, groups)
-        ctx.save_for_backward(normed.to(kept), rstd, weight)
+        normed = normed.to(kept)
+        ctx.save_for_backward(normed, rstd, weight)
         ctx.groups, ctx.x_dtype = groups, x.dtype
         return weight * normed.to(x.dtype)
 
@@ -51,9 +54,10 @@ class RMSNorm(nn.Module):
     ``groups`` normalises each of that many equal slices of the features on its own, and ``gate``
     multiplies by silu(gate) first: together they are Mamba-2's gated norm (norm_before_gate=False).
 
-    ``keep_normalized`` (scale.lean_activations): when gradients are needed (and there is no gate), the
-    backward keeps x̂ in ``kept_dtype`` rather than x (``_RMSNormKeepingNormalized``): under bf16
-    autocast with an fp32 residual stream that halves what each norm holds for the backward.
+    ``keep_normalized`` (scale.lean_activations): without a gate, x̂ is rounded to ``kept_dtype`` before
+    the weight, in every mode (training, evaluation), and when gradients are needed the backward keeps
+    that x̂ rather than x (``_RMSNormKeepingNormalized``): under bf16 autocast with an fp32 residual
+    stream that halves what each norm holds for the backward.
     """
 
     def __init__(self, dim: int, eps: float = 1e-5, groups: int = 1, keep_normalized: bool = False):
@@ -66,7 +70,8 @@ class RMSNorm(nn.Module):
                 and (x.requires_grad or self.weight.requires_grad)):
             return _RMSNormKeepingNormalized.apply(x, self.weight, self.eps, self.groups, kept_dtype(x))
         dtype = x.dtype
+        rounded_to = kept_dtype(x) if self.keep_normalized and gate is None else dtype
         x = x.float()
         if gate is not None:
             x = x * F.silu(gate.float())
-        return self.weight * _normalized(x, self.eps, self.groups)[0].to(dtype)
+        return self.weight * _normalized(x, self.eps, self.groups)[0].to(rounded_to).to(dtype)
