@@ -466,7 +466,10 @@ class _ShardRecorder(_Recorder):
 def test_ddp_ranks_train_on_disjoint_shards(corpus_dir, cache, tmp_path):
     dm = make_dm(corpus_dir / "docs.jsonl", cache, max_train_windows=32)
     dm.prepare_data()  # as Lightning would on local rank 0, before spawning
-    trainer = L.Trainer(max_steps=4, accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False,
+    # Two real DDP ranks (gloo), forked from this process as in test_perf (ddp_spawn's two fresh interpreters
+    # imported this module and Lightning again, ~15 s of the test); a process that set up CUDA cannot fork.
+    strategy = "ddp_spawn" if torch.cuda.is_initialized() else "ddp_fork"
+    trainer = L.Trainer(max_steps=4, accelerator="cpu", devices=2, strategy=strategy, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         num_sanity_val_steps=0, limit_val_batches=0)
     trainer.fit(_ShardRecorder(512, str(tmp_path)), datamodule=dm)

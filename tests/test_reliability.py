@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import math
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -196,31 +197,35 @@ def test_runs_save_through_the_atomic_checkpoint_io(tmp_path):
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
 
 
-_SAVE_FOREVER = """
-import sys, torch
-from flowhn.training.checkpointing import atomic_torch_save
-i = 0
-while True:
-    atomic_torch_save({"i": i, "w": torch.full((16_000_000,), float(i))}, sys.argv[1])
-    i += 1
-"""
+def _save_forever(path: str) -> None:
+    """Saves a 64 MB checkpoint to ``path`` over and over, until killed."""
+    torch.set_num_threads(1)  # a fork of a process that may have run OpenMP regions: keep off its thread pool
+    i = 0
+    while True:
+        atomic_torch_save({"i": i, "w": torch.full((16_000_000,), float(i))}, path)
+        i += 1
 
 
 @pytest.mark.slow
 def test_sigkill_during_a_checkpoint_write_leaves_a_whole_file(tmp_path):
     path = tmp_path / "last.ckpt"
-    proc = subprocess.Popen([sys.executable, "-c", _SAVE_FOREVER, str(path)])
+    # The writer is a fork of this process, which has imported atomic_torch_save (and Lightning with it)
+    # already: a fresh interpreter spent ~10 s of the test importing them. SIGKILL ends either alike.
+    proc = multiprocessing.get_context("fork").Process(target=_save_forever, args=(str(path),), daemon=True)
+    proc.start()
     try:
         deadline = time.time() + 120
         # Kill while a later save's temporary file is being written next to a complete last.ckpt.
         while not (path.exists() and any(p.name.endswith(".tmp") and p.stat().st_size > 0
                                          for p in tmp_path.iterdir())):
-            assert proc.poll() is None and time.time() < deadline
+            assert proc.is_alive() and time.time() < deadline
             time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join(30)
     finally:
         proc.kill()
+        proc.join(30)
+    assert proc.exitcode == -signal.SIGKILL
     saved = torch.load(path, weights_only=True)
     assert torch.equal(saved["w"], torch.full((16_000_000,), float(saved["i"])))
 
