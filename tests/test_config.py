@@ -1,6 +1,5 @@
 """Every option of every config group composes, resolves and instantiates what it names."""
 
-from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
