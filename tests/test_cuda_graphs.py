@@ -105,13 +105,13 @@ def test_training_steps_wait_for_the_gpu_only_when_the_progress_bar_redraws(fuse
     """Forward, the NaN check of the loss, backward, clipping, the fused AdamW with its found_inf, the
     scheduler and logging queue their work without one host-device sync; only the progress bar's
     redraw (every refresh_rate batches) and Lightning's logging (every log_every_n_steps) read values."""
+    from flowhn.kernels import cross_entropy
     from flowhn.training.callbacks import StepRateProgressBar
     from flowhn.training.module import CausalLMModule
 
-    from flowhn.kernels import cross_entropy
-
-    if cross_entropy.import_problem(fused_loss) is not None:  # liger: optional (scripts/gpu_wheels.sh fetches it)
-        pytest.skip(f"{fused_loss}: {cross_entropy.import_problem(fused_loss)}")
+    problem = cross_entropy.import_problem(fused_loss)  # liger: optional (scripts/gpu_wheels.sh fetches it)
+    if problem is not None:
+        pytest.skip(f"{fused_loss}: {problem}")
     cfg = small_cfg("llama", f"paths.root_dir={ROOT}", "paths.output_dir=unused", f"fused_loss={fused_loss}", seq_len=64)
     module = CausalLMModule(OmegaConf.to_container(cfg, resolve=True))
     torch._dynamo.reset()

@@ -240,7 +240,8 @@ _PASS_SCRIPT = textwrap.dedent("""
 @pytest.mark.skipif(not has_triton, reason="triton is not installed")
 def test_both_passes_over_chunks_match_a_pytorch_loop_in_interpreter():
     """The SSD's pass over chunks, the loop kernel and the prefetching one (several tiles of chunks, the last
-    partial; a partial block of P·N), each direction alone and both in one launch, against a PyTorch loop."""
+    partial; a partial block of P·N), each direction alone and both in one launch, against a PyTorch loop; in
+    place, and out of place into fp32 and (from fp32) into bf16, as bf16 inputs run it."""
     errors = json.loads(run_in_triton_interpreter(_PASS_SCRIPT, timeout=300))
     assert len(errors) == 18, errors
     for name, error in errors.items():

@@ -243,9 +243,10 @@ def build_lm(cfg: DictConfig, specs: list[LayerSpec]) -> CausalLM:
 
 
 def set_lean_activations(model: nn.Module, lean: bool) -> None:
-    """scale.lean_activations: every RMSNorm keeps x̂ in the autocast dtype for its backward (not its fp32
-    input) and every SwiGLU recomputes silu(gate)·up in the backward; see conf/scale/*.yaml for what it
-    saves and costs."""
+    """scale.lean_activations: every RMSNorm without a gate rounds x̂ to the autocast dtype before its weight
+    and keeps that for its backward (not its fp32 input), and every SwiGLU recomputes silu(gate)·up in the
+    backward; see conf/scale/*.yaml for what it saves and costs. (Mamba's remade scan inputs follow the same
+    key through conf/model/mamba.yaml.)"""
     for module in model.modules():
         if isinstance(module, RMSNorm):
             module.keep_normalized = bool(lean)

@@ -25,7 +25,8 @@ class _RMSNormKeepingNormalized(torch.autograd.Function):
     the activations' dtype), so the compiled backward can remake the next matmul's bf16 input from the kept
     x̂: under bf16 autocast a norm keeps 2 bytes a feature, not 4. (An output of weight · x̂ in fp32, the
     plain path's, made the partitioner keep both x̂ and the matmul's input: 4 bytes, nothing saved; H200.md,
-    twelfth session.) The gradients treat the rounding as the identity (2^-9 relative in dx and dweight)."""
+    twelfth session.) The gradients treat the rounding as the identity (up to 2^-8 relative in x̂: bf16's unit
+    roundoff)."""
 
     @staticmethod
     def forward(ctx, x, weight, eps, groups, kept):

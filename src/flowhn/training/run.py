@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 UNHASHED_KEYS = ("paths", "logger", "meta", "hydra", "ckpt_path", "callbacks", "debug")
 # Keys a resumed run may change: they steer validation, evaluation, logging, which kernel computes the
 # same function or what the backward keeps, never the function trained (scale.lean_activations: the norms'
-# gradients from x̂ rounded to bf16, a rounding-level change like another kernel's).
+# outputs and gradients from x̂ rounded to bf16, a rounding-level change like another kernel's).
 RESUME_MAY_CHANGE = (
     "eval", "hardware", "compile", "compile_scope", "compile_mode", "fused_loss", "model.moe_dispatch", "model.ssm_backend",
     "model.ssd_recompute", "model.ssm_remake_scan_inputs", "scale.lean_activations", "model.branch_streams",
