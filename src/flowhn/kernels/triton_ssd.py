@@ -198,7 +198,7 @@ def _ssd_bwd(dy: _Tensor, x: _Tensor, dt: _Tensor, A: _Tensor, B: _Tensor, C: _T
     dC = torch.empty_like(dB)
     # Its head loop is not software-pipelined: see K.DBC_STAGES (a bf16 "illegal memory access" on Hopper).
     _launch(K._chunk_scan_bwd_dbc_kernel,
-            lambda meta: (n_chunks, batch * groups * splits, 2 * triton.cdiv(N, meta["BLOCK_NK"])),
+            lambda meta: (n_chunks, batch * groups * splits, triton.cdiv(N, meta["BLOCK_NK"])),
             x, dt, A, B, C, dy, state, adjoint, dB, dC,
             batch, length, heads, P, N, groups, rep, n_chunks, splits, *strides,
             T=chunk, HEADS_PER_PROGRAM=per_program, **flags)

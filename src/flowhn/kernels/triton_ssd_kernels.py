@@ -21,7 +21,7 @@ with K_c = Σ_t exp(s_t) dy_t ⊗ C_t, the chunk's own pull on its entering stat
 ``_chunk_state_kernel`` recomputes S (unless the forward kept H) and computes K; (2) the same pass kernel
 runs forwards for H and backwards for Ĝ (two program columns of one launch); (3) ``_chunk_scan_bwd_dx_kernel``
 per head: dx, ddt, and the per-chunk sums of dA and dD; the gradient of each step's log decay a_t sums
-every term over exactly the (t', u) pairs whose decay spans step t; (4) ``_chunk_scan_bwd_dbc_kernel`` per group and block of N: dB or
+every term over exactly the (t', u) pairs whose decay spans step t; (4) ``_chunk_scan_bwd_dbc_kernel`` per group and block of N: dB and
 dC summed over the group's heads in registers (a few heads per program, partial sums added in PyTorch).
 
 Matmuls run on tensor cores: bf16 operands for bf16/fp16 inputs (fp32 accumulation), fp32 operands as
@@ -66,9 +66,13 @@ TILES = ((32, 4), (32, 8), (64, 8), (128, 8))
 # (tests/test_triton_ssd.py::test_triton_ssd_kernels_stay_in_bounds_for_every_tile), so the fault is in
 # code generation for that tile. Without it every bf16 case of gpu_ssd.py passes (fifth session), and
 # triton_ssd.ssd_gpu now takes these kernels in bf16.
-DBC_TILES = tuple(tile for tile in TILES if tile[0] != 32)
+# Since the thirteenth session one program makes both dB and dC (each head's dM' once, not twice): at the
+# Mamba-2 1B layer 1.07 -> 0.59 ms. Its registers (`scripts/kernel_stats.py --ssd`, sm_90): N block 64 with
+# 8 warps spills 20 bytes a thread and 128 with 8 spills 116; 64 with 4 warps does not spill, so it joins.
+DBC_TILES = tuple(tile for tile in TILES if tile[0] != 32) + ((64, 4),)
 # Software-pipelining depth of the dB/dC kernel's loop over a group's heads (1-8): both depths passed
-# at N blocks 64 and 128; 1 is kept (it buys little at so few iterations).
+# at N blocks 64 and 128 (the kernel of separate dB and dC programs); 1 is kept (it buys little at so few
+# iterations).
 DBC_STAGES = os.environ.get("FLOWHN_SSD_DBC_STAGES", "1")
 if DBC_STAGES not in ("1", "2", "3"):
     raise ValueError(f"FLOWHN_SSD_DBC_STAGES must be 1, 2 or 3 (software-pipelining depth), got {DBC_STAGES!r}")
@@ -309,25 +313,38 @@ def _chunk_scan_bwd_dx_kernel(
     inter = tl.zeros([T, BLOCK_P], dtype=ACC)  # C Hᵀ
     pulled = tl.zeros([T, BLOCK_P], dtype=ACC)  # B Ĝᵀ
     passing = tl.zeros([BLOCK_P], dtype=ACC)  # row sums of Ĝ ∘ H
+    # Tiles are loaded in their storage dtype and widened where elementwise math reads them (exactly: bf16
+    # into fp32), and each is used up as early as the formulas allow: with every T × T and T × P tile of
+    # the formulas below live at once, a 4-warp program needed more than 255 registers a thread and spilled
+    # (`scripts/kernel_stats.py --ssd`: 376 spilled bytes a thread, now 84).
     for n0 in range(0, N, BLOCK_NK):
         n = n0 + tl.arange(0, BLOCK_NK)
         mask_n = n < N
         Ct = _tile(C_ptr, b * s_C_b + g * s_C_g, t, s_C_l, n, s_C_n, mask_t, mask_n, None)
         Bt = _tile(B_ptr, b * s_B_b + g * s_B_g, t, s_B_l, n, s_B_n, mask_t, mask_n, None)
-        state = _tile(state_ptr, state_at, n, 1, p, N, mask_n, mask_p, ACC)  # Hᵀ (N, P)
-        adjoint = _tile(adjoint_ptr, state_at, n, 1, p, N, mask_n, mask_p, ACC)  # Ĝᵀ (N, P)
+        state = _tile(state_ptr, state_at, n, 1, p, N, mask_n, mask_p, None)  # Hᵀ (N, P)
+        adjoint = _tile(adjoint_ptr, state_at, n, 1, p, N, mask_n, mask_p, None)  # Ĝᵀ (N, P)
         scores += _dot(Ct, tl.trans(Bt), LOWP, PRECISION, ACC)
         inter += _dot(Ct, state, LOWP, PRECISION, ACC)
         pulled += _dot(Bt, adjoint, LOWP, PRECISION, ACC)
-        passing += tl.sum(state * adjoint, axis=0)
-    x = _tile(x_ptr, b * s_x_b + h * s_x_h, t, s_x_l, p, s_x_p, mask_t, mask_p, ACC)
-    dy = _tile(dy_ptr, b * s_dy_b + h * s_dy_h, t, s_dy_l, p, s_dy_p, mask_t, mask_p, ACC)
-    xdt = x * dt[:, None]
+        passing += tl.sum(state.to(ACC) * adjoint.to(ACC), axis=0)
+    dy = _tile(dy_ptr, b * s_dy_b + h * s_dy_h, t, s_dy_l, p, s_dy_p, mask_t, mask_p, None)
+    inter_pull = tl.sum(dy.to(ACC) * inter, axis=1) * tl.exp(s)  # dy_t · exp(s_t) H C_t
+    x = _tile(x_ptr, b * s_x_b + h * s_x_h, t, s_x_l, p, s_x_p, mask_t, mask_p, None)
+    xdt = x.to(ACC) * dt[:, None]
+    pulled = pulled * tl.exp(s_end - s)[:, None]
+    R = tl.sum(xdt * pulled, axis=1)  # enters s_T positively and s_u negatively: da_t gets Σ_{u<t} R_u
     M = scores * _causal_decay(s, T)
-    dM = _dot(dy, tl.trans(xdt), LOWP, PRECISION, ACC)
-    to_end = tl.exp(s_end - s)
-    pulled = pulled * to_end[:, None]
     dxdt = _dot(tl.trans(M), dy, LOWP, PRECISION, ACC) + pulled
+    dx = dxdt * dt[:, None]
+    if HAS_D:
+        dx += tl.load(D_ptr + h).to(ACC) * dy.to(ACC)
+        tl.store(dD_ptr + bh * n_chunks + c, tl.sum(tl.sum(dy.to(ACC) * x.to(ACC), axis=1), axis=0))
+    row = (b * L + t) * H + h
+    tl.store(dx_ptr + row[:, None] * P + p[None, :], dx.to(dx_ptr.dtype.element_ty),
+             mask=mask_t[:, None] & mask_p[None, :])
+    ddt_x = tl.sum(dxdt * x.to(ACC), axis=1)
+    dM = _dot(dy, tl.trans(xdt), LOWP, PRECISION, ACC)
 
     # da_t = Σ_{t'≥t} ds_t'. Each term is summed over exactly the index pairs it covers, never as a
     # difference of larger sums: under strong decay those differences lost 6 of 16 digits in float64.
@@ -336,48 +353,41 @@ def _chunk_scan_bwd_dx_kernel(
     Q = tl.where(rows > cols, dM * M, 0.0)  # [t', u]: the diagonal adds to s_t and takes it away again
     before = tl.cumsum(Q, axis=1) - Q  # [t', t] = Σ_{u<t} Q[t', u]
     da = tl.sum(tl.where(rows >= cols, before, 0.0), axis=0)  # pairs u < t ≤ t'
-    da += tl.cumsum(tl.sum(dy * inter, axis=1) * tl.exp(s), axis=0, reverse=True)
-    R = tl.sum(xdt * pulled, axis=1)  # enters s_T positively and s_u negatively: da_t gets Σ_{u<t} R_u
+    da += tl.cumsum(inter_pull, axis=0, reverse=True)
     da += tl.sum(tl.where(cols < rows, R[None, :], 0.0), axis=1)
     da += tl.exp(s_end) * tl.sum(passing, axis=0)
 
-    dx = dxdt * dt[:, None]
-    if HAS_D:
-        dx += tl.load(D_ptr + h).to(ACC) * dy
-        tl.store(dD_ptr + bh * n_chunks + c, tl.sum(tl.sum(dy * x, axis=1), axis=0))
-    ddt = tl.sum(dxdt * x, axis=1) + A * da
+    ddt = ddt_x + A * da
     tl.store(dA_ptr + bh * n_chunks + c, tl.sum(dt * da, axis=0))
-    row = (b * L + t) * H + h
     tl.store(ddt_ptr + row, ddt, mask=mask_t)
-    tl.store(dx_ptr + row[:, None] * P + p[None, :], dx.to(dx_ptr.dtype.element_ty),
-             mask=mask_t[:, None] & mask_p[None, :])
 
 
 @triton.jit
-def _group_gradient(x_ptr, dt_ptr, A_ptr, BC_ptr, dy_ptr, HG_ptr, b, c, g, split, n, mask_n, t, mask_t, p, mask_p,
-                    L, H, P, N, rep, n_chunks,
-                    s_x_b, s_x_l, s_x_h, s_x_p, s_dt_b, s_dt_l, s_dt_h, s_BC_b, s_BC_l, s_BC_g, s_BC_n,
-                    s_dy_b, s_dy_l, s_dy_h, s_dy_p,
-                    FOR_B: tl.constexpr, T: tl.constexpr, BLOCK_NK: tl.constexpr, HEADS_PER_PROGRAM: tl.constexpr,
-                    LOWP: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr):
-    """dC (FOR_B false: BC = B, HG = entering states H) or dB (FOR_B: BC = C, HG = end-state adjoints Ĝ)
-    for one block of N, summed over the split's heads."""
-    BC = _tile(BC_ptr, b * s_BC_b + g * s_BC_g, t, s_BC_l, n, s_BC_n, mask_t, mask_n, None)
-    grad = tl.zeros([T, BLOCK_NK], dtype=ACC)
+def _group_gradients(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, dy_ptr, state_ptr, adjoint_ptr, b, c, g, split, n, mask_n,
+                     t, mask_t, p, mask_p, L, H, P, N, rep, n_chunks,
+                     s_x_b, s_x_l, s_x_h, s_x_p, s_dt_b, s_dt_l, s_dt_h, s_B_b, s_B_l, s_B_g, s_B_n,
+                     s_C_b, s_C_l, s_C_g, s_C_n, s_dy_b, s_dy_l, s_dy_h, s_dy_p,
+                     T: tl.constexpr, BLOCK_NK: tl.constexpr, HEADS_PER_PROGRAM: tl.constexpr,
+                     LOWP: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr):
+    """dB and dC for one block of N, summed over the split's heads; each head's dM' is made once for both."""
+    Bt = _tile(B_ptr, b * s_B_b + g * s_B_g, t, s_B_l, n, s_B_n, mask_t, mask_n, None)
+    Ct = _tile(C_ptr, b * s_C_b + g * s_C_g, t, s_C_l, n, s_C_n, mask_t, mask_n, None)
+    dB = tl.zeros([T, BLOCK_NK], dtype=ACC)
+    dC = tl.zeros([T, BLOCK_NK], dtype=ACC)
     for i in range(HEADS_PER_PROGRAM):
         h = g * rep + split * HEADS_PER_PROGRAM + i
         _, _, dt, A, s, s_end = _chunk_steps(dt_ptr, A_ptr, b, c, h, L, s_dt_b, s_dt_l, s_dt_h, T, ACC)
-        x = _tile(x_ptr, b * s_x_b + h * s_x_h, t, s_x_l, p, s_x_p, mask_t, mask_p, ACC)
+        x = _tile(x_ptr, b * s_x_b + h * s_x_h, t, s_x_l, p, s_x_p, mask_t, mask_p, None)
         dy = _tile(dy_ptr, b * s_dy_b + h * s_dy_h, t, s_dy_l, p, s_dy_p, mask_t, mask_p, None)
-        xdt = x * dt[:, None]
-        HG = _tile(HG_ptr, ((b * n_chunks + c) * H + h) * P * N, p, N, n, 1, mask_p, mask_n, None)  # (P, N block)
+        xdt = x.to(ACC) * dt[:, None]
+        at = ((b * n_chunks + c) * H + h) * P * N
+        state = _tile(state_ptr, at, p, N, n, 1, mask_p, mask_n, None)  # H (P, N block)
+        adjoint = _tile(adjoint_ptr, at, p, N, n, 1, mask_p, mask_n, None)  # Ĝ (P, N block)
         dM = _dot(dy, tl.trans(xdt), LOWP, PRECISION, ACC) * _causal_decay(s, T)
-        if FOR_B:
-            grad += _dot(tl.trans(dM), BC, LOWP, PRECISION, ACC) + \
-                tl.exp(s_end - s)[:, None] * _dot(xdt, HG, LOWP, PRECISION, ACC)
-        else:
-            grad += _dot(dM, BC, LOWP, PRECISION, ACC) + tl.exp(s)[:, None] * _dot(dy, HG, LOWP, PRECISION, ACC)
-    return grad
+        dC += _dot(dM, Bt, LOWP, PRECISION, ACC) + tl.exp(s)[:, None] * _dot(dy, state, LOWP, PRECISION, ACC)
+        dB += _dot(tl.trans(dM), Ct, LOWP, PRECISION, ACC) + \
+            tl.exp(s_end - s)[:, None] * _dot(xdt, adjoint, LOWP, PRECISION, ACC)
+    return dB, dC
 
 
 @_autotuned(_configs(DBC_STAGES, DBC_TILES), _KEY)
@@ -390,8 +400,7 @@ def _chunk_scan_bwd_dbc_kernel(
     T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_NK: tl.constexpr, HEADS_PER_PROGRAM: tl.constexpr,
     LOWP: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
 ):
-    """Grid (chunk, batch·group·split, 2 × blocks of N): dC from the first half of axis 2, dB from the
-    second (separate programs hold half the tiles). dB, dC (splits, B, L, G, N) contiguous: the sums over
+    """Grid (chunk, batch·group·split, blocks of N). dB, dC (splits, B, L, G, N) contiguous: the sums over
     the split's HEADS_PER_PROGRAM heads of
       dC_t = Σ_u dM'_{tu} B_u + exp(s_t) dy_t H,     dB_u = Σ_t dM'_{tu} C_t + exp(s_T − s_u) x̃_u Ĝ,
     with dM' = (dy x̃ᵀ) ∘ causal decay."""
@@ -399,25 +408,18 @@ def _chunk_scan_bwd_dbc_kernel(
     pid = tl.program_id(1).to(tl.int64)
     split = pid % n_splits
     b, g = pid // n_splits // G, pid // n_splits % G
-    n_blocks = tl.cdiv(N, BLOCK_NK)
-    for_B = tl.program_id(2) >= n_blocks
     t = c * T + tl.arange(0, T)
     mask_t = t < L
-    n = (tl.program_id(2) % n_blocks) * BLOCK_NK + tl.arange(0, BLOCK_NK)
+    n = tl.program_id(2) * BLOCK_NK + tl.arange(0, BLOCK_NK)
     mask_n = n < N
     p = tl.arange(0, BLOCK_P)
     mask_p = p < P
+    dB, dC = _group_gradients(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, dy_ptr, state_ptr, adjoint_ptr, b, c, g, split,
+                              n, mask_n, t, mask_t, p, mask_p, L, H, P, N, rep, n_chunks,
+                              s_x_b, s_x_l, s_x_h, s_x_p, s_dt_b, s_dt_l, s_dt_h, s_B_b, s_B_l, s_B_g, s_B_n,
+                              s_C_b, s_C_l, s_C_g, s_C_n, s_dy_b, s_dy_l, s_dy_h, s_dy_p,
+                              T, BLOCK_NK, HEADS_PER_PROGRAM, LOWP, PRECISION, ACC)
     out = (((split * batch + b) * L + t[:, None]) * G + g) * N + n[None, :]
     mask = mask_t[:, None] & mask_n[None, :]
-    if for_B:
-        dB = _group_gradient(x_ptr, dt_ptr, A_ptr, C_ptr, dy_ptr, adjoint_ptr, b, c, g, split, n, mask_n, t, mask_t,
-                             p, mask_p, L, H, P, N, rep, n_chunks, s_x_b, s_x_l, s_x_h, s_x_p, s_dt_b, s_dt_l, s_dt_h,
-                             s_C_b, s_C_l, s_C_g, s_C_n, s_dy_b, s_dy_l, s_dy_h, s_dy_p,
-                             True, T, BLOCK_NK, HEADS_PER_PROGRAM, LOWP, PRECISION, ACC)
-        tl.store(dB_ptr + out, dB, mask=mask)
-    else:
-        dC = _group_gradient(x_ptr, dt_ptr, A_ptr, B_ptr, dy_ptr, state_ptr, b, c, g, split, n, mask_n, t, mask_t,
-                             p, mask_p, L, H, P, N, rep, n_chunks, s_x_b, s_x_l, s_x_h, s_x_p, s_dt_b, s_dt_l, s_dt_h,
-                             s_B_b, s_B_l, s_B_g, s_B_n, s_dy_b, s_dy_l, s_dy_h, s_dy_p,
-                             False, T, BLOCK_NK, HEADS_PER_PROGRAM, LOWP, PRECISION, ACC)
-        tl.store(dC_ptr + out, dC, mask=mask)
+    tl.store(dB_ptr + out, dB, mask=mask)
+    tl.store(dC_ptr + out, dC, mask=mask)
