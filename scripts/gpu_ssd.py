@@ -10,6 +10,7 @@ earlier path (the PyTorch chunked SSD under torch.compile).
   PYTHONPATH=src compute-sanitizer --tool memcheck python3 scripts/gpu_ssd.py --quick-check   # by hand
   PYTHONPATH=src python scripts/gpu_ssd.py --state-pass   # only: the pass over chunks, loop vs prefetch
   PYTHONPATH=src python scripts/gpu_ssd.py --chunks 64,128,256   # only: the chunk size, checked and timed
+  PYTHONPATH=src ncu --profile-from-start off -k regex:_chunk python scripts/gpu_ssd.py --profile-range   # by hand
 
 1. Accuracy: relative L2 error ‖out − ref‖/‖ref‖ of the output and of every gradient (x, dt, A, B, C, D)
    against ``reference.ssd_sequential`` in float64 fed the same (possibly bf16-rounded) inputs, at three
@@ -45,6 +46,9 @@ forward+backward timed in bf16 at the Mamba-2 135M layer (24 heads, recompute of
 layer (64 heads, recompute on), with peak scratch and the kernels of one profiled 1B forward+backward.
 A larger chunk halves the (batch, chunks, heads, P, N) fp32 states the kernels write and read (the
 pass over chunks moves only those) and doubles the T × T work of each chunk.
+--profile-range: one forward+backward of the Mamba-2 1B layer (bf16, states kept: its default) inside
+cudaProfilerStart/Stop, after three that compile and autotune, so ncu (--profile-from-start off) sees each
+kernel once with its chosen tile; the tiles are printed.
 --diagnose: the bf16 accuracy case that faulted on the H200 (2×1000×8×64, G=2, N=128), once per tile of
 ``_chunk_scan_bwd_dbc_kernel`` (the kernel that faulted) with its head loop pipelined (num_stages 2) and
 not (1), each in its own process, pinned to that one config; prints PASS / FAIL / CRASH per config. The
@@ -423,6 +427,23 @@ def state_pass_timing(shapes=STATE_PASS_SHAPES, device="cuda") -> bool:
     return ok
 
 
+def profile_range(shape=BENCH[1][1]):
+    tensors = leaves(ssd_inputs(*shape, dtype=torch.bfloat16, device="cuda", seed=0))
+    fn = functools.partial(ssd_gpu, impl="triton", recompute=False)
+    dy = torch.randn_like(fn(**tensors))
+    for _ in range(3):
+        fn(**tensors).backward(dy)
+    torch.cuda.synchronize()
+    torch.cuda.cudart().cudaProfilerStart()
+    fn(**tensors).backward(dy)
+    torch.cuda.synchronize()
+    torch.cuda.cudart().cudaProfilerStop()
+    for kernel in (K._chunk_state_kernel, K._chunk_scan_fwd_kernel, K._chunk_scan_bwd_dx_kernel,
+                   K._chunk_scan_bwd_dbc_kernel):
+        for key, config in getattr(kernel, "cache", {}).items():
+            print(f"  {kernel.fn.__name__:28s} {key}: {config}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-old", action="store_true", help="do not time the compiled chunked path")
@@ -440,6 +461,8 @@ def main():
     parser.add_argument("--state-pass", action="store_true",
                         help="only: the pass over chunks, its loop and prefetching kernels, timed and compared")
     parser.add_argument("--chunks", help="only: these chunk sizes (comma-separated), checked and timed")
+    parser.add_argument("--profile-range", action="store_true",
+                        help="only: one 1B-layer forward+backward inside a CUDA profiler range (for ncu)")
     parser.add_argument("--chunk-case", type=int, help=argparse.SUPPRESS)  # child of --chunks
     parser.add_argument("--case", help=argparse.SUPPRESS)  # child: one accuracy case (JSON)
     parser.add_argument("--timing", help=argparse.SUPPRESS)  # child: the timing part for these dtypes
@@ -468,6 +491,9 @@ def main():
             log.open(os.path.join(os.environ["OUT"], "ssd_state_pass.log"))
         log(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  triton {triton.__version__}")
         sys.exit(0 if state_pass_timing() else 1)
+    if args.profile_range:
+        profile_range()
+        return
     if args.quick_check:
         log(f"quick check, seed {seed}, device {torch.cuda.get_device_name()}:")
         failures = quick_check_here(seed)

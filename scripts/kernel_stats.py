@@ -3,6 +3,7 @@
 
   PYTHONPATH=src python scripts/kernel_stats.py [--tiles 8,64,1,8 8,64,2,8 ...]
   PYTHONPATH=src python scripts/kernel_stats.py --conv    # the conv's two backward kernels instead
+  PYTHONPATH=src python scripts/kernel_stats.py --ssd     # the Mamba-2 SSD's kernels instead
 
 Triton compiles for a target it is given (``GPUTarget("cuda", 90, 32)``) and ships ptxas and cuobjdump,
 so a CPU-only machine can see what the H100/H200 would run. The kernels are specialised as at run
@@ -14,7 +15,9 @@ _scan_bwd_channels_kernel), and that loop's instructions per (channel, state, st
 compares the two loop orders. Then Triton's scan primitives alone on an
 (8, 64) tile, to show what each costs: a forward ``associative_scan``, a ``reverse=True`` one, flips.
 ``--conv``: the same for the causal conv's backward kernels (width 4, bias, SiLU; the main loop is the
-one over row tiles), per (row, channel) element.
+one over row tiles), per (row, channel) element. ``--ssd``: the Mamba-2 SSD's chunk kernels as the
+Mamba-2 1B layer runs them in bf16 (chunk 64, head dim 64, N 128), every autotuner tile: registers, spills,
+instructions (ptxas reports spills where a tile's live values pass 255 registers a thread).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from triton.compiler import ASTSource
 
 import flowhn.kernels.triton_conv as triton_conv
 import flowhn.kernels.triton_scan as triton_scan
+import flowhn.kernels.triton_ssd_kernels as triton_ssd_kernels
 
 TARGET = GPUTarget("cuda", 90, 32)
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
@@ -40,23 +44,24 @@ HALF_POINTERS = {"u_ptr", "delta_ptr", "B_ptr", "C_ptr", "z_ptr", "dout_ptr", "d
 UNIT_STRIDES = {"su_t", "sdl_t", "sB_t", "sC_t", "sz_t", "sdo_t", "sg_t", "so_t"}
 
 
-def compile_for_sm90(fn, constexprs: dict, num_warps: int, sizes=("DIM", "N", "n_chunks")):
+def compile_for_sm90(fn, constexprs: dict, num_warps: int, sizes=("DIM", "N", "n_chunks"), half=HALF_POINTERS,
+                     unit_strides=UNIT_STRIDES, num_stages=3):
     """The CompiledKernel of ``fn`` with run-time-like specialisation; ``sizes``: the integer arguments
-    besides strides that are multiples of 16 at the shapes of interest."""
+    besides strides that are multiples of 16 at the shapes of interest; ``half``: the bf16 pointers."""
     constexprs = dict(constexprs)
     signature, divisible = {}, []
     for i, name in enumerate(fn.arg_names):
-        if name in UNIT_STRIDES:
+        if name in unit_strides:
             constexprs[name] = 1
         if name in constexprs:
             signature[name] = "constexpr"
             continue
-        signature[name] = ("*bf16" if name in HALF_POINTERS else "*fp32") if name.endswith("_ptr") else "i32"
+        signature[name] = ("*bf16" if name in half else "*fp32") if name.endswith("_ptr") else "i32"
         if name.endswith("_ptr") or name.startswith("s") or name in sizes:
             divisible.append(i)
     attrs = {(i,): [["tt.divisibility", 16]] for i in divisible}
     source = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
-    return triton.compile(source, target=TARGET, options=dict(num_warps=num_warps))
+    return triton.compile(source, target=TARGET, options=dict(num_warps=num_warps, num_stages=num_stages))
 
 
 def machine_code_stats(kernel) -> dict:
@@ -112,9 +117,12 @@ def main():
     parser.add_argument("--channel-warps", nargs="*", type=int, default=[1, 2, 4],
                         help="warps for _scan_bwd_channels_kernel (64 channels a program, chunk 64)")
     parser.add_argument("--conv", action="store_true", help="the conv's backward kernels instead of the scan's")
+    parser.add_argument("--ssd", action="store_true", help="the Mamba-2 SSD's kernels instead of the scan's")
     args = parser.parse_args()
     if args.conv:
         return conv_stats()
+    if args.ssd:
+        return ssd_stats()
     flags = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True)
     print("| kernel | tile | registers | spill bytes | SHFL | main loop: instructions | SHFL | MUFU "
           "| instructions per (channel, state, step) |")
@@ -161,6 +169,28 @@ def conv_stats():
         per_element = s["loop_instructions"] * 32 * warps / (block_l * block_c)
         print(f"| `{fn.__name__}` | {block_l} × {block_c}, {warps} warps, {seg_tiles} | {s['registers']} "
               f"| {s['spill_bytes']} | {s['loop_instructions']} | {s['loop_MUFU']} | {per_element:.1f} |")
+
+
+def ssd_stats():
+    """The SSD's chunk kernels at the Mamba-2 1B layer in bf16: x, B, C, dy, dx and the passed states in bf16;
+    dt, A, D and the per-chunk sums in fp32; head dim, N, H multiples of 16; unit strides along P, N and H."""
+    K = triton_ssd_kernels
+    half = {"x_ptr", "B_ptr", "C_ptr", "dy_ptr", "dx_ptr", "y_ptr", "state_ptr", "adjoint_ptr"}
+    unit = {"s_x_p", "s_dy_p", "s_B_n", "s_C_n", "s_dt_h"}
+    flags = dict(T=64, BLOCK_P=64, LOWP=True, PRECISION=K.FP32_DOT_PRECISION, ACC=tl.float32)
+    kernels = [(K._chunk_scan_bwd_dx_kernel, dict(HAS_D=True), K.TILES, 2),
+               (K._chunk_scan_bwd_dbc_kernel, dict(HEADS_PER_PROGRAM=8), K.DBC_TILES, K.DBC_STAGES),
+               (K._chunk_scan_fwd_kernel, dict(HAS_D=True), K.TILES, 2)]
+    print("| kernel | N block, warps, stages | registers | spill bytes | instructions |")
+    print("|---|---|---:|---:|---:|")
+    for kernel, extra, tiles, stages in kernels:
+        fn = kernel.fn if hasattr(kernel, "fn") else kernel
+        for block_nk, warps in tiles:
+            s = machine_code_stats(compile_for_sm90(fn, dict(flags, BLOCK_NK=block_nk, **extra), warps,
+                                                    sizes=("H", "P", "N"), half=half, unit_strides=unit,
+                                                    num_stages=stages))
+            print(f"| `{fn.__name__}` | {block_nk}, {warps}, {stages} | {s['registers']} | {s['spill_bytes']} "
+                  f"| {s['instructions']} |")
 
 
 if __name__ == "__main__":
