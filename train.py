@@ -20,7 +20,7 @@ from flowhn.quiet import silence_known_noise
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> None:
     silence_known_noise()  # first: in the job's own process (a SLURM job does not run this module's top)
-    from flowhn.training.run import run, world_size
+    from flowhn.training.checks import check_config, world_size
 
     try:
         # Lightning DDP inside a multirun process hangs or re-runs the sweep (Lightning #11300):
@@ -28,6 +28,9 @@ def main(cfg: DictConfig) -> None:
         in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
         if in_sweep and world_size(cfg) > 1 and not {"TORCHELASTIC_RUN_ID", "SLURM_NTASKS"} & set(os.environ):
             raise ConfigError("trainer.devices: multi-device jobs in a sweep need hydra/launcher=torchrun or slurm")
+        check_config(cfg)  # before Lightning's import (~10 s): a bad device or model setting fails in seconds
+        from flowhn.training.run import run
+
         run(cfg, Path(HydraConfig.get().runtime.output_dir))
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)

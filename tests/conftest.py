@@ -86,9 +86,14 @@ def assert_errors_below(errors: dict, tol: float) -> None:
     assert not bad, f"relative errors above {tol}: {bad} (all: {errors})"
 
 
+LEAN_TRITON_INTERPRETER = ROOT / "tests" / "lean_triton_interpreter.py"
+
+
 def run_in_triton_interpreter(script: str, *args: str, timeout: float = 300) -> str:
     """stdout of ``python -c script *args`` with TRITON_INTERPRET=1: Triton reads it when it is first
-    imported, so the kernels' CPU runs need a process of their own. A failing script fails the test."""
+    imported, so the kernels' CPU runs need a process of their own. A failing script fails the test.
+    The interpreter runs without its repeated work (lean_triton_interpreter.py says which)."""
+    script = f"import runpy; runpy.run_path({str(LEAN_TRITON_INTERPRETER)!r})\n" + script
     proc = subprocess.run([sys.executable, "-c", script, *args], env=dict(os.environ, TRITON_INTERPRET="1"),
                           capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -118,14 +123,14 @@ def hf_jamba_moe_like(ours):
 # as in a serial run (not --dist loadgroup with xdist_group marks: under pytest 9.2 and pytest-xdist 3.8 it
 # silently stops grouping, pytest-dev/pytest-xdist#1386). The files are handed out in this order, the longest
 # first (make test --durations=0, summed per file), so that no worker is left alone with a long file at the
-# end; the rest follow in their usual order. Measured on 2 cores: test_sweep ~430 s, test_ddp_preemption and
-# test_kernels ~190 s, test_compile, test_flops and test_reliability ~110 s, the next ones 80 s and below.
+# end; the rest follow in their usual order. Measured on 2 cores: test_sweep ~280 s, test_kernels ~150 s,
+# test_ddp_preemption and test_compile ~125 s, test_reliability and test_triton_ssd ~75 s, the next ones 70 s and below.
 LONGEST_FILES_FIRST = (
-    "test_sweep.py", "test_ddp_preemption.py", "test_kernels.py", "test_compile.py", "test_flops.py",
-    "test_reliability.py", "test_triton_ssd.py", "test_triton_conv.py", "test_bad_inputs.py", "test_evaluation.py",
-    "test_train_e2e.py", "test_models.py", "test_split_views.py", "test_bench.py", "test_config.py",
-    "test_activation_memory.py", "test_fused_loss.py", "test_hardening.py", "test_report.py", "test_data.py",
-    "test_dashboard_browser.py",
+    "test_sweep.py", "test_kernels.py", "test_ddp_preemption.py", "test_compile.py", "test_reliability.py",
+    "test_triton_ssd.py", "test_flops.py", "test_evaluation.py", "test_train_e2e.py", "test_bad_inputs.py",
+    "test_triton_conv.py", "test_split_views.py", "test_models.py", "test_bench.py", "test_config.py",
+    "test_fused_loss.py", "test_report.py", "test_activation_memory.py", "test_hardening.py",
+    "test_dashboard_browser.py", "test_data.py",
 )
 
 

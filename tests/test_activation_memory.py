@@ -170,7 +170,7 @@ def test_a_run_from_before_the_memory_switches_resumes_with_them():
 
     from omegaconf import OmegaConf
 
-    from flowhn.training.run import RESUME_MAY_CHANGE, UNHASHED_KEYS, config_differences
+    from flowhn.training.checks import RESUME_MAY_CHANGE, UNHASHED_KEYS, config_differences
 
     cfg = compose_train("model=mamba", "scale=135m")
     new = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("model", "scale", "data", "trainer")}

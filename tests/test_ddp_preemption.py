@@ -23,7 +23,8 @@ from test_reliability import RESUMABLE_CSV, ckpt_step, metric, read_summary
 
 from flowhn.errors import ConfigError
 from flowhn.sweeping import finish_job
-from flowhn.training.run import RESUME_MAY_CHANGE, make_strategy, resolve_trainer_settings
+from flowhn.training.checks import RESUME_MAY_CHANGE, resolve_trainer_settings
+from flowhn.training.run import make_strategy
 
 MAX_STEPS = 30
 # Checkpoints every 2 steps: the external kill lands right after the first one, with most of the

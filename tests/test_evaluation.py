@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from tiny_eval_lm import TinyLM, build_tiny
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from torch import nn
 from transformers import PreTrainedTokenizerFast
@@ -59,26 +60,6 @@ def tokenizer(tmp_path_factory):
     return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS)
 
 
-class TinyLM(nn.Module):
-    """Small causal LM: embedding -> causal convolution over the last 4 tokens -> vocabulary logits."""
-
-    split_ratio = None
-
-    def __init__(self, vocab: int, dim: int = 24, seed: int = 0):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.embed = nn.Embedding(vocab, dim)
-        self.conv = nn.Conv1d(dim, dim, kernel_size=4)
-        self.head = nn.Linear(dim, vocab)
-
-    def mix(self, x):
-        # Left padding by kernel-1 keeps position t from seeing anything after t.
-        return x + torch.tanh(self.conv(F.pad(x.transpose(1, 2), (3, 0)))).transpose(1, 2)
-
-    def forward(self, input_ids):
-        return self.head(self.mix(self.embed(input_ids)))
-
-
 class PositionSplitLM(TinyLM):
     """Causal, but like a token-split model its output at t depends on where t lies in the whole
     input (first or second half), i.e. on the padded length."""
@@ -89,11 +70,6 @@ class PositionSplitLM(TinyLM):
         length = input_ids.shape[1]
         second_half = (torch.arange(length) >= length // 2).float()[None, :, None]
         return self.head(self.mix(self.embed(input_ids) + 3.0 * second_half))
-
-
-def build_tiny(cfg):
-    """A ``model._target_`` builder, so flowhn.build_model can rebuild TinyLM from a checkpoint."""
-    return TinyLM(cfg.model.vocab, cfg.model.dim)
 
 
 @pytest.fixture(scope="module")
@@ -449,7 +425,7 @@ def trained_run(tokenizer, tmp_path_factory):
     rows = ids[: (len(ids) - 1) // seq * seq + 1]
     batches = [{"input_ids": rows[i:i + seq][None], "labels": rows[i + 1:i + seq + 1][None]}
                for i in range(0, len(rows) - seq - 1, seq)]
-    cfg = {"model": {"_target_": "test_evaluation.build_tiny", "vocab": len(tokenizer), "dim": 24},
+    cfg = {"model": {"_target_": "tiny_eval_lm.build_tiny", "vocab": len(tokenizer), "dim": 24},
            "data": {"seq_len": seq}}
     module = ContractModule(cfg)
     trainer = L.Trainer(accelerator="cpu", max_steps=4,

@@ -200,7 +200,7 @@ def test_training_loss_fused_equals_unfused(tie, setting):
     ("compile_mode=reduce-overhead", "compile_mode"),  # with compile=false
 ])
 def test_bad_fused_loss_or_compile_mode_is_a_config_error(override, key):
-    from flowhn.training.run import resolve_trainer_settings
+    from flowhn.training.checks import resolve_trainer_settings
 
     cfg = small_cfg("llama", "compile=false", override)
     with pytest.raises(ConfigError, match=rf"^{key}: "):
@@ -219,7 +219,7 @@ def test_bad_fused_loss_or_compile_mode_is_a_config_error(override, key):
     (("scale=1b", "compile_mode=reduce-overhead"), "reduce-overhead"),
 ])
 def test_compile_mode_auto_is_the_scales_mode_on_one_gpu(overrides, expected, monkeypatch):
-    from flowhn.training.run import resolve_trainer_settings
+    from flowhn.training.checks import resolve_trainer_settings
 
     # A config resolved as on a machine with two GPUs (nothing is built or run on them).
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -231,7 +231,7 @@ def test_compile_mode_auto_is_the_scales_mode_on_one_gpu(overrides, expected, mo
 
 @pytest.mark.parametrize("setting", ["auto", "true", "false", "triton", "liger", "chunked", "cce"])
 def test_fused_loss_settings_that_are_accepted(setting):
-    from flowhn.training.run import resolve_trainer_settings
+    from flowhn.training.checks import resolve_trainer_settings
 
     resolve_trainer_settings(small_cfg("llama", "compile=false", f"fused_loss={setting}"))
 

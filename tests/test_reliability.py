@@ -26,7 +26,8 @@ from omegaconf import OmegaConf
 
 from flowhn.training.checkpointing import AtomicCheckpointIO, atomic_torch_save
 from flowhn.training.module import CausalLMModule, NonFiniteLossError, NonFiniteWeightsError
-from flowhn.training.run import build_trainer, resolve_trainer_settings, run
+from flowhn.training.checks import resolve_trainer_settings
+from flowhn.training.run import build_trainer, run
 
 MAX_STEPS = 12
 # Keeps the rows of a resumed run's metrics.csv; redundant once conf/logger/csv.yaml targets it.

@@ -21,13 +21,12 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from flowhn.errors import ConfigError
+from flowhn.errors import ConfigError, error_line
 from flowhn.quiet import silence_known_noise
 
 
 def load_checkpoint_model(ckpt: Path, build_model: Callable[[DictConfig], torch.nn.Module] | None = None):
     """``(model, train_cfg)`` rebuilt from a checkpoint; ``build_model`` defaults to ``flowhn.build_model``."""
-    from flowhn.data.sources import error_line
     from flowhn.safe_load import load_checkpoint
 
     # A shared checkpoint must not run code: it loads as tensors and plain values only.
@@ -59,10 +58,6 @@ def evaluate_checkpoint(ckpt: str | Path, *, tasks: list[str], limit: int | None
                         precision: str | None = None, out: str | Path | None = None,
                         build_model: Callable[[DictConfig], torch.nn.Module] | None = None) -> dict[str, Any]:
     """Run lm-eval ``tasks`` on a checkpoint, write ``eval.json`` (default: next to it), return it."""
-    from transformers import AutoTokenizer
-
-    from flowhn.evaluation import FlowHNLM, check_eval_config, eval_metrics, evaluate_lm, short_name, summarize
-
     ckpt = Path(ckpt).expanduser().resolve()
     if not ckpt.is_file():
         raise ConfigError(f"ckpt: {ckpt} does not exist")
@@ -70,6 +65,11 @@ def evaluate_checkpoint(ckpt: str | Path, *, tasks: list[str], limit: int | None
     if not tokenizer_dir.is_dir():
         raise ConfigError(f"ckpt: no tokenizer at {tokenizer_dir} (a checkpoint <run_dir>/checkpoints/{ckpt.name} "
                           "needs <run_dir>/tokenizer/)")
+    # After the path checks: lm-eval and transformers take seconds to import.
+    from transformers import AutoTokenizer
+
+    from flowhn.evaluation import FlowHNLM, check_eval_config, eval_metrics, evaluate_lm, short_name, summarize
+
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     manager = check_eval_config({"tasks": tasks, "limit": limit, "batch_size": batch_size, "max_length": max_length,

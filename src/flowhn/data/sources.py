@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from flowhn.errors import ConfigError
+from flowhn.errors import ConfigError, error_line
 
 EMBEDDED_CORPUS = Path(__file__).parent / "corpus" / "austen.jsonl.gz"
 
@@ -256,15 +256,3 @@ def _text_of(row: dict, column: str, where: str) -> str | None:
     if text is None or isinstance(text, str):
         return text if text and text.strip() else None
     raise ConfigError(f"data.text_column: {column!r} in {where} holds {type(text).__name__}, not text")
-
-
-def error_line(exc: BaseException) -> str:
-    """One line for a ConfigError from a library exception and its causes."""
-    # datasets chains the parser's error; its own message is often just "An error occurred".
-    msgs = []
-    while exc is not None and len(msgs) < 4:
-        msg = str(exc).strip().splitlines()
-        if msg:
-            msgs.append(msg[0])
-        exc = exc.__cause__ or exc.__context__
-    return " <- ".join(dict.fromkeys(msgs)) or "unknown error"

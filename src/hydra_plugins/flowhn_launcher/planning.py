@@ -182,7 +182,7 @@ def plan(
 def expected_config_hash(cfg: DictConfig, job_dir: Path) -> str:
     """The ``config_hash`` train.py would record for this job config, computed the way it does:
     in the job's Hydra context, without the hydra node, after its trainer settings are resolved."""
-    from flowhn.training.run import config_hash, resolve_trainer_settings
+    from flowhn.training.checks import config_hash, resolve_trainer_settings
 
     cfg = copy.deepcopy(cfg)
     with read_write(cfg.hydra), open_dict(cfg.hydra):
