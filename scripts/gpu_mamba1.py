@@ -14,10 +14,12 @@
    Triton kernels (each backward: ``recompute``, ``staged``, ``walk``; triton_conv.BWD_KERNEL) vs the shifted
    multiply-adds compiled; a forward and a backward tile sweep per backward kernel; the floor
    = 5·B·L·C·2 bytes (fwd: read x, write out; bwd: read x and dy, write dx) at copy bandwidth.
-4. Scan at 16×4096×1024×16 and 16×4096×369×16 bf16: row-major (old) vs channel-last (new, inputs as
-   the mixer hands them over), a channel-last tile sweep, and the two floors: bytes (3·inputs + 2·output)
-   at copy bandwidth, and exponentials (B·L·D·N forward + 2·B·L·D·N backward) at special-function
-   throughput (SMs × 16 per clock × 1.98 GHz).
+4. Scan at the Mamba 135M layer (16×1536×1024×16), 16×4096×1024×16 and 16×4096×369×16 (FAC's SSM share), bf16:
+   row-major inputs (the kernels alone), the mixer's channel-last views through the row-major copies,
+   and read in place; a sweep of the channel-last tiles' channels a thread (GLUON_CL_VECTOR); the two
+   floors: bytes (3·inputs + 2·output) at copy bandwidth, and exponentials (B·L·D·N forward +
+   2·B·L·D·N backward) at special-function throughput (SMs × 16 per clock × 1.98 GHz).
+   ``--scan``: only this section.
 5. Mamba1Mixer forward+backward at 1B dims (d_model 2048, B=16, L=1024, bf16 autocast, compiled):
    the old forward (transposes, F.conv1d, padded scan) vs the new one with each GPU conv.
 Prints a table last; writes the log to $OUT/mamba1.log when $OUT is set. Exits 1 if a check fails.
@@ -52,7 +54,9 @@ SIZES = dict(
     acc_conv=[((2, 1000, 1536, 4), 3072), ((3, 77, 4352, 4), None)], acc_scan=(2, 1536, 1000, 16),
     acc_mixer=(128, 2, 300), conv=[((16, 1024, 4096, 4), 8192, "conv 1B mamba"),
                                    ((16, 1024, 4352, 4), 8512, "conv 1B mamba2 xBC")],
-    scan=[(16, 4096, 1024, 16), (16, 4096, 369, 16)], dt_rank=128, mixer=(2048, 16, 1024))
+    scan=[(16, 1536, 1024, 16), (16, 4096, 1024, 16), (16, 4096, 369, 16)], dt_rank=128, mixer=(2048, 16, 1024))
+# (forward, backward) channels a thread for the channel-last scan's tile sweep (triton_scan.GLUON_CL_VECTOR).
+SCAN_CL_VECTORS = [(2, 1), (4, 1), (8, 1), (8, 2), (8, 4), (2, 2)]
 SMOKE_SIZES = dict(
     acc_conv=[((2, 13, 40, 4), 96)], acc_scan=(2, 12, 19, 4), acc_mixer=(8, 2, 11),
     conv=[((2, 16, 64, 4), 160, "conv smoke"), ((2, 16, 72, 4), 160, "conv smoke 2")],
@@ -303,17 +307,20 @@ def mixer_like_scan_inputs(batch, dim, length, state, dt_rank, seed=0):
     return ref, out
 
 
-def scan_ms(inputs, fwd_only=False, **tiles):
+def scan_ms(inputs, fwd_only=False, channel_last=None):
     tensors = {k: v.detach().requires_grad_() for k, v in inputs.items() if isinstance(v, torch.Tensor)}
     flags = {k: v for k, v in inputs.items() if not isinstance(v, torch.Tensor)}
-    fn = functools.partial(triton_scan.selective_scan_triton, channel_last=triton_scan.is_channel_last(tensors["u"]), **tiles)
+    fn = functools.partial(triton_scan.selective_scan_triton, channel_last=channel_last)
     return fwd_bwd_ms(lambda: fn(**tensors, **flags), list(tensors.values()), fwd_only=fwd_only)
 
 
 def time_scan(bandwidth, sweep):
+    """The scan at SIZES["scan"]: row-major inputs (the kernels alone), the mixer's channel-last views sent
+    through the row-major copies (channel_last=False: what the mixer ran before the Gluon kernels read
+    them in place), and read in place (channel_last=True); with ``sweep``, the channel-last kernels at
+    each (forward, backward) triton_scan.GLUON_CL_VECTOR in SCAN_CL_VECTORS."""
     sms = torch.cuda.get_device_properties(0).multi_processor_count if DEVICE == "cuda" else 1
     mufu = sms * MUFU_PER_SM_PER_CLOCK * CLOCK_HZ
-    best_tiles = None
     for batch, dim, length, state in SIZES["scan"]:
         row_major, channel_last = mixer_like_scan_inputs(batch, dim, length, state, dt_rank=SIZES["dt_rank"])
         elems = batch * dim * length
@@ -324,43 +331,24 @@ def time_scan(bandwidth, sweep):
         log(f"\nScan {tag} bf16; floors: bytes {byte_floor:.3f} ms, exponentials {exp_floor:.3f} ms "
             f"({sms} SMs x {MUFU_PER_SM_PER_CLOCK}/clk x {CLOCK_HZ / 1e9:.2f} GHz)")
         floor = max(byte_floor, exp_floor)
-        for name, inputs in (("row-major padded (old)", row_major), ("channel-last (new)", channel_last)):
-            fwd, ms = scan_ms(inputs, fwd_only=True), scan_ms(inputs)
-            log(f"  {name:24s} fwd {fwd:.3f}  fwd+bwd {ms:.3f} ms")
+        variants = [("row-major inputs", row_major, None), ("mixer views, row-major copies", channel_last, False),
+                    ("mixer views, in place", channel_last, True)]
+        for name, inputs, layout in variants:
+            fwd, ms = scan_ms(inputs, fwd_only=True, channel_last=layout), scan_ms(inputs, channel_last=layout)
+            log(f"  {name:32s} fwd {fwd:.3f}  fwd+bwd {ms:.3f} ms")
             rows.append(("scan", name, tag, ms, floor, f"fwd {fwd:.3f}; floors bytes {byte_floor:.2f} exp {exp_floor:.2f}"))
-        if best_tiles is not None:  # the sweep's winner from the first shape, at this one
-            block_d, chunk, warps, sub = best_tiles
-            triton_scan.BWD_SUB_BLOCKS, saved = sub, triton_scan.BWD_SUB_BLOCKS
-            ms = scan_ms(channel_last, block_d=block_d, chunk=min(chunk, 64), num_warps=warps)
-            triton_scan.BWD_SUB_BLOCKS = saved
-            log(f"  channel-last, first shape's best tiles {best_tiles}: {ms:.3f} ms")
-            rows.append(("scan", "channel-last, best tiles", tag, ms, floor, f"{best_tiles}"))
-        if not sweep or best_tiles is not None:
+        if not sweep:
             continue
-        log("  channel-last tiles (block_d, chunk, warps[, bwd sub-blocks]): fwd / fwd+bwd ms")
-        default = triton_scan.launch_config(length, channel_last=True)
-        best = (ms, (*default, triton_scan.BWD_SUB_BLOCKS))  # ms: channel-last at the default tiles, above
-        for block_d in (8, 16, 32):
-            for chunk in (32, 64):
-                for warps in (1, 2):
-                    if time.time() - STARTED > SWEEP_BUDGET_S:
-                        log("    (sweep budget spent)")
-                        break
-                    tiles = dict(block_d=block_d, chunk=chunk, num_warps=warps)
-                    fwd, ms = scan_ms(channel_last, fwd_only=True, **tiles), scan_ms(channel_last, **tiles)
-                    best = min(best, (ms, (block_d, chunk, warps, triton_scan.BWD_SUB_BLOCKS)))
-                    log(f"    ({block_d:2d}, {chunk:3d}, {warps}) {fwd:.3f} / {ms:.3f}")
-        block_d, chunk, warps, _ = best[1]
-        saved = triton_scan.BWD_SUB_BLOCKS
-        for sub, nw in ((4, warps), (16, warps), (saved, 4)):
-            triton_scan.BWD_SUB_BLOCKS = sub
-            ms = scan_ms(channel_last, block_d=block_d, chunk=chunk, num_warps=nw)
-            best = min(best, (ms, (block_d, chunk, nw, sub)))
-            log(f"    ({block_d:2d}, {chunk:3d}, {nw}, sub {sub}) {ms:.3f}")
-        triton_scan.BWD_SUB_BLOCKS = saved
-        best_tiles = best[1]
-        log(f"  best channel-last tile (block_d, chunk, warps, bwd sub-blocks) {best_tiles}: {best[0]:.3f} ms")
-        rows.append(("scan", "channel-last, best tiles", tag, best[0], floor, f"{best_tiles}"))
+        saved = triton_scan.GLUON_CL_VECTOR
+        for vector in SCAN_CL_VECTORS:
+            if time.time() - STARTED > SWEEP_BUDGET_S:
+                log("    (sweep budget spent)")
+                break
+            triton_scan.GLUON_CL_VECTOR = vector
+            fwd, ms = scan_ms(channel_last, fwd_only=True, channel_last=True), scan_ms(channel_last, channel_last=True)
+            log(f"    in place, channels a thread (fwd, bwd) {vector}: fwd {fwd:.3f}  fwd+bwd {ms:.3f} ms")
+            rows.append(("scan", f"in place, vectors {vector}", tag, ms, floor, f"fwd {fwd:.3f}"))
+        triton_scan.GLUON_CL_VECTOR = saved
 
 
 # ---------------------------------------------------------------- mixer timing
@@ -418,6 +406,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="no tile sweeps, no pytest")
     parser.add_argument("--conv", action="store_true", help="only the conv: accuracy, timings and tile sweeps")
+    parser.add_argument("--scan", action="store_true", help="only the scan's timings (and its channel-last sweep "
+                        "unless --quick)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--kernel-time", action="store_true",
                         help="time by the GPU kernels' own durations (torch.profiler), not wall time")
@@ -441,7 +431,7 @@ def main():
     started = STARTED
     name = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu (smoke)"
     log(f"device: {name}  torch {torch.__version__}  triton {triton.__version__}  seed {seed}")
-    if not args.quick and not args.conv:
+    if not args.quick and not args.conv and not args.scan:
         tests = ["tests/test_triton_conv.py", "tests/test_kernels.py", "-k", "conv or selective_scan or mamba1"]
         proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", *tests],
                               capture_output=True, text=True, timeout=240)
@@ -449,14 +439,17 @@ def main():
         log("\npytest -m gpu (conv, selective scan, mamba1):\n  " + "\n  ".join(tail))
         if proc.returncode != 0:
             failures.append("pytest -m gpu")
-    sections = [("accuracy", lambda: accuracy(seed, conv_only=args.conv))]
+    sections = [] if args.scan else [("accuracy", lambda: accuracy(seed, conv_only=args.conv))]
     bandwidth = copy_bandwidth() if DEVICE == "cuda" else 1e3  # --cpu-smoke: a stand-in
     log(f"\nDevice-to-device copy bandwidth (1 GiB, read + write): {bandwidth:.0f} GB/s")
-    sections += [
-        ("conv", lambda: time_conv(bandwidth, not args.quick, *SIZES["conv"][0])),
-        ("conv mamba2", lambda: time_conv(bandwidth, args.conv and not args.quick, *SIZES["conv"][1])),
-    ]
-    if not args.conv:
+    if args.scan:
+        sections += [("scan", lambda: time_scan(bandwidth, not args.quick))]
+    else:
+        sections += [
+            ("conv", lambda: time_conv(bandwidth, not args.quick, *SIZES["conv"][0])),
+            ("conv mamba2", lambda: time_conv(bandwidth, args.conv and not args.quick, *SIZES["conv"][1])),
+        ]
+    if not args.conv and not args.scan:
         sections += [("scan", lambda: time_scan(bandwidth, not args.quick)), ("mixer", time_mixer)]
     for name, run in sections:
         try:

@@ -4,6 +4,7 @@
   PYTHONPATH=src python scripts/kernel_stats.py [--tiles 8,64,1,8 8,64,2,8 ...]
   PYTHONPATH=src python scripts/kernel_stats.py --conv    # the conv's two backward kernels instead
   PYTHONPATH=src python scripts/kernel_stats.py --ssd     # the Mamba-2 SSD's kernels instead
+  PYTHONPATH=src python scripts/kernel_stats.py --gluon   # the Gluon scan kernels (the GPU default), both layouts
 
 Triton compiles for a target it is given (``GPUTarget("cuda", 90, 32)``) and ships ptxas and cuobjdump,
 so a CPU-only machine can see what the H100/H200 would run. The kernels are specialised as at run
@@ -18,6 +19,10 @@ compares the two loop orders. Then Triton's scan primitives alone on an
 one over row tiles), per (row, channel) element. ``--ssd``: the Mamba-2 SSD's chunk kernels as the
 Mamba-2 1B layer runs them in bf16 (chunk 64, head dim 64, N 128), every autotuner tile: registers, spills,
 instructions (ptxas reports spills where a tile's live values pass 255 registers a thread).
+``--gluon``: gluon_scan's forward and backward, walking the sequence, at the model's tile (chunk 64, N 16),
+row-major and channel-last at each channels-a-thread (CL_VECTOR): registers, spills, shared memory and
+the SASS counts of memory, barrier and special-function instructions (the whole kernel: its step loops
+are unrolled).
 """
 
 from __future__ import annotations
@@ -32,7 +37,9 @@ import triton
 import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
+from triton.experimental.gluon._runtime import GluonASTSource
 
+import flowhn.kernels.gluon_scan as gluon_scan
 import flowhn.kernels.triton_conv as triton_conv
 import flowhn.kernels.triton_scan as triton_scan
 import flowhn.kernels.triton_ssd_kernels as triton_ssd_kernels
@@ -90,7 +97,8 @@ def machine_code_stats(kernel) -> dict:
     count = lambda lines, op: sum(f" {op}" in line for line in lines)  # noqa: E731
     return {"registers": registers, "spill_bytes": int(spills.group(1)) if spills else 0,
             "instructions": len(instructions), "SHFL": count(instructions, "SHFL"),
-            "loop_instructions": len(inner), "loop_SHFL": count(inner, "SHFL"), "loop_MUFU": count(inner, "MUFU")}
+            "loop_instructions": len(inner), "loop_SHFL": count(inner, "SHFL"), "loop_MUFU": count(inner, "MUFU"),
+            **{op: count(instructions, op) for op in ("LDG", "STG", "LDS", "STS", "LDL", "STL", "BAR", "MUFU")}}
 
 
 @triton.jit
@@ -118,11 +126,14 @@ def main():
                         help="warps for _scan_bwd_channels_kernel (64 channels a program, chunk 64)")
     parser.add_argument("--conv", action="store_true", help="the conv's backward kernels instead of the scan's")
     parser.add_argument("--ssd", action="store_true", help="the Mamba-2 SSD's kernels instead of the scan's")
+    parser.add_argument("--gluon", action="store_true", help="the Gluon scan kernels instead, both layouts")
     args = parser.parse_args()
     if args.conv:
         return conv_stats()
     if args.ssd:
         return ssd_stats()
+    if args.gluon:
+        return gluon_stats()
     flags = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True)
     print("| kernel | tile | registers | spill bytes | SHFL | main loop: instructions | SHFL | MUFU "
           "| instructions per (channel, state, step) |")
@@ -191,6 +202,35 @@ def ssd_stats():
                                                     num_stages=stages))
             print(f"| `{fn.__name__}` | {block_nk}, {warps}, {stages} | {s['registers']} | {s['spill_bytes']} "
                   f"| {s['instructions']} |")
+
+
+def gluon_stats():
+    """gluon_scan's kernels as the bf16 model runs them, walking the sequence: row-major (unit step strides)
+    and channel-last (unit channel strides; the step strides of a Mamba 135M layer, compile-time constants)."""
+    half = HALF_POINTERS
+    flags = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, CHUNK=64, BLOCK_N=16, SEQUENCE=True,
+                 LPC=triton_scan.GLUON_LANES_PER_CHANNEL)
+    layouts = {False: dict(su_t=1, sz_t=1, sB_t=1), True: dict(su_d=1, sz_d=1, sB_n=1, su_t=1536, sz_t=3072, sB_t=80)}
+    kernels = [(gluon_scan._scan_fwd_seq_kernel, dict(UNROLL=8), triton_scan.GLUON_FWD_WARPS,
+                dict(maxnreg=triton_scan.GLUON_SEQUENCE_FWD_MAXNREG)),
+               (gluon_scan._scan_bwd_seq_kernel, dict(SUB=triton_scan.GLUON_SUB, PARTIALS=False),
+                triton_scan.GLUON_BWD_WARPS, {})]
+    ops = ("LDG", "STG", "LDS", "STS", "LDL", "STL", "BAR", "MUFU")
+    print("| kernel | layout, channels a thread | registers | spill bytes | shared KiB | instructions | "
+          + " | ".join(ops) + " |")
+    print("|---|---|---:|---:|---:|---:|" + "---:|" * len(ops))
+    for fn, extra, warps, options in kernels:
+        for channel_last, vector in [(False, 1)] + [(True, v) for v in (1, 2, 4, 8)]:
+            constexprs = dict(flags, **extra, CHANNEL_LAST=channel_last, CL_VECTOR=vector, **layouts[channel_last])
+            signature = {name: "constexpr" if name in constexprs else
+                         (("*bf16" if name in half else "*fp32") if name.endswith("_ptr") else "i32")
+                         for name in fn.arg_names}
+            source = GluonASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs={})
+            kernel = triton.compile(source, target=TARGET, options=dict(num_warps=warps, **options))
+            s = machine_code_stats(kernel)
+            layout = f"channel-last, {vector}" if channel_last else "row-major"
+            print(f"| `{fn.__name__}` | {layout} | {s['registers']} | {s['spill_bytes']} | "
+                  f"{kernel.metadata.shared / 1024:.0f} | {s['instructions']} | " + " | ".join(str(s[op]) for op in ops) + " |")
 
 
 if __name__ == "__main__":

@@ -20,8 +20,9 @@ The chunk structure is ``triton_scan``'s. A program either is one chunk (``SEQUE
 entering it and the adjoint from later chunks come from ``triton_scan``'s summary and chunk-pass
 kernels) or walks all of its channels' chunks in turn (``SEQUENCE=True``: the state is carried forward
 and the adjoint backward from chunk to chunk, so those kernels do not run; the forward writes the
-chunk-end states and step totals they would have produced). Row-major (B, D, pitch) inputs only
-(``triton_scan``'s default path, the one Mamba1Mixer takes). On a CUDA GPU these are the scan's
+chunk-end states and step totals they would have produced). Row-major (B, D, pitch)
+inputs, or (CHANNEL_LAST) the mixer's transposed views of (B, L, ·) memory read in place (fourteenth
+session: their tiles are loaded and stored channels-fastest; the default for a mixer). On a CUDA GPU these are the scan's
 default kernels, walking the sequence (``triton_scan.MAIN_KERNELS``, ``GLUON_WALK``). On an H200,
 bf16, forward+backward at 16×4096×1024×16: Triton's 6.508 ms, these walking chunks 5.338, walking the
 sequence 4.493; at L = 369: 3.377, 3.524, 3.157; every float64 check passed (experiments/bench/H200.md,
@@ -61,6 +62,26 @@ def steps_layout(STEPS, LPC, WARPS):
     return gl.BlockedLayout([1, max(1, STEPS // LPC)], [32 // LPC, LPC], [WARPS, 1], [1, 0])
 
 
+@gluon.constexpr_function
+def channel_last_layout(CHANNELS, STEPS, WARPS, VECTOR):
+    """(channels, steps) tiles of channel-last memory ((B, L, D) seen as (B, D, L)): a thread holds VECTOR
+    consecutive channels, the lanes run along the channels first, the warps along the steps."""
+    CHANNELS, STEPS, WARPS, VECTOR = int(CHANNELS), int(STEPS), int(WARPS), int(VECTOR)
+    per_thread = max(1, min(VECTOR, CHANNELS, CHANNELS * STEPS // (32 * WARPS)))
+    lanes = min(32, max(1, CHANNELS // per_thread))
+    return gl.BlockedLayout([per_thread, 1], [lanes, 32 // lanes], [1, WARPS], [0, 1])
+
+
+@gluon.constexpr_function
+def tile_layout(CHANNEL_LAST, CHANNELS, STEPS, LPC, WARPS, VECTOR):
+    """The layout (channels, steps) tiles are loaded and stored in: io_layout's for row-major memory,
+    channel_last_layout's for channel-last memory. VECTOR: channels a thread holds in the latter (more
+    makes wider loads and stores; fewer, fewer registers: scripts/kernel_stats.py --gluon)."""
+    if bool(CHANNEL_LAST):
+        return channel_last_layout(CHANNELS, STEPS, WARPS, VECTOR)
+    return io_layout(STEPS, LPC, WARPS)
+
+
 @gluon.jit
 def _put_column(tile, cols, j: gl.constexpr, values, layout: gl.constexpr):
     """``tile`` with column j replaced by ``values`` (a per-channel vector in the state layout's rows)."""
@@ -90,22 +111,23 @@ def _sigmoid(x):
 
 
 @gluon.jit
-def _io_tile(ptr, pid_b, offs_d, t, mask, stride_b, stride_d):
-    """A (channels, steps) tile of a row-major (B, D, pitch) tensor, as fp32."""
-    offs = pid_b * stride_b + offs_d[:, None] * stride_d + t[None, :]
+def _io_tile(ptr, pid_b, offs_d, t, mask, stride_b, stride_d, stride_t):
+    """A (channels, steps) tile of a (B, D, L) tensor, as fp32. One of its strides is 1 (row-major: the
+    steps'; channel-last: the channels'), and Triton compiles an integer argument equal to 1 as a constant."""
+    offs = pid_b * stride_b + offs_d[:, None] * stride_d + t[None, :] * stride_t
     return gl.load(ptr + offs, mask=mask, other=0.0).to(gl.float32)
 
 
 @gluon.jit
 def _stage_steps(delta_ptr, u_ptr, bias_ptr, step_smem, u_smem, pid_b, offs_d, mask_d, t, mask_t, stride_b,
-                 stride_d, HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr):
+                 stride_d, stride_t, HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr):
     """softplus(delta + bias) and u of a (channels, steps) io tile into (steps, channels) shared memory."""
     m = mask_d[:, None] & mask_t[None, :]
-    pre = _io_tile(delta_ptr, pid_b, offs_d, t, m, stride_b, stride_d)
+    pre = _io_tile(delta_ptr, pid_b, offs_d, t, m, stride_b, stride_d, stride_t)
     if HAS_BIAS:
         pre += gl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(gl.float32)[:, None]
     step_smem.permute([1, 0]).store(_softplus_step(pre, m, SOFTPLUS))
-    u_smem.permute([1, 0]).store(_io_tile(u_ptr, pid_b, offs_d, t, m, stride_b, stride_d))
+    u_smem.permute([1, 0]).store(_io_tile(u_ptr, pid_b, offs_d, t, m, stride_b, stride_d, stride_t))
 
 
 @gluon.jit
@@ -115,9 +137,9 @@ def _rows(smem):
 
 
 @gluon.jit
-def _stage_rows(ptr, smem, pid_b, offs_n, mask_n, t, mask_t, stride_b, stride_n):
-    """Rows of B or C, (B, N, pitch) row-major, over the steps t, into (steps, states) shared memory."""
-    offs = pid_b * stride_b + offs_n[:, None] * stride_n + t[None, :]
+def _stage_rows(ptr, smem, pid_b, offs_n, mask_n, t, mask_t, stride_b, stride_n, stride_t):
+    """Rows of B or C, (B, N, L) with any strides, over the steps t, into (steps, states) shared memory."""
+    offs = pid_b * stride_b + offs_n[:, None] * stride_n + t[None, :] * stride_t
     rows = gl.load(ptr + offs, mask=mask_n[:, None] & mask_t[None, :], other=0.0).to(gl.float32)
     smem.permute([1, 0]).store(rows)
 
@@ -125,18 +147,22 @@ def _stage_rows(ptr, smem, pid_b, offs_n, mask_n, t, mask_t, stride_b, stride_n)
 @gluon.jit
 def _scan_fwd_seq_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, states_ptr, totals_ptr,
-    DIM, L, N, n_chunks, su_b, su_d, sB_b, sB_n,
+    DIM, L, N, n_chunks, su_b, su_d, su_t: gl.constexpr, sz_b, sz_d, sz_t: gl.constexpr, sB_b, sB_n,
+    sB_t: gl.constexpr,
     HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr,
     CHUNK: gl.constexpr, BLOCK_N: gl.constexpr, LPC: gl.constexpr, UNROLL: gl.constexpr, SEQUENCE: gl.constexpr,
+    CHANNEL_LAST: gl.constexpr, CL_VECTOR: gl.constexpr,
 ):
-    """y for (32 // LPC)·warps channels. u, delta, z, out share strides (su_*), B and C (sB_*).
+    """y for (32 // LPC)·warps channels. u, delta, out share strides (su_*), z has its own (sz_*), B and C
+    share theirs (sB_*). CHANNEL_LAST: u, delta, z, out are channel-last ((B, L, ·) memory), so their tiles
+    are loaded and stored channels-fastest; else row-major, steps-fastest.
     SEQUENCE: the program walks every chunk in turn (grid (B, channel blocks, 1)) carrying the state, and
     writes each chunk's end state and step total (the summary and chunk-pass kernels' results); else it
     is one chunk (grid (..., chunks)) and reads the state entering it."""
     WARPS: gl.constexpr = gl.num_warps()
     BLOCK_D: gl.constexpr = (32 // LPC) * WARPS
     state: gl.constexpr = state_layout(BLOCK_N, LPC, WARPS)
-    io: gl.constexpr = io_layout(CHUNK, LPC, WARPS)
+    io: gl.constexpr = tile_layout(CHANNEL_LAST, BLOCK_D, CHUNK, LPC, WARPS, CL_VECTOR)
     rows: gl.constexpr = rows_layout(BLOCK_N, CHUNK, WARPS)
     plain: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
     channel: gl.constexpr = gl.SliceLayout(1, state)
@@ -158,7 +184,7 @@ def _scan_fwd_seq_kernel(
     B_rows, C_rows = _rows(B_smem), _rows(C_smem)
     block: gl.constexpr = steps_layout(UNROLL, LPC, WARPS)
     cols = gl.arange(0, UNROLL, layout=gl.SliceLayout(0, block))
-    iob: gl.constexpr = io_layout(UNROLL, LPC, WARPS)
+    iob: gl.constexpr = tile_layout(CHANNEL_LAST, BLOCK_D, UNROLL, LPC, WARPS, CL_VECTOR)
     iob_d = d0 + gl.arange(0, BLOCK_D, layout=gl.SliceLayout(1, iob))
     iob_md = iob_d < DIM
     if HAS_D:
@@ -182,10 +208,10 @@ def _scan_fwd_seq_kernel(
         c = first_chunk + i
         io_t = c * CHUNK + gl.arange(0, CHUNK, layout=gl.SliceLayout(0, io))
         _stage_steps(delta_ptr, u_ptr, bias_ptr, step_smem, u_smem, pid_b, io_d, io_md, io_t, io_t < L, su_b, su_d,
-                     HAS_BIAS, SOFTPLUS)
+                     su_t, HAS_BIAS, SOFTPLUS)
         rows_t = c * CHUNK + gl.arange(0, CHUNK, layout=gl.SliceLayout(0, rows))
-        _stage_rows(B_ptr, B_smem, pid_b, rows_n, rows_n < N, rows_t, rows_t < L, sB_b, sB_n)
-        _stage_rows(C_ptr, C_smem, pid_b, rows_n, rows_n < N, rows_t, rows_t < L, sB_b, sB_n)
+        _stage_rows(B_ptr, B_smem, pid_b, rows_n, rows_n < N, rows_t, rows_t < L, sB_b, sB_n, sB_t)
+        _stage_rows(C_ptr, C_smem, pid_b, rows_n, rows_n < N, rows_t, rows_t < L, sB_b, sB_n, sB_t)
         gl.thread_barrier()
         total = gl.zeros([BLOCK_D], gl.float32, layout=channel)
         # UNROLL steps a pass: their loads and exponentials do not wait for the state, so they overlap.
@@ -214,19 +240,20 @@ def _scan_fwd_seq_kernel(
             if HAS_D:
                 y += skip[:, None] * u_blocks.index(b).permute([1, 0]).load(iob)
             if HAS_Z:
-                z = _io_tile(z_ptr, pid_b, iob_d, t, m, su_b, su_d)
+                z = _io_tile(z_ptr, pid_b, iob_d, t, m, sz_b, sz_d, sz_t)
                 y *= z * _sigmoid(z)
-            gl.store(out_ptr + pid_b * su_b + iob_d[:, None] * su_d + t[None, :], y.to(out_ptr.dtype.element_ty),
-                     mask=m)
+            gl.store(out_ptr + pid_b * su_b + iob_d[:, None] * su_d + t[None, :] * su_t,
+                     y.to(out_ptr.dtype.element_ty), mask=m)
         gl.thread_barrier()  # the next chunk's staging overwrites what this one read
 
 
 @gluon.jit
-def _stage_dy(dout_ptr, z_ptr, dy_smem, pid_b, offs_d, t, m, stride_b, stride_d, HAS_Z: gl.constexpr):
+def _stage_dy(dout_ptr, z_ptr, dy_smem, pid_b, offs_d, t, m, stride_b, stride_d, stride_t, sz_b, sz_d, sz_t,
+              HAS_Z: gl.constexpr):
     """dL/dy of the scan itself (before the silu(z) gate) into (steps, channels) shared memory."""
-    dy = _io_tile(dout_ptr, pid_b, offs_d, t, m, stride_b, stride_d)
+    dy = _io_tile(dout_ptr, pid_b, offs_d, t, m, stride_b, stride_d, stride_t)
     if HAS_Z:
-        z = _io_tile(z_ptr, pid_b, offs_d, t, m, stride_b, stride_d)
+        z = _io_tile(z_ptr, pid_b, offs_d, t, m, sz_b, sz_d, sz_t)
         dy = dy * z * _sigmoid(z)
     dy_smem.permute([1, 0]).store(dy)
 
@@ -294,13 +321,14 @@ def _lane_major(dB_part, dC_part, BLOCK_D: gl.constexpr, BLOCK_N: gl.constexpr, 
 def _scan_bwd_seq_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, states_ptr, later_ptr,
     du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
-    DIM, L, N, n_chunks, su_b, su_d, sB_b, sB_n, sdB_b, sdB_n,
+    DIM, L, N, n_chunks, su_b, su_d, su_t: gl.constexpr, sz_b, sz_d, sz_t: gl.constexpr, sB_b, sB_n,
+    sB_t: gl.constexpr, sdB_b, sdB_n,
     HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr,
     CHUNK: gl.constexpr, SUB: gl.constexpr, BLOCK_N: gl.constexpr, LPC: gl.constexpr, SEQUENCE: gl.constexpr,
-    PARTIALS: gl.constexpr,
+    PARTIALS: gl.constexpr, CHANNEL_LAST: gl.constexpr, CL_VECTOR: gl.constexpr,
 ):
-    """Gradients for (32 // LPC)·warps channels. u, delta, z, dout, du, ddelta, dz share strides (su_*); B
-    and C (sB_*); dB, dC are (B, N, ·) fp32 with unit step stride, added to atomically, or, with PARTIALS,
+    """Gradients for (32 // LPC)·warps channels. u, delta, dout, du, ddelta, dz share strides (su_*), z has
+    its own (sz_*), B and C share theirs (sB_*); CHANNEL_LAST as in the forward. dB, dC are (B, N, ·) fp32 with unit step stride, added to atomically, or, with PARTIALS,
     dB_ptr is (B, channel blocks, L, 2·BLOCK_N) fp32 and gets each program's sums (dB's states, then dC's),
     stored, for the caller to add up over the blocks (no atomics; dC_ptr is not used). SEQUENCE: the
     program walks every chunk, last to first (grid (B, channel blocks, 1)), carrying the adjoint from one
@@ -311,8 +339,10 @@ def _scan_bwd_seq_kernel(
     BLOCK_D: gl.constexpr = (32 // LPC) * WARPS
     SUBS: gl.constexpr = CHUNK // SUB
     state: gl.constexpr = state_layout(BLOCK_N, LPC, WARPS)
-    # (channels, steps) tiles of a sub-chunk: loaded, stored, and built in registers a step at a time.
+    # (channels, steps) tiles of a sub-chunk built in registers a step at a time (io), and the layout
+    # tiles are loaded and stored in (tile: io itself for row-major memory).
     io: gl.constexpr = steps_layout(SUB, LPC, WARPS)
+    tile: gl.constexpr = tile_layout(CHANNEL_LAST, BLOCK_D, SUB, LPC, WARPS, CL_VECTOR)  # io_layout(SUB, …) is io
     rows: gl.constexpr = rows_layout(BLOCK_N, SUB, WARPS)
     warp_sums: gl.constexpr = warp_sums_layout(BLOCK_D, 2 * BLOCK_N, WARPS)
     plain: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
@@ -321,9 +351,10 @@ def _scan_bwd_seq_kernel(
 
     pid_b = gl.program_id(0).to(gl.int64)
     d0 = gl.program_id(1) * BLOCK_D
-    io_d = d0 + gl.arange(0, BLOCK_D, layout=gl.SliceLayout(1, io))
-    io_md = io_d < DIM
     io_s = gl.arange(0, SUB, layout=gl.SliceLayout(0, io))
+    tile_d = d0 + gl.arange(0, BLOCK_D, layout=gl.SliceLayout(1, tile))
+    tile_md = tile_d < DIM
+    tile_s = gl.arange(0, SUB, layout=gl.SliceLayout(0, tile))
     rows_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, rows))
     rows_s = gl.arange(0, SUB, layout=gl.SliceLayout(0, rows))
     mask_rows_n = rows_n < N
@@ -368,8 +399,8 @@ def _scan_bwd_seq_kernel(
     g = gl.zeros([BLOCK_D, BLOCK_N], gl.float32, layout=state)
     a_next = gl.full([BLOCK_D, BLOCK_N], 1.0, gl.float32, layout=state)
     dA_acc = gl.zeros([BLOCK_D, BLOCK_N], gl.float32, layout=state)
-    dD_acc = gl.zeros([BLOCK_D], gl.float32, layout=gl.SliceLayout(1, io))
-    dbias_acc = gl.zeros([BLOCK_D], gl.float32, layout=gl.SliceLayout(1, io))
+    dD_acc = gl.zeros([BLOCK_D], gl.float32, layout=gl.SliceLayout(1, tile))
+    dbias_acc = gl.zeros([BLOCK_D], gl.float32, layout=gl.SliceLayout(1, tile))
     if SEQUENCE:
         chunks_here = n_chunks
     else:
@@ -384,11 +415,11 @@ def _scan_bwd_seq_kernel(
         # Pass 1: the state entering each sub-chunk.
         for k in range(SUBS):
             ckpt.index(k).store(h)
-            io_t = c * CHUNK + k * SUB + io_s
-            _stage_steps(delta_ptr, u_ptr, bias_ptr, step_smem, u_smem, pid_b, io_d, io_md, io_t, io_t < L,
-                         su_b, su_d, HAS_BIAS, SOFTPLUS)
+            tile_t = c * CHUNK + k * SUB + tile_s
+            _stage_steps(delta_ptr, u_ptr, bias_ptr, step_smem, u_smem, pid_b, tile_d, tile_md, tile_t, tile_t < L,
+                         su_b, su_d, su_t, HAS_BIAS, SOFTPLUS)
             rows_t = c * CHUNK + k * SUB + rows_s
-            _stage_rows(B_ptr, B_smem, pid_b, rows_n, mask_rows_n, rows_t, rows_t < L, sB_b, sB_n)
+            _stage_rows(B_ptr, B_smem, pid_b, rows_n, mask_rows_n, rows_t, rows_t < L, sB_b, sB_n, sB_t)
             gl.thread_barrier()
             for j in gl.static_range(SUB):
                 step = step_rows.index(j).load(channel)
@@ -403,15 +434,15 @@ def _scan_bwd_seq_kernel(
             a_next = gl.full([BLOCK_D, BLOCK_N], 1.0, gl.float32, layout=state)
         for kk in range(SUBS):
             k = SUBS - 1 - kk
-            io_t = c * CHUNK + k * SUB + io_s
-            io_mt = io_t < L
-            m = io_md[:, None] & io_mt[None, :]
-            _stage_steps(delta_ptr, u_ptr, bias_ptr, step_smem, u_smem, pid_b, io_d, io_md, io_t, io_mt,
-                         su_b, su_d, HAS_BIAS, SOFTPLUS)
-            _stage_dy(dout_ptr, z_ptr, dy_smem, pid_b, io_d, io_t, m, su_b, su_d, HAS_Z)
+            tile_t = c * CHUNK + k * SUB + tile_s
+            tile_mt = tile_t < L
+            m = tile_md[:, None] & tile_mt[None, :]
+            _stage_steps(delta_ptr, u_ptr, bias_ptr, step_smem, u_smem, pid_b, tile_d, tile_md, tile_t, tile_mt,
+                         su_b, su_d, su_t, HAS_BIAS, SOFTPLUS)
+            _stage_dy(dout_ptr, z_ptr, dy_smem, pid_b, tile_d, tile_t, m, su_b, su_d, su_t, sz_b, sz_d, sz_t, HAS_Z)
             rows_t = c * CHUNK + k * SUB + rows_s
-            _stage_rows(B_ptr, B_smem, pid_b, rows_n, mask_rows_n, rows_t, rows_t < L, sB_b, sB_n)
-            _stage_rows(C_ptr, C_smem, pid_b, rows_n, mask_rows_n, rows_t, rows_t < L, sB_b, sB_n)
+            _stage_rows(B_ptr, B_smem, pid_b, rows_n, mask_rows_n, rows_t, rows_t < L, sB_b, sB_n, sB_t)
+            _stage_rows(C_ptr, C_smem, pid_b, rows_n, mask_rows_n, rows_t, rows_t < L, sB_b, sB_n, sB_t)
             gl.thread_barrier()
             # The sub-chunk's states, kept in registers (SUB tiles), and y for dz.
             h = ckpt.index(k).load(state)
@@ -447,25 +478,31 @@ def _scan_bwd_seq_kernel(
                 sums_rows.index(r).store(per_warp.reshape([WARPS * 2 * BLOCK_N]))
                 a_next = a
 
-            # This sub-chunk's du, dΔ, dz (channels × steps, coalesced).
-            dy = dy_smem.permute([1, 0]).load(io)
-            u = u_smem.permute([1, 0]).load(io)
-            grad_at = pid_b * su_b + io_d[:, None] * su_d + io_t[None, :]
+            # This sub-chunk's du, dΔ, dz (channels × steps, coalesced: the tiles built a step at a time
+            # change to the load/store layout first, a no-op for row-major memory).
+            du = gl.convert_layout(du, tile)
+            dstep = gl.convert_layout(dstep, tile)
+            tile_t = c * CHUNK + k * SUB + tile_s
+            m = tile_md[:, None] & (tile_t < L)[None, :]
+            dy = dy_smem.permute([1, 0]).load(tile)
+            u = u_smem.permute([1, 0]).load(tile)
+            grad_at = pid_b * su_b + tile_d[:, None] * su_d + tile_t[None, :] * su_t
             if HAS_D:
-                skip = gl.load(D_ptr + io_d, mask=io_md, other=0.0).to(gl.float32)
+                skip = gl.load(D_ptr + tile_d, mask=tile_md, other=0.0).to(gl.float32)
                 dD_acc += gl.sum(dy * u, axis=1)
                 du += dy * skip[:, None]
             if HAS_Z:
-                dout = _io_tile(dout_ptr, pid_b, io_d, io_t, m, su_b, su_d)
-                z = _io_tile(z_ptr, pid_b, io_d, io_t, m, su_b, su_d)
+                y = gl.convert_layout(y, tile)
+                dout = _io_tile(dout_ptr, pid_b, tile_d, tile_t, m, su_b, su_d, su_t)
+                z = _io_tile(z_ptr, pid_b, tile_d, tile_t, m, sz_b, sz_d, sz_t)
                 if HAS_D:
                     y += skip[:, None] * u
                 sig = _sigmoid(z)
                 gl.store(dz_ptr + grad_at, (dout * y * sig * (1.0 + z * (1.0 - sig))).to(dz_ptr.dtype.element_ty), mask=m)
             if SOFTPLUS:
-                pre = _io_tile(delta_ptr, pid_b, io_d, io_t, m, su_b, su_d)
+                pre = _io_tile(delta_ptr, pid_b, tile_d, tile_t, m, su_b, su_d, su_t)
                 if HAS_BIAS:
-                    pre += gl.load(bias_ptr + io_d, mask=io_md, other=0.0).to(gl.float32)[:, None]
+                    pre += gl.load(bias_ptr + tile_d, mask=tile_md, other=0.0).to(gl.float32)[:, None]
                 dstep = gl.where(pre <= 20.0, dstep * _sigmoid(pre), dstep)
             dstep = gl.where(m, dstep, 0.0)
             dbias_acc += gl.sum(dstep, axis=1)
@@ -490,9 +527,9 @@ def _scan_bwd_seq_kernel(
         part = gl.program_id(2)
         parts = n_chunks
     gl.store(dA_ptr + ((pid_b * DIM + offs_d) * parts + part)[:, None] * N + offs_n[None, :], dA_acc, mask=m_dn)
-    partial_at = (pid_b * DIM + io_d) * parts + part
+    partial_at = (pid_b * DIM + tile_d) * parts + part
     if HAS_D:
-        gl.store(dD_ptr + partial_at, dD_acc, mask=io_md)
+        gl.store(dD_ptr + partial_at, dD_acc, mask=tile_md)
     if HAS_BIAS:
-        gl.store(dbias_ptr + partial_at, dbias_acc, mask=io_md)
+        gl.store(dbias_ptr + partial_at, dbias_acc, mask=tile_md)
 

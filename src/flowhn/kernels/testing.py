@@ -49,6 +49,24 @@ def scan_inputs(batch, dim, length, state, *, dtype=torch.float32, device="cpu",
     return out
 
 
+def in_mixer_layout(scan: Callable) -> Callable:
+    """``scan`` (selective_scan's signature) fed its (B, D, L) and (B, N, L) arguments laid out as
+    Mamba1Mixer hands them over: u and delta transposed views of contiguous (B, L, D) memory, z the second
+    half of a (B, L, 2D) tensor (in_proj's output), B and C column views of one (B, L, 2N) tensor (x_proj's).
+    Differentiable: the gradients reach the arguments through the layout changes."""
+    def wrapped(u, delta, A, B, C, D=None, z=None, delta_bias=None, **flags):
+        channel_last = lambda t: t.transpose(1, 2).contiguous().transpose(1, 2)  # noqa: E731
+        u, delta = channel_last(u), channel_last(delta)
+        if z is not None:
+            z = torch.cat([u.transpose(1, 2), z.transpose(1, 2)], dim=-1)[..., u.shape[1]:].transpose(1, 2)
+        state = B.shape[1]
+        rows = torch.cat([B.transpose(1, 2), C.transpose(1, 2)], dim=-1)
+        B, C = rows[..., :state].transpose(1, 2), rows[..., state:].transpose(1, 2)
+        return scan(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, **flags)
+
+    return wrapped
+
+
 def ssd_inputs(batch, length, heads, head_dim, groups, state, *, dtype=torch.float32, device="cpu", D=True,
                seed=0) -> dict:
     """Mamba-2 arguments: dt log-uniform in [1e-3, 1e-1] and A in [-16, -1], as Mamba-2 inits them."""

@@ -31,10 +31,10 @@ L=1024 and 384, N=16 in bf16 (scripts/gpu_check_kernels.py --sweep): 7.0 ms forw
 L=1024 against 8.4 ms for the earlier 8 × 32 tiles. The backward's (64 channels a program, 1 warp,
 looping over channels) from one on an H200 (scripts/gpu_scan_tiles.py; BWD_LOOP below).
 
-On a CUDA GPU the row-major path runs ``gluon_scan``'s main kernels by default, each program walking
-all chunks of its channels, so the summary and chunk-pass kernels run only for the Triton main kernels
-(MAIN_KERNELS, GLUON_WALK below); the Triton kernels here serve the CPU interpreter, the channel-last
-path and ``FLOWHN_SCAN_KERNELS=triton``.
+On a CUDA GPU both layouts run ``gluon_scan``'s main kernels by default, each program walking all chunks
+of its channels, so the summary and chunk-pass kernels run only for the Triton main kernels (MAIN_KERNELS,
+GLUON_WALK below), and a mixer's channel-last views are read in place (CHANNEL_LAST_BY_DEFAULT); the
+Triton kernels here serve the CPU interpreter and ``FLOWHN_SCAN_KERNELS=triton``.
 """
 
 from __future__ import annotations
@@ -423,8 +423,8 @@ BWD_CHANNEL_WARPS = 1
 
 
 # MAIN_KERNELS: "gluon" runs the forward's and the backward's main kernels from ``gluon_scan`` (a thread
-# per channel walking the steps; row-major inputs on a CUDA GPU only: Gluon has no CPU interpreter),
-# "triton" the ones above (the CPU interpreter's and the channel-last path's); the environment variable
+# per channel walking the steps; on a CUDA GPU only: Gluon has no CPU interpreter), "triton" the ones
+# above (the CPU interpreter's); the environment variable
 # FLOWHN_SCAN_KERNELS sets it for a process. On an H200 (bf16, experiments/bench/H200.md): alone, at
 # 16×4096×1024×16, fwd+bwd 6.514 -> 5.337 ms (-18 %), at 16×4096×369×16 3.385 -> 3.518 (+4 %), sixth
 # session; in the 1B bench, seventh session, same GPU, mamba 35,447 -> 38,176 tok/s (+7.7 %) and
@@ -463,9 +463,28 @@ GLUON_WALK = os.environ.get("FLOWHN_SCAN_WALK", "sequence")
 # at both (3.426 -> 3.498, 2.970 -> 3.127), so not the default. FLOWHN_SCAN_DB_DC sets it for a process.
 GLUON_DB_DC = os.environ.get("FLOWHN_SCAN_DB_DC", "atomics")
 GLUON_SEQUENCE_FWD_MAXNREG = 128
+# GLUON_CL_VECTOR: (forward, backward) channels a thread loads and stores at once from channel-last memory
+# (gluon_scan.channel_last_layout); None picks by length (cl_vector). On an H200 (fourteenth session, call C,
+# scripts/gpu_mamba1.py --scan, bf16 fwd+bwd ms; (2, 1) was the first default, chosen by spills alone):
+#   (fwd, bwd)            (2, 1)  (4, 1)  (8, 1)  (8, 2)  (8, 4)  (2, 2)
+#   16×1536×1024×16       1.856   1.813   1.788   2.000   1.872   2.053
+#   16×4096×1024×16       4.162   4.098   4.056   4.166   4.175   4.278
+#   16×4096×369×16        2.114   2.095   2.075   1.847   1.711   1.890
+# 8 forward everywhere; the backward's best is 1 at 1024 steps and 4 at 369 (FAC's SSM branch), so short
+# sequences (under CL_SHORT steps; between the two lengths, not measured in between) take 4. Spills on sm_90
+# (scripts/kernel_stats.py --gluon): forward 44 bytes at 8, backward 52 at 1 and 100 at 4.
+# FLOWHN_SCAN_CL_VECTOR="fwd,bwd" sets one pair for every length in a process.
+GLUON_CL_VECTOR = (tuple(int(v) for v in os.environ["FLOWHN_SCAN_CL_VECTOR"].split(","))
+                   if os.environ.get("FLOWHN_SCAN_CL_VECTOR") else None)
+CL_SHORT = 512
 
 
-def _use_gluon(u: torch.Tensor, channel_last: bool, block_n: int) -> bool:
+def cl_vector(length: int) -> tuple[int, int]:
+    """(forward, backward) channels a thread for the channel-last Gluon kernels at ``length`` steps."""
+    return GLUON_CL_VECTOR or ((8, 4) if length < CL_SHORT else (8, 1))
+
+
+def _use_gluon(u: torch.Tensor, block_n: int) -> bool:
     if MAIN_KERNELS not in ("triton", "gluon"):
         raise ValueError(f"triton_scan.MAIN_KERNELS must be 'triton' or 'gluon', got {MAIN_KERNELS!r}")
     if GLUON_DB_DC not in ("atomics", "partials"):
@@ -474,8 +493,7 @@ def _use_gluon(u: torch.Tensor, channel_last: bool, block_n: int) -> bool:
     if GLUON_LANES_PER_CHANNEL not in (1, 2, 4, 8):
         raise ValueError("triton_scan.GLUON_LANES_PER_CHANNEL (FLOWHN_SCAN_LANES) must be 1, 2, 4 or 8, got "
                          f"{GLUON_LANES_PER_CHANNEL!r}")
-    return (MAIN_KERNELS == "gluon" and u.is_cuda and not channel_last and block_n <= 32
-            and os.environ.get("TRITON_INTERPRET", "0") != "1")
+    return MAIN_KERNELS == "gluon" and u.is_cuda and block_n <= 32 and os.environ.get("TRITON_INTERPRET", "0") != "1"
 
 
 def _gluon_walks_sequence(direction: str) -> bool:
@@ -554,25 +572,28 @@ def _scan_fwd(u: _Tensor, delta: _Tensor, A: _Tensor, B: _Tensor, C: _Tensor, D:
                  num_warps=num_warps)
     sizes = (dim, length, state, n_chunks)
     block_n = max(triton.next_power_of_2(state), 2)
-    gluon = _use_gluon(u, channel_last, block_n)
+    gluon = _use_gluon(u, block_n)
     sequence = gluon and _gluon_walks_sequence("forward")
     if not sequence:  # the states entering each chunk, for the programs that start there
         _summary_fwd_kernel[grid](u, delta, A, B, _or(delta_bias, u), states, totals, *sizes,
                                   *_strides(u), *_strides(delta), *_strides(B), **flags)
         _chunk_pass(A, totals, states, reverse=False)
+    if gluon and channel_last:
+        u, delta = (_dense_channel_last(t) for t in (u, delta))
     out = _new_activation(u, channel_last)
     if gluon:
         from flowhn.kernels import gluon_scan
 
-        _same_layout(u, delta, z, out)
+        _same_layout(u, delta, out)
         _same_layout(B, C)
         cap = dict(maxnreg=GLUON_SEQUENCE_FWD_MAXNREG) if sequence and GLUON_SEQUENCE_FWD_MAXNREG else {}
         gluon_scan._scan_fwd_seq_kernel[(batch, triton.cdiv(dim, 32 // GLUON_LANES_PER_CHANNEL * GLUON_FWD_WARPS),
                                          1 if sequence else n_chunks)](
             u, delta, A, B, C, _or(D, u), _or(z, u), _or(delta_bias, u), out, states, totals, *sizes,
-            u.stride(0), u.stride(1), B.stride(0), B.stride(1), HAS_D=D is not None, HAS_Z=z is not None,
+            *_strides(u), *_strides(_or(z, u)), *_strides(B), HAS_D=D is not None, HAS_Z=z is not None,
             HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, CHUNK=chunk, BLOCK_N=block_n,
-            LPC=GLUON_LANES_PER_CHANNEL, UNROLL=min(8, chunk), SEQUENCE=sequence, num_warps=GLUON_FWD_WARPS, **cap)
+            LPC=GLUON_LANES_PER_CHANNEL, UNROLL=min(8, chunk), SEQUENCE=sequence, CHANNEL_LAST=channel_last,
+            CL_VECTOR=cl_vector(length)[0], num_warps=GLUON_FWD_WARPS, **cap)
         return _zero_padding(out, length), states, totals
     zs = _strides(z) if z is not None else (0, 0, 0)
     _scan_fwd_kernel[grid](
@@ -608,7 +629,7 @@ def _scan_bwd(dout: _Tensor, u: _Tensor, delta: _Tensor, A: _Tensor, B: _Tensor,
     sizes = (dim, length, state, n_chunks)
     zs = _strides(z) if z is not None else (0, 0, 0)
     block_n = max(triton.next_power_of_2(state), 2)
-    gluon = _use_gluon(u, channel_last, block_n)
+    gluon = _use_gluon(u, block_n)
     sequence = gluon and _gluon_walks_sequence("backward")
     if sequence:  # the adjoint is carried from chunk to chunk inside the kernel
         later = states  # not read
@@ -617,6 +638,8 @@ def _scan_bwd(dout: _Tensor, u: _Tensor, delta: _Tensor, A: _Tensor, B: _Tensor,
         _summary_bwd_kernel[grid](delta, A, C, _or(z, u), _or(delta_bias, u), dout, later, *sizes,
                                   *_strides(delta), *_strides(C), *zs, *_strides(dout), **flags)
         _chunk_pass(A, totals, later, reverse=True)
+    if gluon and channel_last:
+        u, delta, dout = (_dense_channel_last(t) for t in (u, delta, dout))
     du = _new_activation(u, channel_last)
     ddelta = _new_activation(delta, channel_last)
     dz = _new_activation(z, channel_last) if z is not None else u.new_empty(0)
@@ -634,7 +657,7 @@ def _scan_bwd(dout: _Tensor, u: _Tensor, delta: _Tensor, A: _Tensor, B: _Tensor,
         dC = dB
     else:
         dB, dC = torch.zeros(B.shape, **f32), torch.zeros(C.shape, **f32)
-    if gluon:
+    if gluon and not channel_last:
         dout = dout if dout.stride() == u.stride() else dout.contiguous()
     pointers = (u, delta, A, B, C, _or(D, u), _or(z, u), _or(delta_bias, u), dout, states, later,
                 du, ddelta, _or(dz, du), dA, dB, dC, _or(dD, dA), _or(dbias, dA))
@@ -644,13 +667,14 @@ def _scan_bwd(dout: _Tensor, u: _Tensor, delta: _Tensor, A: _Tensor, B: _Tensor,
     if gluon:
         from flowhn.kernels import gluon_scan
 
-        _same_layout(u, delta, z, dout, du, ddelta, dz if z is not None else None)
+        _same_layout(u, delta, dout, du, ddelta, dz if z is not None else None)
         _same_layout(B, C)
         gluon_scan._scan_bwd_seq_kernel[(batch, gluon_blocks, 1 if sequence else n_chunks)](
-            *pointers, *sizes, u.stride(0), u.stride(1), B.stride(0), B.stride(1),
+            *pointers, *sizes, *_strides(u), *_strides(_or(z, u)), *_strides(B),
             dB.stride(0), dB.stride(1), HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
             SOFTPLUS=softplus, CHUNK=chunk, SUB=min(GLUON_SUB, chunk), BLOCK_N=block_n,
-            LPC=GLUON_LANES_PER_CHANNEL, SEQUENCE=sequence, PARTIALS=partials, num_warps=GLUON_BWD_WARPS)
+            LPC=GLUON_LANES_PER_CHANNEL, SEQUENCE=sequence, PARTIALS=partials, CHANNEL_LAST=channel_last,
+            CL_VECTOR=cl_vector(length)[1], num_warps=GLUON_BWD_WARPS)
         if partials:  # (B, L, 2·BLOCK_N) -> dB, dC as (B, N, pitch), like B and C
             sums = dB.sum(1).transpose(1, 2)
             dB, dC = torch.zeros(B.shape, **f32), torch.zeros(C.shape, **f32)
@@ -690,12 +714,12 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dout, _dstates, _dtotals):
     u, delta, A, B, C, D, z, delta_bias, states, totals = ctx.saved_tensors
-    if not ctx.options[-1]:  # row-major: the kernels want dout laid out as u (contiguous)
-        # Here, not inside the op: this line is traced into the compiled backward, where inductor writes
-        # dout's transpose (from out_proj's (B, L, D) gradient) with a tiled kernel. Inside the op it was
-        # an eager strided copy, ATen's elementwise_kernel: about 0.45 ms a layer at Mamba 1B (tenth session:
-        # the trace's copies fell from 31.1 to 14.95 ms a step when this line moved here).
-        dout = dout.contiguous()
+    # The kernels want dout laid out as u. Here, not inside the op: this line is traced into the compiled
+    # backward, where inductor writes any layout change with a tiled kernel (none when dout, out_proj's
+    # (B, L, D) gradient seen transposed, already is channel-last). Inside the op it was an eager strided
+    # copy, ATen's elementwise_kernel: about 0.45 ms a layer at Mamba 1B (tenth session: the trace's copies
+    # fell from 31.1 to 14.95 ms a step when the row-major transpose moved here).
+    dout = _dense_channel_last(dout) if ctx.options[-1] else dout.contiguous()
     du, ddelta, dz, dB, dC, dA, dD, dbias = _scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, states, totals,
                                                       *ctx.options)
     return (du, ddelta, dA, dB, dC, None if D is None else dD, None if z is None else dz,
@@ -706,10 +730,20 @@ _scan_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _same_layout(first: torch.Tensor, *others) -> None:
-    # The Gluon kernels take one set of strides for all of these (row-major, the same pitch).
+    # The Gluon kernels take one set of strides for all of these (row-major with one pitch, or channel-last).
     for t in others:
         if t is not None and t.stride() != first.stride():
             raise AssertionError(f"gluon scan: strides {t.stride()} differ from {first.stride()}")
+
+
+def _dense_channel_last(t: torch.Tensor) -> torch.Tensor:
+    """A (B, D, L) tensor as a transposed view of contiguous (B, L, D) memory (the layout the op allocates
+    its channel-last outputs in, which the Gluon kernels need u, delta and dout to share): itself when it
+    already is one (a mixer's conv and dt_proj outputs, out_proj's gradient), else a copy."""
+    batch, dim, length = t.shape
+    if t.stride() == (length * dim, 1, dim):
+        return t
+    return t.transpose(1, 2).contiguous().transpose(1, 2)
 
 
 def _row_pitch(length: int) -> int:
@@ -744,12 +778,16 @@ def is_channel_last(t: torch.Tensor) -> bool:
     return t.shape[1] > 1 and t.stride(1) == 1 and t.stride(2) >= t.shape[1]
 
 
-# The channel-last kernels read the mixer's (B, L, ·) views in place, without the padded copies, but
-# on an H200 they are slower than the row-major ones even counting those copies (scripts/gpu_mamba1.py,
-# 16x4096x1024x16 bf16 fwd+bwd: row-major padded 7.07 ms, channel-last 20.8 ms, 12.3 ms at its best
-# tile; Mamba1Mixer at 1B 13.3 vs 26.0 ms): a step's 16 channels are one 32-byte sector, so each
-# program's loads are latency-bound. So inputs take the row-major path unless asked.
-CHANNEL_LAST_BY_DEFAULT = False
+# Channel-last in place or row-major copies. The Triton main kernels' channel-last variant was slower than
+# their row-major one even counting the copies (fifth session, scripts/gpu_mamba1.py, 16x4096x1024x16 bf16
+# fwd+bwd: 7.07 against 20.8 ms, 12.3 at its best tile; Mamba1Mixer at 1B 13.3 against 26.0 ms): a step's 16
+# channels were one 32-byte sector, each program's loads latency-bound. The Gluon kernels stage their
+# inputs in shared memory a (channels, steps) tile at a time, so the layout only changes how those tiles
+# are loaded and stored (channels-fastest rows of 64-128 bytes a step), and the transposed copies of u,
+# delta, z, B, C, dout, and of du, ddelta, dz back, are not made. CHANNEL_LAST_BY_DEFAULT: channel-last
+# views (a mixer's) are read in place whenever the Gluon kernels run; FLOWHN_SCAN_CHANNEL_LAST=0 sends
+# them through the row-major copies instead (for A/Bs).
+CHANNEL_LAST_BY_DEFAULT = os.environ.get("FLOWHN_SCAN_CHANNEL_LAST", "1") == "1"
 
 
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -758,7 +796,8 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     """Same contract as ``reference.selective_scan_sequential``; differentiable in every tensor input.
     Row-major: rows are copied to an aligned pitch. ``channel_last=True`` (``u`` must be a transposed
     view of (B, L, D) memory): every input is read in place with its strides and the result is
-    channel-last too; None: ``CHANNEL_LAST_BY_DEFAULT`` for such inputs.
+    channel-last too; None: channel-last for such inputs when the Gluon kernels run
+    (``CHANNEL_LAST_BY_DEFAULT``), else row-major.
     ``block_d``, ``chunk``, ``num_warps`` override the tile choice (tests, tuning).
     ``remake_inputs``: under torch.compile the backward remakes the pitched copies of u and delta from u
     and delta instead of keeping them (a Mamba layer keeps u for x_proj's weight gradient anyway, and can
@@ -766,7 +805,8 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     in bf16, for two copy passes in the backward."""
     length = u.shape[-1]
     if channel_last is None:
-        channel_last = CHANNEL_LAST_BY_DEFAULT and is_channel_last(u)
+        block_n = max(triton.next_power_of_2(A.shape[-1]), 2)
+        channel_last = CHANNEL_LAST_BY_DEFAULT and is_channel_last(u) and _use_gluon(u, block_n)
     elif channel_last and not is_channel_last(u):
         raise ValueError("selective_scan_triton: channel_last=True needs u as a (B, D, L) view of (B, L, D) memory")
     block_d, chunk, num_warps = launch_config(length, block_d, chunk, num_warps, channel_last)
