@@ -20,9 +20,9 @@ The chunk structure is ``triton_scan``'s. A program either is one chunk (``SEQUE
 entering it and the adjoint from later chunks come from ``triton_scan``'s summary and chunk-pass
 kernels) or walks all of its channels' chunks in turn (``SEQUENCE=True``: the state is carried forward
 and the adjoint backward from chunk to chunk, so those kernels do not run; the forward writes the
-chunk-end states and step totals they would have produced). Row-major (B, D, pitch)
-inputs, or (CHANNEL_LAST) the mixer's transposed views of (B, L, ·) memory read in place (fourteenth
-session: their tiles are loaded and stored channels-fastest; the default for a mixer). On a CUDA GPU these are the scan's
+chunk-end states and step totals they would have produced). Row-major (B, D, pitch) inputs, or
+(CHANNEL_LAST) the mixer's transposed views of (B, L, ·) memory read in place (fourteenth session: their
+tiles are loaded and stored channels-fastest; the default for a mixer). On a CUDA GPU these are the scan's
 default kernels, walking the sequence (``triton_scan.MAIN_KERNELS``, ``GLUON_WALK``). On an H200,
 bf16, forward+backward at 16×4096×1024×16: Triton's 6.508 ms, these walking chunks 5.338, walking the
 sequence 4.493; at L = 369: 3.377, 3.524, 3.157; every float64 check passed (experiments/bench/H200.md,
@@ -155,7 +155,9 @@ def _scan_fwd_seq_kernel(
 ):
     """y for (32 // LPC)·warps channels. u, delta, out share strides (su_*), z has its own (sz_*), B and C
     share theirs (sB_*). CHANNEL_LAST: u, delta, z, out are channel-last ((B, L, ·) memory), so their tiles
-    are loaded and stored channels-fastest; else row-major, steps-fastest.
+    are loaded and stored channels-fastest; else row-major, steps-fastest. The step strides are compile-time
+    constants (1 row-major, the model's widths channel-last): as run-time values each of a thread's steps
+    needed its own address register, and the channel-last backward spilled 116 bytes (kernel_stats.py).
     SEQUENCE: the program walks every chunk in turn (grid (B, channel blocks, 1)) carrying the state, and
     writes each chunk's end state and step total (the summary and chunk-pass kernels' results); else it
     is one chunk (grid (..., chunks)) and reads the state entering it."""
