@@ -157,7 +157,8 @@ def _scan_fwd_seq_kernel(
     share theirs (sB_*). CHANNEL_LAST: u, delta, z, out are channel-last ((B, L, ·) memory), so their tiles
     are loaded and stored channels-fastest; else row-major, steps-fastest. The step strides are compile-time
     constants (1 row-major, the model's widths channel-last): as run-time values each of a thread's steps
-    needed its own address register, and the channel-last backward spilled 116 bytes (kernel_stats.py).
+    needed its own address register: the channel-last backward spilled 60-124 bytes by channels a thread
+    (1-8), against 52-100 with constants (kernel_stats.py --gluon).
     SEQUENCE: the program walks every chunk in turn (grid (B, channel blocks, 1)) carrying the state, and
     writes each chunk's end state and step total (the summary and chunk-pass kernels' results); else it
     is one chunk (grid (..., chunks)) and reads the state entering it."""
