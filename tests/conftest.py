@@ -123,14 +123,16 @@ def hf_jamba_moe_like(ours):
 # as in a serial run (not --dist loadgroup with xdist_group marks: under pytest 9.2 and pytest-xdist 3.8 it
 # silently stops grouping, pytest-dev/pytest-xdist#1386). The files are handed out in this order, the longest
 # first (make test --durations=0, summed per file), so that no worker is left alone with a long file at the
-# end; the rest follow in their usual order. Measured on 2 cores: test_sweep ~280 s, test_kernels ~150 s,
-# test_ddp_preemption and test_compile ~125 s, test_reliability and test_triton_ssd ~75 s, the next ones 70 s and below.
+# end; the rest follow in their usual order. Measured on 2 cores (two full runs, summed per file): test_sweep
+# 290-330 s, test_ddp_preemption 140-190 s, test_compile ~145 s, test_kernels ~120 s, test_reliability ~80 s,
+# test_flops and test_triton_ssd 60-70 s, test_train_e2e (with the default run) and test_evaluation ~55 s, the
+# next ones 50 s and below.
 LONGEST_FILES_FIRST = (
-    "test_sweep.py", "test_kernels.py", "test_ddp_preemption.py", "test_compile.py", "test_reliability.py",
-    "test_triton_ssd.py", "test_flops.py", "test_evaluation.py", "test_train_e2e.py", "test_bad_inputs.py",
-    "test_triton_conv.py", "test_split_views.py", "test_models.py", "test_bench.py", "test_config.py",
-    "test_fused_loss.py", "test_report.py", "test_activation_memory.py", "test_hardening.py",
-    "test_dashboard_browser.py", "test_data.py",
+    "test_sweep.py", "test_ddp_preemption.py", "test_compile.py", "test_kernels.py", "test_reliability.py",
+    "test_flops.py", "test_triton_ssd.py", "test_train_e2e.py", "test_evaluation.py", "test_bad_inputs.py",
+    "test_activation_memory.py", "test_split_views.py", "test_models.py", "test_triton_conv.py", "test_bench.py",
+    "test_config.py", "test_fused_loss.py", "test_hardening.py", "test_report.py", "test_dashboard_browser.py",
+    "test_data.py",
 )
 
 
