@@ -31,7 +31,7 @@ def main(cfg: DictConfig) -> None:
         check_config(cfg)  # before Lightning's import (~10 s): a bad device or model setting fails in seconds
         from flowhn.training.run import run
 
-        run(cfg, Path(HydraConfig.get().runtime.output_dir))
+        run(cfg, Path(HydraConfig.get().runtime.output_dir), config_checked=True)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         sys.exit(2)

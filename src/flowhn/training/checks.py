@@ -1,7 +1,8 @@
 """What can be checked of a train config, and its identity, without Lightning.
 
 ``train.py`` runs these checks before it imports Lightning (about 10 s of a run's start), so a bad
-config fails in seconds; ``flowhn.training.run`` runs them again, for callers that start there.
+config fails in seconds; ``flowhn.training.run`` runs them again, for callers that start there (train.py
+tells it that they have run).
 Sweep planning hashes job configs with them, in a process that never trains.
 """
 

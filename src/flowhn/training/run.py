@@ -175,13 +175,18 @@ def write_summary(run_dir: Path, summary: dict) -> None:
     os.replace(tmp, run_dir / "summary.json")
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict:
-    """Train and evaluate one configuration; returns the summary written to summary.json."""
+def run(cfg: DictConfig, run_dir: Path, config_checked: bool = False) -> dict:
+    """Train and evaluate one configuration; returns the summary written to summary.json.
+
+    ``config_checked``: the caller has run ``check_config`` on this ``cfg`` already (train.py does, before
+    it imports Lightning); a second call would change nothing and only build the model on the meta
+    device again."""
     started = time.time()
     # First: a SIGTERM while the data or the model is being prepared is then acted on at the first step.
     stop = AgreedStop(grace_s=stop_grace_s(), timeout_s=cfg.trainer.ddp_timeout_s)
     stop.install()
-    check_config(cfg)
+    if not config_checked:
+        check_config(cfg)
     if cfg.eval.get("tasks"):  # lm-eval is imported only by runs that evaluate
         try:
             from flowhn.evaluation import check_eval_config
