@@ -37,12 +37,12 @@ import triton
 import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from triton.experimental.gluon._runtime import GluonASTSource
 
 import flowhn.kernels.gluon_scan as gluon_scan
 import flowhn.kernels.triton_conv as triton_conv
 import flowhn.kernels.triton_scan as triton_scan
 import flowhn.kernels.triton_ssd_kernels as triton_ssd_kernels
+from flowhn.kernels.testing import GLUON_SCAN_STRIDES, compile_gluon_scan_for_sm90
 
 TARGET = GPUTarget("cuda", 90, 32)
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
@@ -207,10 +207,8 @@ def ssd_stats():
 def gluon_stats():
     """gluon_scan's kernels as the bf16 model runs them, walking the sequence: row-major (unit step strides)
     and channel-last (unit channel strides; the step strides of a Mamba 135M layer, compile-time constants)."""
-    half = HALF_POINTERS
     flags = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, CHUNK=64, BLOCK_N=16, SEQUENCE=True,
                  LPC=triton_scan.GLUON_LANES_PER_CHANNEL)
-    layouts = {False: dict(su_t=1, sz_t=1, sB_t=1), True: dict(su_d=1, sz_d=1, sB_n=1, su_t=1536, sz_t=3072, sB_t=80)}
     kernels = [(gluon_scan._scan_fwd_seq_kernel, dict(UNROLL=8), triton_scan.GLUON_FWD_WARPS,
                 dict(maxnreg=triton_scan.GLUON_SEQUENCE_FWD_MAXNREG)),
                (gluon_scan._scan_bwd_seq_kernel, dict(SUB=triton_scan.GLUON_SUB, PARTIALS=False),
@@ -221,12 +219,9 @@ def gluon_stats():
     print("|---|---|---:|---:|---:|---:|" + "---:|" * len(ops))
     for fn, extra, warps, options in kernels:
         for channel_last, vector in [(False, 1)] + [(True, v) for v in (1, 2, 4, 8)]:
-            constexprs = dict(flags, **extra, CHANNEL_LAST=channel_last, CL_VECTOR=vector, **layouts[channel_last])
-            signature = {name: "constexpr" if name in constexprs else
-                         (("*bf16" if name in half else "*fp32") if name.endswith("_ptr") else "i32")
-                         for name in fn.arg_names}
-            source = GluonASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs={})
-            kernel = triton.compile(source, target=TARGET, options=dict(num_warps=warps, **options))
+            constexprs = dict(flags, **extra, CHANNEL_LAST=channel_last, CL_VECTOR=vector,
+                              **GLUON_SCAN_STRIDES[channel_last])
+            kernel = compile_gluon_scan_for_sm90(fn, constexprs, warps, **options)
             s = machine_code_stats(kernel)
             layout = f"channel-last, {vector}" if channel_last else "row-major"
             print(f"| `{fn.__name__}` | {layout} | {s['registers']} | {s['spill_bytes']} | "

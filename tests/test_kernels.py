@@ -550,12 +550,10 @@ def test_gluon_scan_kernels_compile_for_sm90():
     import tempfile
 
     import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.experimental.gluon._runtime import GluonASTSource
 
     import flowhn.kernels.gluon_scan as gluon_scan
+    from flowhn.kernels.testing import GLUON_SCAN_STRIDES, compile_gluon_scan_for_sm90
 
-    half = {"u_ptr", "delta_ptr", "B_ptr", "C_ptr", "z_ptr", "dout_ptr", "du_ptr", "ddelta_ptr", "dz_ptr", "out_ptr"}
     flags = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, CHUNK=64, BLOCK_N=16, LPC=2)
     from flowhn.kernels import triton_scan
 
@@ -565,22 +563,15 @@ def test_gluon_scan_kernels_compile_for_sm90():
     kernels = [(forward, dict(UNROLL=8, SEQUENCE=walk), fwd_warps) for walk in (False, True)]
     kernels += [(backward, dict(SUB=8, SEQUENCE=walk, PARTIALS=False), bwd_warps) for walk in (False, True)]
     kernels += [(backward, dict(SUB=8, SEQUENCE=True, PARTIALS=True), bwd_warps)]
-    # Channel-last: a Mamba 135M layer's (B, L, 1536) u and the z half of its (B, L, 3072) in_proj output,
-    # B of its (B, L, 48 + 2·16) x_proj output; the step strides are compile-time constants.
-    # Each at the channels a thread it runs with at 1024 and at 369 steps (triton_scan.cl_vector).
-    strides = {False: dict(su_t=1, sz_t=1, sB_t=1), True: dict(su_d=1, sz_d=1, sB_n=1, su_t=1536, sz_t=3072, sB_t=80)}
+    # Channel-last at the channels a thread it runs with at 1024 and at 369 steps (triton_scan.cl_vector).
+    strides = GLUON_SCAN_STRIDES
     vectors = {fn: sorted({triton_scan.cl_vector(length)[i] for length in (1024, 369)})
                for i, fn in enumerate((forward, backward))}
     builds = [(fn, dict(extra, CHANNEL_LAST=False, CL_VECTOR=1, **strides[False]), warps) for fn, extra, warps in kernels]
     builds += [(fn, dict(extra, CHANNEL_LAST=True, CL_VECTOR=vector, **strides[True]), warps)
                for fn, extra, warps in kernels for vector in vectors[fn]]
     for fn, extra, warps in builds:
-        constexprs = dict(flags, **extra)
-        signature = {name: "constexpr" if name in constexprs else
-                     (("*bf16" if name in half else "*fp32") if name.endswith("_ptr") else "i32")
-                     for name in fn.arg_names}
-        source = GluonASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs={})
-        kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
+        kernel = compile_gluon_scan_for_sm90(fn, dict(flags, **extra), warps)
         assert kernel.metadata.shared <= 100 * 1024, (fn.__name__, kernel.metadata.shared)
         ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
         with tempfile.TemporaryDirectory() as folder:

@@ -67,6 +67,29 @@ def in_mixer_layout(scan: Callable) -> Callable:
     return wrapped
 
 
+# The Gluon scan kernels' strides as the model runs them: the unit stride of each layout, and channel-last
+# the step strides of a Mamba 135M layer ((B, L, 1536) u, the z half of its (B, L, 3072) in_proj output, B
+# of its (B, L, 48 + 2·16) x_proj output), compile-time constants as at run time.
+GLUON_SCAN_STRIDES = {False: dict(su_t=1, sz_t=1, sB_t=1),
+                      True: dict(su_d=1, sz_d=1, sB_n=1, su_t=1536, sz_t=3072, sB_t=80)}
+_BF16_POINTERS = {"u_ptr", "delta_ptr", "B_ptr", "C_ptr", "z_ptr", "dout_ptr", "du_ptr", "ddelta_ptr", "dz_ptr",
+                  "out_ptr"}
+
+
+def compile_gluon_scan_for_sm90(fn, constexprs: dict, num_warps: int, **options):
+    """A gluon_scan kernel compiled for sm_90 without a GPU (Triton compiles for a target it is given): the
+    activations' pointers bf16, the rest fp32, every other integer argument an i32."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    signature = {name: "constexpr" if name in constexprs else
+                 (("*bf16" if name in _BF16_POINTERS else "*fp32") if name.endswith("_ptr") else "i32")
+                 for name in fn.arg_names}
+    source = GluonASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs={})
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps, **options))
+
+
 def ssd_inputs(batch, length, heads, head_dim, groups, state, *, dtype=torch.float32, device="cpu", D=True,
                seed=0) -> dict:
     """Mamba-2 arguments: dt log-uniform in [1e-3, 1e-1] and A in [-16, -1], as Mamba-2 inits them."""
