@@ -14,9 +14,10 @@
    Triton kernels (each backward: ``recompute``, ``staged``, ``walk``; triton_conv.BWD_KERNEL) vs the shifted
    multiply-adds compiled; a forward and a backward tile sweep per backward kernel; the floor
    = 5·B·L·C·2 bytes (fwd: read x, write out; bwd: read x and dy, write dx) at copy bandwidth.
-4. Scan at the Mamba 135M layer (16×1536×1024×16), 16×4096×1024×16 and 16×4096×369×16 (FAC's SSM share), bf16:
-   row-major inputs (the kernels alone), the mixer's channel-last views through the row-major copies,
-   and read in place; a sweep of the channel-last tiles' channels a thread (GLUON_CL_VECTOR); the two
+4. Scan at the Mamba 135M layer (16×1536×1024×16), 16×4096×1024×16 (Mamba 1B's), 16×4096×369×16 and
+   16×1536×369×16 (FAC's SSM share at 1B and 135M), bf16: row-major inputs (the kernels alone), the mixer's
+   channel-last views through the row-major copies, and read in place; a sweep of the in-place tiles
+   (SCAN_SWEEP: channels a thread, the backward's lanes a channel, warps, sub-chunk); the two
    floors: bytes (3·inputs + 2·output) at copy bandwidth, and exponentials (B·L·D·N forward +
    2·B·L·D·N backward) at special-function throughput (SMs × 16 per clock × 1.98 GHz).
    ``--scan``: only this section.
@@ -54,9 +55,18 @@ SIZES = dict(
     acc_conv=[((2, 1000, 1536, 4), 3072), ((3, 77, 4352, 4), None)], acc_scan=(2, 1536, 1000, 16),
     acc_mixer=(128, 2, 300), conv=[((16, 1024, 4096, 4), 8192, "conv 1B mamba"),
                                    ((16, 1024, 4352, 4), 8512, "conv 1B mamba2 xBC")],
-    scan=[(16, 1536, 1024, 16), (16, 4096, 1024, 16), (16, 4096, 369, 16)], dt_rank=128, mixer=(2048, 16, 1024))
-# (forward, backward) channels a thread for the channel-last scan's tile sweep (triton_scan.GLUON_CL_VECTOR).
-SCAN_CL_VECTORS = [(2, 1), (4, 1), (8, 1), (8, 2), (8, 4), (2, 2)]
+    scan=[(16, 1536, 1024, 16), (16, 4096, 1024, 16), (16, 4096, 369, 16), (16, 1536, 369, 16)], dt_rank=128,
+    mixer=(2048, 16, 1024))
+# The in-place scan's tile sweep: triton_scan attributes a point sets, the rest at their defaults.
+# GLUON_CL_VECTOR: (forward, backward) channels a thread at channel-last memory; GLUON_BWD_LANES, _BWD_WARPS,
+# _SUB: the backward's lanes a channel, warps a program and sub-chunk.
+SCAN_SWEEP = [
+    dict(GLUON_CL_VECTOR=(8, 0)), dict(GLUON_CL_VECTOR=(8, 1)), dict(GLUON_CL_VECTOR=(8, 4)),
+    dict(GLUON_BWD_LANES=4, GLUON_CL_VECTOR=(8, 0)), dict(GLUON_BWD_LANES=4, GLUON_CL_VECTOR=(8, 1)),
+    dict(GLUON_BWD_LANES=4, GLUON_SUB=4, GLUON_CL_VECTOR=(8, 0)),
+    dict(GLUON_BWD_LANES=4, GLUON_BWD_WARPS=4, GLUON_CL_VECTOR=(8, 0)),
+    dict(GLUON_BWD_LANES=4, GLUON_BWD_WARPS=1, GLUON_CL_VECTOR=(8, 0)),
+]
 SMOKE_SIZES = dict(
     acc_conv=[((2, 13, 40, 4), 96)], acc_scan=(2, 12, 19, 4), acc_mixer=(8, 2, 11),
     conv=[((2, 16, 64, 4), 160, "conv smoke"), ((2, 16, 72, 4), 160, "conv smoke 2")],
@@ -318,7 +328,7 @@ def time_scan(bandwidth, sweep):
     """The scan at SIZES["scan"]: row-major inputs (the kernels alone), the mixer's channel-last views sent
     through the row-major copies (channel_last=False: what the mixer ran before the Gluon kernels read
     them in place), and read in place (channel_last=True); with ``sweep``, the channel-last kernels at
-    each (forward, backward) triton_scan.GLUON_CL_VECTOR in SCAN_CL_VECTORS."""
+    each point of SCAN_SWEEP (triton_scan attributes set for it)."""
     sms = torch.cuda.get_device_properties(0).multi_processor_count if DEVICE == "cuda" else 1
     mufu = sms * MUFU_PER_SM_PER_CLOCK * CLOCK_HZ
     for batch, dim, length, state in SIZES["scan"]:
@@ -339,16 +349,21 @@ def time_scan(bandwidth, sweep):
             rows.append(("scan", name, tag, ms, floor, f"fwd {fwd:.3f}; floors bytes {byte_floor:.2f} exp {exp_floor:.2f}"))
         if not sweep:
             continue
-        saved = triton_scan.GLUON_CL_VECTOR
-        for vector in SCAN_CL_VECTORS:
+        for point in SCAN_SWEEP:
             if time.time() - STARTED > SWEEP_BUDGET_S:
                 log("    (sweep budget spent)")
                 break
-            triton_scan.GLUON_CL_VECTOR = vector
-            fwd, ms = scan_ms(channel_last, fwd_only=True, channel_last=True), scan_ms(channel_last, channel_last=True)
-            log(f"    in place, channels a thread (fwd, bwd) {vector}: fwd {fwd:.3f}  fwd+bwd {ms:.3f} ms")
-            rows.append(("scan", f"in place, vectors {vector}", tag, ms, floor, f"fwd {fwd:.3f}"))
-        triton_scan.GLUON_CL_VECTOR = saved
+            saved = {name: getattr(triton_scan, name) for name in point}
+            try:
+                for name, value in point.items():
+                    setattr(triton_scan, name, value)
+                fwd, ms = scan_ms(channel_last, fwd_only=True, channel_last=True), scan_ms(channel_last, channel_last=True)
+            finally:
+                for name, value in saved.items():
+                    setattr(triton_scan, name, value)
+            label = ", ".join(f"{name[6:].lower()} {value}" for name, value in point.items())
+            log(f"    in place, {label}: fwd {fwd:.3f}  fwd+bwd {ms:.3f} ms")
+            rows.append(("scan", f"in place, {label}", tag, ms, floor, f"fwd {fwd:.3f}"))
 
 
 # ---------------------------------------------------------------- mixer timing

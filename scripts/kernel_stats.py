@@ -218,7 +218,7 @@ def gluon_stats():
           + " | ".join(ops) + " |")
     print("|---|---|---:|---:|---:|---:|" + "---:|" * len(ops))
     for fn, extra, warps, options in kernels:
-        for channel_last, vector in [(False, 1)] + [(True, v) for v in (1, 2, 4, 8)]:
+        for channel_last, vector in [(False, 1)] + [(True, v) for v in (0, 1, 2, 4, 8)]:
             constexprs = dict(flags, **extra, CHANNEL_LAST=channel_last, CL_VECTOR=vector,
                               **GLUON_SCAN_STRIDES[channel_last])
             kernel = compile_gluon_scan_for_sm90(fn, constexprs, warps, **options)

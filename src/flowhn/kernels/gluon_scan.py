@@ -32,7 +32,10 @@ their atomics once a sub-chunk: 4.497 -> 3.354 ms at L = 1024, 3.142 -> 2.862 at
 Backward. The adjoint g_t = a_{t+1} g_{t+1} + C_t dy_t runs backwards in time and needs h_t at each
 step. The chunk is cut into sub-chunks of SUB steps: a forward pass keeps the state entering each
 sub-chunk (shared memory); then the sub-chunks run last to first: recompute its SUB states (registers),
-walk them backwards.
+walk them backwards. The sub-chunk's epilogue stores du, dΔ, dz: dz's gate factor dout·σ(z)(1 + z(1 − σ(z)))
+is staged in shared memory beside dy, and softplus's slope is 1 − exp(−Δ) of the staged steps, so dout, z
+and delta are read from global memory once a sub-chunk, not twice (fifteenth session: spills 8 -> 0 bytes
+row-major; with channel-last tiles in io_layout, 11 barriers instead of 23; H200.md).
 """
 
 from __future__ import annotations
@@ -76,8 +79,11 @@ def channel_last_layout(CHANNELS, STEPS, WARPS, VECTOR):
 def tile_layout(CHANNEL_LAST, CHANNELS, STEPS, LPC, WARPS, VECTOR):
     """The layout (channels, steps) tiles are loaded and stored in: io_layout's for row-major memory,
     channel_last_layout's for channel-last memory. VECTOR: channels a thread holds in the latter (more
-    makes wider loads and stores; fewer, fewer registers: scripts/kernel_stats.py --gluon)."""
-    if bool(CHANNEL_LAST):
+    makes wider loads and stores; fewer, fewer registers: scripts/kernel_stats.py --gluon). VECTOR 0: channel-
+    last memory in io_layout's tiles too: a warp's load or store then covers 16 channels (LPC 2) at two steps,
+    two full 32-byte sectors of bf16, as channel_last_layout's at VECTOR 1 does, and the backward's per-step
+    tiles (steps_layout, the same layout at SUB // LPC <= 8) need no layout change before their stores."""
+    if bool(CHANNEL_LAST) and int(VECTOR) > 0:
         return channel_last_layout(CHANNELS, STEPS, WARPS, VECTOR)
     return io_layout(STEPS, LPC, WARPS)
 
@@ -251,14 +257,25 @@ def _scan_fwd_seq_kernel(
 
 
 @gluon.jit
-def _stage_dy(dout_ptr, z_ptr, dy_smem, pid_b, offs_d, t, m, stride_b, stride_d, stride_t, sz_b, sz_d, sz_t,
-              HAS_Z: gl.constexpr):
-    """dL/dy of the scan itself (before the silu(z) gate) into (steps, channels) shared memory."""
+def _stage_dy(dout_ptr, z_ptr, dy_smem, dgate_smem, pid_b, offs_d, t, m, stride_b, stride_d, stride_t, sz_b, sz_d,
+              sz_t, HAS_Z: gl.constexpr):
+    """dL/dy of the scan itself (before the silu(z) gate) into (steps, channels) shared memory, and with z
+    dL/dz / y (the gate's derivative times dout), so the epilogue's dz needs y only."""
     dy = _io_tile(dout_ptr, pid_b, offs_d, t, m, stride_b, stride_d, stride_t)
     if HAS_Z:
         z = _io_tile(z_ptr, pid_b, offs_d, t, m, sz_b, sz_d, sz_t)
-        dy = dy * z * _sigmoid(z)
+        sig = _sigmoid(z)
+        dgate_smem.permute([1, 0]).store(dy * sig * (1.0 + z * (1.0 - sig)))
+        dy = dy * z * sig
     dy_smem.permute([1, 0]).store(dy)
+
+
+@gluon.jit
+def _softplus_slope(step):
+    """d softplus(pre) / d pre = sigmoid(pre) = 1 - exp(-softplus(pre)), from the step itself (1 where the
+    step is pre, above 20; a short series where the exponential would cancel)."""
+    return gl.where(step < 0.01, step * (1.0 - step * (0.5 - step * (1.0 / 6.0))),
+                    1.0 - gl.exp2(-LOG2E * step))
 
 
 # A step's dB and dC products, (channels, 2·states), summed over the program's channels. Each thread
@@ -383,6 +400,7 @@ def _scan_bwd_seq_kernel(
     step_smem = gl.allocate_shared_memory(gl.float32, [SUB, BLOCK_D], plain)
     u_smem = gl.allocate_shared_memory(gl.float32, [SUB, BLOCK_D], plain)
     dy_smem = gl.allocate_shared_memory(gl.float32, [SUB, BLOCK_D], plain)
+    dgate_smem = gl.allocate_shared_memory(gl.float32, [SUB if HAS_Z else 1, BLOCK_D], plain)
     B_smem = gl.allocate_shared_memory(gl.float32, [SUB, BLOCK_N], plain)
     C_smem = gl.allocate_shared_memory(gl.float32, [SUB, BLOCK_N], plain)
     products: gl.constexpr = products_registers(BLOCK_N, LPC, WARPS)
@@ -442,7 +460,7 @@ def _scan_bwd_seq_kernel(
             m = tile_md[:, None] & tile_mt[None, :]
             _stage_steps(delta_ptr, u_ptr, bias_ptr, step_smem, u_smem, pid_b, tile_d, tile_md, tile_t, tile_mt,
                          su_b, su_d, su_t, HAS_BIAS, SOFTPLUS)
-            _stage_dy(dout_ptr, z_ptr, dy_smem, pid_b, tile_d, tile_t, m, su_b, su_d, su_t, sz_b, sz_d, sz_t, HAS_Z)
+            _stage_dy(dout_ptr, z_ptr, dy_smem, dgate_smem, pid_b, tile_d, tile_t, m, su_b, su_d, su_t, sz_b, sz_d, sz_t, HAS_Z)
             rows_t = c * CHUNK + k * SUB + rows_s
             _stage_rows(B_ptr, B_smem, pid_b, rows_n, mask_rows_n, rows_t, rows_t < L, sB_b, sB_n, sB_t)
             _stage_rows(C_ptr, C_smem, pid_b, rows_n, mask_rows_n, rows_t, rows_t < L, sB_b, sB_n, sB_t)
@@ -496,17 +514,12 @@ def _scan_bwd_seq_kernel(
                 du += dy * skip[:, None]
             if HAS_Z:
                 y = gl.convert_layout(y, tile)
-                dout = _io_tile(dout_ptr, pid_b, tile_d, tile_t, m, su_b, su_d, su_t)
-                z = _io_tile(z_ptr, pid_b, tile_d, tile_t, m, sz_b, sz_d, sz_t)
                 if HAS_D:
                     y += skip[:, None] * u
-                sig = _sigmoid(z)
-                gl.store(dz_ptr + grad_at, (dout * y * sig * (1.0 + z * (1.0 - sig))).to(dz_ptr.dtype.element_ty), mask=m)
+                dgate = dgate_smem.permute([1, 0]).load(tile)
+                gl.store(dz_ptr + grad_at, (dgate * y).to(dz_ptr.dtype.element_ty), mask=m)
             if SOFTPLUS:
-                pre = _io_tile(delta_ptr, pid_b, tile_d, tile_t, m, su_b, su_d, su_t)
-                if HAS_BIAS:
-                    pre += gl.load(bias_ptr + tile_d, mask=tile_md, other=0.0).to(gl.float32)[:, None]
-                dstep = gl.where(pre <= 20.0, dstep * _sigmoid(pre), dstep)
+                dstep *= _softplus_slope(step_smem.permute([1, 0]).load(tile))
             dstep = gl.where(m, dstep, 0.0)
             dbias_acc += gl.sum(dstep, axis=1)
             gl.store(du_ptr + grad_at, du.to(du_ptr.dtype.element_ty), mask=m)

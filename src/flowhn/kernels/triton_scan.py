@@ -438,7 +438,13 @@ MAIN_KERNELS = os.environ.get("FLOWHN_SCAN_KERNELS", "gluon")
 GLUON_FWD_WARPS = 4
 GLUON_BWD_WARPS = int(os.environ.get("FLOWHN_SCAN_BWD_WARPS", "2"))
 GLUON_LANES_PER_CHANNEL = int(os.environ.get("FLOWHN_SCAN_LANES", "2"))
-GLUON_SUB = 8
+# The backward's own lanes a channel (None: GLUON_LANES_PER_CHANNEL's). The forward's saved states do not
+# depend on either kernel's tile, so the two may differ. FLOWHN_SCAN_BWD_LANES sets it for a process.
+# Fifteenth session, call C: 4 lanes (168 registers, 12 warps an SM, so 1.94 waves of 132 SMs at the Mamba
+# 135M layer instead of 2 lanes' 1.45) ran that layer's fwd+bwd in 1.839 ms against 1.651, and mamba 135M
+# at 225,793 tok/s against 240,694 (same time, two GPUs): the half-empty second wave is not what costs.
+GLUON_BWD_LANES = int(os.environ["FLOWHN_SCAN_BWD_LANES"]) if os.environ.get("FLOWHN_SCAN_BWD_LANES") else None
+GLUON_SUB = int(os.environ.get("FLOWHN_SCAN_SUB", "8"))
 # GLUON_WALK: how the Gluon kernels cover the chunks. "chunks": a program a chunk, fed by the summary
 # and chunk-pass kernels (the entering states; the backward's adjoints from later chunks). "sequence":
 # a program walks all of its channels' chunks in turn, carrying the state (forward) or the adjoint
@@ -473,15 +479,28 @@ GLUON_SEQUENCE_FWD_MAXNREG = 128
 # 8 forward everywhere; the backward's best is 1 at 1024 steps and 4 at 369 (FAC's SSM branch), so short
 # sequences (under CL_SHORT steps; between the two lengths, not measured in between) take 4. Spills on sm_90
 # (scripts/kernel_stats.py --gluon): forward 44 bytes at 8, backward 52 at 1 and 100 at 4.
+# Fifteenth session: backward 0, the row-major tiles' layout (gluon_scan.tile_layout): no layout changes
+# before its stores, 11 barriers instead of 23, and the epilogue reading dz's gate factor and softplus's
+# slope from shared memory (calls A, C; bf16 fwd+bwd ms, same process):
+#   (fwd, bwd)            (8, 0)  (8, 1)  (8, 4)
+#   16×1536×1024×16       1.646   1.697   1.761     (c02855a's default (8, 1): 1.785, other GPU, same call)
+#   16×4096×1024×16       3.766   3.843   3.944     (4.036)
+#   16×4096×369×16        2.177   1.895   1.737     (c02855a (8, 4): 1.700)
+# so 0 from CL_SHORT steps, 4 under. mamba 135M 223,129 -> 238,630 tok/s, same time, two GPUs (call B).
 # FLOWHN_SCAN_CL_VECTOR="fwd,bwd" sets one pair for every length in a process.
 GLUON_CL_VECTOR = (tuple(int(v) for v in os.environ["FLOWHN_SCAN_CL_VECTOR"].split(","))
                    if os.environ.get("FLOWHN_SCAN_CL_VECTOR") else None)
 CL_SHORT = 512
 
 
+def bwd_lanes() -> int:
+    """Lanes a channel in the Gluon backward."""
+    return GLUON_BWD_LANES or GLUON_LANES_PER_CHANNEL
+
+
 def cl_vector(length: int) -> tuple[int, int]:
     """(forward, backward) channels a thread for the channel-last Gluon kernels at ``length`` steps."""
-    return GLUON_CL_VECTOR or ((8, 4) if length < CL_SHORT else (8, 1))
+    return GLUON_CL_VECTOR or ((8, 4) if length < CL_SHORT else (8, 0))
 
 
 def _use_gluon(u: torch.Tensor, block_n: int) -> bool:
@@ -490,9 +509,10 @@ def _use_gluon(u: torch.Tensor, block_n: int) -> bool:
     if GLUON_DB_DC not in ("atomics", "partials"):
         raise ValueError("triton_scan.GLUON_DB_DC (FLOWHN_SCAN_DB_DC) must be 'atomics' or 'partials', got "
                          f"{GLUON_DB_DC!r}")
-    if GLUON_LANES_PER_CHANNEL not in (1, 2, 4, 8):
-        raise ValueError("triton_scan.GLUON_LANES_PER_CHANNEL (FLOWHN_SCAN_LANES) must be 1, 2, 4 or 8, got "
-                         f"{GLUON_LANES_PER_CHANNEL!r}")
+    for name, lanes in (("GLUON_LANES_PER_CHANNEL (FLOWHN_SCAN_LANES)", GLUON_LANES_PER_CHANNEL),
+                        ("GLUON_BWD_LANES (FLOWHN_SCAN_BWD_LANES)", bwd_lanes())):
+        if lanes not in (1, 2, 4, 8):
+            raise ValueError(f"triton_scan.{name} must be 1, 2, 4 or 8, got {lanes!r}")
     return MAIN_KERNELS == "gluon" and u.is_cuda and block_n <= 32 and os.environ.get("TRITON_INTERPRET", "0") != "1"
 
 
@@ -651,7 +671,7 @@ def _scan_bwd(dout: _Tensor, u: _Tensor, delta: _Tensor, A: _Tensor, B: _Tensor,
     dbias = totals.new_empty(batch, dim, parts) if delta_bias is not None else None
     partials = gluon and GLUON_DB_DC == "partials"
     # The Gluon backward's channel blocks (its grid's second axis).
-    gluon_blocks = triton.cdiv(dim, 32 // GLUON_LANES_PER_CHANNEL * GLUON_BWD_WARPS)
+    gluon_blocks = triton.cdiv(dim, 32 // bwd_lanes() * GLUON_BWD_WARPS)
     if partials:  # the per-program sums, added up below
         dB = torch.empty(batch, gluon_blocks, length, 2 * block_n, **f32)
         dC = dB
@@ -673,7 +693,7 @@ def _scan_bwd(dout: _Tensor, u: _Tensor, delta: _Tensor, A: _Tensor, B: _Tensor,
             *pointers, *sizes, *_strides(u), *_strides(_or(z, u)), *_strides(B),
             dB.stride(0), dB.stride(1), HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
             SOFTPLUS=softplus, CHUNK=chunk, SUB=min(GLUON_SUB, chunk), BLOCK_N=block_n,
-            LPC=GLUON_LANES_PER_CHANNEL, SEQUENCE=sequence, PARTIALS=partials, CHANNEL_LAST=channel_last,
+            LPC=bwd_lanes(), SEQUENCE=sequence, PARTIALS=partials, CHANNEL_LAST=channel_last,
             CL_VECTOR=cl_vector(length)[1], num_warps=GLUON_BWD_WARPS)
         if partials:  # (B, L, 2·BLOCK_N) -> dB, dC as (B, N, pitch), like B and C
             sums = dB.sum(1).transpose(1, 2)

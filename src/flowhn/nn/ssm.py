@@ -67,8 +67,8 @@ class Mamba1Mixer(nn.Module):
     def forward(self, x: torch.Tensor, positions=None, ctx=None) -> torch.Tensor:
         # Channel-last: every tensor stays (B, L, ·) as the projections make it. The conv reads the hidden
         # half of in_proj's output in place; the scan gets transposed views ((B, E, L) by shape, (B, L, E)
-        # in memory). The Triton scan copies them into aligned rows: its channel-last kernels, which
-        # read them in place, measured slower (kernels/triton_scan.py, CHANNEL_LAST_BY_DEFAULT).
+        # in memory). On a GPU the Gluon scan reads them in place (kernels/triton_scan.py,
+        # CHANNEL_LAST_BY_DEFAULT); the Triton kernels copy them into aligned rows first.
         hidden, gate = self.in_proj(x).chunk(2, dim=-1)  # (B, L, E) views with row stride 2E
         hidden = kernels.causal_conv1d_silu(hidden, self.conv1d.weight[:, 0], self.conv1d.bias, backend=self.backend)
         dt, B, C = self.x_proj(hidden).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
