@@ -503,6 +503,11 @@ def cl_vector(length: int) -> tuple[int, int]:
     return GLUON_CL_VECTOR or ((8, 4) if length < CL_SHORT else (8, 0))
 
 
+def _state_block(state: int) -> int:
+    """The kernels' block over the states (BLOCK_N): N rounded up to a power of two, at least 2."""
+    return max(triton.next_power_of_2(state), 2)
+
+
 def _use_gluon(u: torch.Tensor, block_n: int) -> bool:
     if MAIN_KERNELS not in ("triton", "gluon"):
         raise ValueError(f"triton_scan.MAIN_KERNELS must be 'triton' or 'gluon', got {MAIN_KERNELS!r}")
@@ -591,7 +596,7 @@ def _scan_fwd(u: _Tensor, delta: _Tensor, A: _Tensor, B: _Tensor, C: _Tensor, D:
     flags = dict(HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, BLOCK_D=block_d, CHUNK=chunk,
                  num_warps=num_warps)
     sizes = (dim, length, state, n_chunks)
-    block_n = max(triton.next_power_of_2(state), 2)
+    block_n = _state_block(state)
     gluon = _use_gluon(u, block_n)
     sequence = gluon and _gluon_walks_sequence("forward")
     if not sequence:  # the states entering each chunk, for the programs that start there
@@ -648,7 +653,7 @@ def _scan_bwd(dout: _Tensor, u: _Tensor, delta: _Tensor, A: _Tensor, B: _Tensor,
                  BLOCK_D=block_d, CHUNK=chunk, num_warps=num_warps)
     sizes = (dim, length, state, n_chunks)
     zs = _strides(z) if z is not None else (0, 0, 0)
-    block_n = max(triton.next_power_of_2(state), 2)
+    block_n = _state_block(state)
     gluon = _use_gluon(u, block_n)
     sequence = gluon and _gluon_walks_sequence("backward")
     if sequence:  # the adjoint is carried from chunk to chunk inside the kernel
@@ -825,8 +830,7 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     in bf16, for two copy passes in the backward."""
     length = u.shape[-1]
     if channel_last is None:
-        block_n = max(triton.next_power_of_2(A.shape[-1]), 2)
-        channel_last = CHANNEL_LAST_BY_DEFAULT and is_channel_last(u) and _use_gluon(u, block_n)
+        channel_last = CHANNEL_LAST_BY_DEFAULT and is_channel_last(u) and _use_gluon(u, _state_block(A.shape[-1]))
     elif channel_last and not is_channel_last(u):
         raise ValueError("selective_scan_triton: channel_last=True needs u as a (B, D, L) view of (B, L, D) memory")
     block_d, chunk, num_warps = launch_config(length, block_d, chunk, num_warps, channel_last)
