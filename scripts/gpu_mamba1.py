@@ -58,9 +58,12 @@ SIZES = dict(
     scan=[(16, 1536, 1024, 16), (16, 4096, 1024, 16), (16, 4096, 369, 16), (16, 1536, 369, 16)], dt_rank=128,
     mixer=(2048, 16, 1024))
 # The in-place scan's tile sweep: triton_scan attributes a point sets, the rest at their defaults.
-# GLUON_CL_VECTOR: (forward, backward) channels a thread at channel-last memory; GLUON_BWD_LANES, _BWD_WARPS,
-# _SUB: the backward's lanes a channel, warps a program and sub-chunk.
+# KEEP_STATES: the forward keeps the state after every sub-chunk for the backward (its two values first, as
+# the A/B of the sixteenth session). GLUON_CL_VECTOR: (forward, backward) channels a thread at channel-last
+# memory; GLUON_BWD_LANES, _BWD_WARPS, _SUB: the backward's lanes a channel, warps a program and sub-chunk.
 SCAN_SWEEP = [
+    dict(KEEP_STATES=False), dict(KEEP_STATES=True), dict(KEEP_STATES=True, GLUON_CL_VECTOR=(8, 1)),
+    dict(KEEP_STATES=True, GLUON_CL_VECTOR=(8, 4)),
     dict(GLUON_CL_VECTOR=(8, 0)), dict(GLUON_CL_VECTOR=(8, 1)), dict(GLUON_CL_VECTOR=(8, 4)),
     dict(GLUON_BWD_LANES=4, GLUON_CL_VECTOR=(8, 0)), dict(GLUON_BWD_LANES=4, GLUON_CL_VECTOR=(8, 1)),
     dict(GLUON_BWD_LANES=4, GLUON_SUB=4, GLUON_CL_VECTOR=(8, 0)),
@@ -298,19 +301,18 @@ def sweep_conv_tiles(x, w, b, leaves, label, tag, floor):
 # ---------------------------------------------------------------- scan timing
 
 def mixer_like_scan_inputs(batch, dim, length, state, dt_rank, seed=0):
-    """Channel-last scan inputs laid out as Mamba1Mixer hands them over: u (conv output) and delta
-    (dt_proj output) contiguous (B, L, D), z the second half of a (B, L, 2D) in_proj output, B and C
-    column views of a (B, L, dt_rank + 2N) x_proj output; all seen as (B, D, L) / (B, N, L)."""
+    """Channel-last scan inputs laid out as Mamba1Mixer hands them over: u (conv output), delta
+    (dt_proj output) and z (in_proj's second GEMM; the second half of one (B, L, 2D) output until the
+    sixteenth session) contiguous (B, L, D), B and C column views of a (B, L, dt_rank + 2N) x_proj output;
+    all seen as (B, D, L) / (B, N, L)."""
     ref = scan_inputs(batch, dim, length, state, dtype=BENCH_DTYPE, device=DEVICE, seed=seed)
-    proj = torch.empty(batch, length, 2 * dim, device=DEVICE, dtype=BENCH_DTYPE)
-    proj[..., dim:] = ref["z"].transpose(1, 2)
     xproj = torch.empty(batch, length, dt_rank + 2 * state, device=DEVICE, dtype=BENCH_DTYPE)
     xproj[..., dt_rank:dt_rank + state] = ref["B"].transpose(1, 2)
     xproj[..., dt_rank + state:] = ref["C"].transpose(1, 2)
     out = dict(ref)
     out["u"] = ref["u"].transpose(1, 2).contiguous().transpose(1, 2)
     out["delta"] = ref["delta"].transpose(1, 2).contiguous().transpose(1, 2)
-    out["z"] = proj[..., dim:].transpose(1, 2)
+    out["z"] = ref["z"].transpose(1, 2).contiguous().transpose(1, 2)
     out["B"] = xproj[..., dt_rank:dt_rank + state].transpose(1, 2)
     out["C"] = xproj[..., dt_rank + state:].transpose(1, 2)
     assert triton_scan.is_channel_last(out["u"]) and triton_scan.is_channel_last(out["z"])
@@ -361,7 +363,7 @@ def time_scan(bandwidth, sweep):
             finally:
                 for name, value in saved.items():
                     setattr(triton_scan, name, value)
-            label = ", ".join(f"{name[6:].lower()} {value}" for name, value in point.items())
+            label = ", ".join(f"{name.removeprefix('GLUON_').lower()} {value}" for name, value in point.items())
             log(f"    in place, {label}: fwd {fwd:.3f}  fwd+bwd {ms:.3f} ms")
             rows.append(("scan", f"in place, {label}", tag, ms, floor, f"fwd {fwd:.3f}"))
 
@@ -426,12 +428,16 @@ def main():
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--kernel-time", action="store_true",
                         help="time by the GPU kernels' own durations (torch.profiler), not wall time")
+    parser.add_argument("--sweep-first", type=int, default=None,
+                        help="only the first N points of SCAN_SWEEP (so a short call sweeps every shape)")
     parser.add_argument("--sweep-budget-s", type=float, default=SWEEP_BUDGET_S,
                         help="tile sweeps stop adding configs once the script has run this long")
     parser.add_argument("--cpu-smoke", action="store_true",
                         help="tiny shapes on CPU under TRITON_INTERPRET=1, to check this script runs (no timings)")
     args = parser.parse_args()
     KERNEL_TIME, SWEEP_BUDGET_S = args.kernel_time, args.sweep_budget_s
+    if args.sweep_first is not None:
+        SCAN_SWEEP[:] = SCAN_SWEEP[:args.sweep_first]
     if args.cpu_smoke:
         if os.environ.get("TRITON_INTERPRET") != "1":
             sys.exit("gpu_mamba1.py: --cpu-smoke needs TRITON_INTERPRET=1")

@@ -218,12 +218,13 @@ def gluon_stats():
           + " | ".join(ops) + " |")
     print("|---|---|---:|---:|---:|---:|" + "---:|" * len(ops))
     for fn, extra, warps, options in kernels:
-        for channel_last, vector in [(False, 1)] + [(True, v) for v in (0, 1, 2, 4, 8)]:
-            constexprs = dict(flags, **extra, CHANNEL_LAST=channel_last, CL_VECTOR=vector,
+        cases = [(False, 1, False)] + [(True, v, False) for v in (0, 1, 2, 4, 8)] + [(True, 0, True)]
+        for channel_last, vector, keep in cases:
+            constexprs = dict(flags, **extra, CHANNEL_LAST=channel_last, CL_VECTOR=vector, KEEP=keep,
                               **GLUON_SCAN_STRIDES[channel_last])
             kernel = compile_gluon_scan_for_sm90(fn, constexprs, warps, **options)
             s = machine_code_stats(kernel)
-            layout = f"channel-last, {vector}" if channel_last else "row-major"
+            layout = (f"channel-last, {vector}" if channel_last else "row-major") + (", states kept" if keep else "")
             print(f"| `{fn.__name__}` | {layout} | {s['registers']} | {s['spill_bytes']} | "
                   f"{kernel.metadata.shared / 1024:.0f} | {s['instructions']} | " + " | ".join(str(s[op]) for op in ops) + " |")
 

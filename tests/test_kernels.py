@@ -260,12 +260,12 @@ _COMPILE_SCRIPT = textwrap.dedent("""
     inputs = scan_inputs(2, 5, 19, 3, dtype=torch.float32, seed=1)
     pad = lambda t: torch.nn.functional.pad(t, (0, 13)) if t.shape[-1] == 19 else t
     args = [pad(inputs[k]).requires_grad_(True) for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
-    torch.library.opcheck(torch.ops.flowhn.selective_scan_fwd.default, (*args, 19, True, 8, 8, 1, False))
+    torch.library.opcheck(torch.ops.flowhn.selective_scan_fwd.default, (*args, 19, True, 8, 8, 1, False, False))
     # Channel-last: (B, D, L) views of (B, L, D) memory in, channel-last out (fake strides must match).
     cl = lambda t: t.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_(True)
     args = [cl(inputs[k]) if k in ("u", "delta", "B", "C", "z") else inputs[k].detach().requires_grad_(True)
             for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
-    torch.library.opcheck(torch.ops.flowhn.selective_scan_fwd.default, (*args, 19, True, 16, 8, 1, True))
+    torch.library.opcheck(torch.ops.flowhn.selective_scan_fwd.default, (*args, 19, True, 16, 8, 1, True, True))
 
     # Both mixers compile to one graph (fullgraph raises at a break) with the same outputs and
     # gradients as eager; Mamba-2 compares recompute against keeping the intermediates.
@@ -348,7 +348,7 @@ _LAYOUT_SCRIPT = textwrap.dedent("""
     # under inductor it arrives as out_proj's gradient transposed, which this gradient stands in for.
     inputs = scan_inputs(1, 3, 16, 2, seed=1)
     args = [inputs[k].requires_grad_(True) for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
-    out = torch.ops.flowhn.selective_scan_fwd(*args, 16, True, 4, 16, 1, False)[0]
+    out = torch.ops.flowhn.selective_scan_fwd(*args, 16, True, 4, 16, 1, False, False)[0]
     out.backward(torch.randn(1, 16, 3).transpose(1, 2))
     json.dump(seen, sys.stdout)
 """)
@@ -356,10 +356,11 @@ _LAYOUT_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.skipif(not has_triton, reason="triton is not installed")
 def test_backward_ops_get_their_gradient_contiguous_in_interpreter():
-    """In a Mamba-1 mixer the scan's dout (out_proj's gradient, transposed) and the conv's dout (x_proj's
-    gradient plus the scan's transposed du) arrive strided. The ops must receive them contiguous, made
-    so in the autograd function (traced into the compiled backward, where inductor writes the layout):
-    made inside an op, each was an eager strided copy a layer (about 0.45 and 0.42 ms at Mamba 1B on an H200)."""
+    """In a Mamba-1 mixer the scan's dout (out_proj's gradient, transposed) arrives strided, and so may the
+    scan's du that the conv-and-x_proj op's backward adds x_proj's gradient onto. The conv and scan backward
+    ops must receive them contiguous, made so in the autograd functions (traced into the compiled backward,
+    where inductor writes the layout): made inside an op, each was an eager strided copy a layer (about 0.45
+    and 0.42 ms at Mamba 1B on an H200)."""
     assert json.loads(run_in_triton_interpreter(_LAYOUT_SCRIPT)) == {"scan in the mixer": True, "conv": True, "scan": True}
 
 
@@ -493,6 +494,43 @@ def test_gluon_scan_channel_last_tiles_gpu(tile, monkeypatch):
 @pytest.mark.gpu
 @cuda
 @pytest.mark.skipif(not has_triton, reason="triton is not installed")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("layout", ["channel-last", "row-major"])
+@pytest.mark.parametrize("walk", ["sequence", "chunks"])
+@pytest.mark.parametrize("shape", [(2, 300, 700, 16), (3, 100, 37, 9)], ids=str)
+def test_gluon_scan_keeps_states_gpu(dtype, layout, walk, shape, monkeypatch):
+    """keep_states: the forward keeps the state after every sub-chunk (in u's dtype) and the backward reads
+    them instead of walking each chunk to find them. Every flag, against float64, in both layouts and walks, at
+    shapes off the tiles (700 steps: a partial last chunk and sub-chunk; 37: one partial chunk; 9 states); the
+    states it keeps have the shape the op's fake says, and none are kept where the Gluon kernels do not run."""
+    import flowhn.kernels.triton_scan as triton_scan
+
+    monkeypatch.setattr(triton_scan, "GLUON_WALK", walk)
+    forward, kept = triton_scan._scan_fwd, []
+
+    def spy(*args):
+        outputs = forward(*args)
+        kept.append(outputs[3])
+        return outputs
+
+    monkeypatch.setattr(triton_scan, "_scan_fwd", spy)
+    inputs = _scan_case(shape, "all", dtype=dtype, device="cuda", seed=sum(shape) + 2)
+    scan = functools.partial(triton_scan.selective_scan_triton, keep_states=True,
+                             channel_last=layout == "channel-last")
+    scan = in_mixer_layout(scan) if layout == "channel-last" else scan
+    errors = compare(scan, reference_fn("selective_scan"), inputs)
+    assert_errors_below(errors, GPU_TOL[dtype])
+    batch, dim, length, state = shape
+    assert kept[0].dtype == dtype and kept[0].shape == (batch, dim, -(-length // 64) * 8, state)
+    monkeypatch.setattr(triton_scan, "GLUON_SUB", 4)  # not the forward's block of 8 steps: nothing kept
+    kept.clear()
+    compare(scan, reference_fn("selective_scan"), inputs)
+    assert kept[0].numel() == 0
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.skipif(not has_triton, reason="triton is not installed")
 @pytest.mark.parametrize("shape", [(3, 100, 37, 9), (1, 70, 130, 16)], ids=str)
 @pytest.mark.parametrize("flags", list(SCAN_FLAGS))
 def test_gluon_scan_channel_last_matches_reference_gpu(shape, flags, monkeypatch):
@@ -504,7 +542,7 @@ def test_gluon_scan_channel_last_matches_reference_gpu(shape, flags, monkeypatch
     forward, layouts = triton_scan._scan_fwd, []
 
     def spy(*args):
-        layouts.append(args[-1])  # the op's channel_last argument
+        layouts.append(args[13])  # the op's channel_last argument (keep follows it)
         return forward(*args)
 
     monkeypatch.setattr(triton_scan, "_scan_fwd", spy)
@@ -528,12 +566,13 @@ def test_mamba1_mixer_triton_matches_reference_gpu():
     mixer = Mamba1Mixer(d_model=96, d_state=16, backend="triton").cuda().double()
     x = torch.randn(2, 257, 96, device="cuda", dtype=torch.float64, requires_grad=True)
     results = []
-    for backend in ("triton", "reference"):
-        mixer.backend = backend
+    for backend, keep in (("triton", False), ("triton", True), ("reference", False)):
+        mixer.backend, mixer.keep_scan_states = backend, keep
         out = mixer(x)
         results.append([out, *torch.autograd.grad(out.square().sum(), [x, *mixer.parameters()])])
     names = ["out", "dx"] + [f"d{name}" for name, _ in mixer.named_parameters()]
-    assert_errors_below({n: relative_error(a, b) for n, a, b in zip(names, *results)}, 1e-4)
+    for fused in results[:2]:
+        assert_errors_below({n: relative_error(a, b) for n, a, b in zip(names, fused, results[-1])}, 1e-4)
 
 
 @pytest.mark.skipif(not has_triton, reason="triton is not installed")
@@ -586,9 +625,12 @@ def test_gluon_scan_kernels_compile_for_sm90():
     forward, backward = gluon_scan._scan_fwd_seq_kernel, gluon_scan._scan_bwd_seq_kernel
     fwd_warps, bwd_warps = triton_scan.GLUON_FWD_WARPS, triton_scan.GLUON_BWD_WARPS
     # Both walks at the defaults; the backward's dB/dC by partial sums (GLUON_DB_DC) walking the sequence.
-    kernels = [(forward, dict(UNROLL=8, SEQUENCE=walk), fwd_warps) for walk in (False, True)]
-    kernels += [(backward, dict(SUB=8, SEQUENCE=walk, PARTIALS=False), bwd_warps) for walk in (False, True)]
-    kernels += [(backward, dict(SUB=8, SEQUENCE=True, PARTIALS=True), bwd_warps)]
+    # With the states kept after every sub-chunk (KEEP) walking the sequence too.
+    kernels = [(forward, dict(UNROLL=8, SEQUENCE=walk, KEEP=keep), fwd_warps)
+               for walk, keep in ((False, False), (True, False), (True, True))]
+    kernels += [(backward, dict(SUB=8, SEQUENCE=walk, PARTIALS=False, KEEP=keep), bwd_warps)
+                for walk, keep in ((False, False), (True, False), (True, True))]
+    kernels += [(backward, dict(SUB=8, SEQUENCE=True, PARTIALS=True, KEEP=False), bwd_warps)]
     # Channel-last at the channels a thread it runs with at 1024 and at 369 steps (triton_scan.cl_vector).
     strides = GLUON_SCAN_STRIDES
     vectors = {fn: sorted({triton_scan.cl_vector(length)[i] for length in (1024, 369)})

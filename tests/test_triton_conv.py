@@ -49,6 +49,16 @@ def test_shifted_low_precision_keeps_dtype(dtype, tol):
 
 
 @pytest.mark.parametrize("backend", ["torch", "reference"])
+def test_conv_with_projection_dispatch(backend):
+    # Off the GPU backends: the conv, then F.linear; both outputs and all four gradients against float64.
+    inputs = conv_inputs(2, 11, 6, 4, dtype=torch.float64, row_stride=10, seed=6, proj_rows=5)
+    fn = functools.partial(kernels.causal_conv1d_silu_proj, backend=backend)
+    errors = compare_conv(fn, inputs)
+    assert set(errors) == {"out", "proj", "dx", "dweight", "dbias", "dproj_weight"}
+    assert_errors_below(errors, 1e-12)
+
+
+@pytest.mark.parametrize("backend", ["torch", "reference"])
 def test_dispatch_and_bad_shapes(backend):
     inputs = conv_inputs(1, 6, 5, 4, dtype=torch.float64, seed=4)
     torch.testing.assert_close(kernels.causal_conv1d_silu(**inputs, backend=backend),
@@ -128,6 +138,28 @@ _INTERPRETER_SCRIPT = textwrap.dedent("""
         tc.BWD_KERNEL = backward
         args = (*leaves, True, 4, 8, 2, 1, forward)  # silu, rows, channels, blocks a segment, warps, kernel
         torch.library.opcheck(torch.ops.flowhn.causal_conv1d_silu_fwd.default, args)
+    # The conv with the projection that reads its output (a mixer's x_proj) as one op: both outputs and all
+    # four gradients, the projection's input gradient added onto the conv output's other gradient by addmm;
+    # a strided x, no bias, projection rows not a power of two. Then its schema, fakes and autograd.
+    tc.FWD_KERNEL = tc.BWD_KERNEL = "walk"
+    tc.WALK_BLOCK_L, tc.WALK_BLOCK_C, tc.WALK_SEG_TILES = 2, 8, 2
+    tc.WALK_FWD_BLOCK_L, tc.WALK_FWD_BLOCK_C, tc.WALK_FWD_SEG_TILES = 2, 8, 2
+    # The walk's backward adds the two gradients as it reads them; the others get their sum.
+    for shape, bias, stride, rows, backward in [((2, 13, 11, 4), True, 24, 7, "walk"),
+                                                ((1, 9, 20, 3), False, None, 12, "walk"),
+                                                ((2, 13, 11, 4), True, 24, 7, "recompute")]:
+        tc.BWD_KERNEL = backward
+        inputs = conv_inputs(*shape, bias=bias, row_stride=stride, seed=sum(shape) + 3, proj_rows=rows)
+        results[f"proj{shape}{backward}"] = compare_conv(tc.causal_conv1d_silu_proj_triton, inputs)
+    tc.BWD_KERNEL = "walk"
+    inputs = conv_inputs(2, 7, 6, 4, row_stride=12, seed=1, proj_rows=5)
+    leaves = [inputs[k].detach().requires_grad_() for k in ("x", "weight", "bias", "proj_weight")]
+    torch.library.opcheck(torch.ops.flowhn.causal_conv1d_silu_proj_fwd.default,
+                          (*leaves, True, 2, 8, 2, 1, "walk"))
+    try:
+        tc.causal_conv1d_silu_proj_triton(inputs["x"], inputs["weight"], inputs["bias"], inputs["proj_weight"].t())
+    except ValueError as exc:
+        results["errors"]["proj_shape"] = str(exc)
     json.dump(results, sys.stdout)
 """)
 
@@ -139,9 +171,12 @@ def test_triton_conv_in_interpreter():
     assert "at least 4 rows for width 4, got 2" in errors["small_staged_tile"]
     assert "BWD_KERNEL (FLOWHN_CONV_BWD) must be one of ('recompute', 'staged', 'walk'), got 'fastest'" in \
         errors["unknown_kernel"]
-    assert len(results) == 16
+    assert "proj_weight has shape (6, 5), expected (P, 6)" in errors["proj_shape"]
+    assert len(results) == 19
     for case, errors in results.items():
         assert {"out", "dx", "dweight"} <= set(errors), case
+        if case.startswith("proj"):
+            assert {"proj", "dproj_weight"} <= set(errors), case
         assert_errors_below({f"{case}:{k}": v for k, v in errors.items()}, 1e-5)
 
 
@@ -165,3 +200,17 @@ def test_triton_conv_gpu(dtype, shape, row_stride, forward, backward, monkeypatc
     assert_errors_below(compare_conv(causal_conv1d_silu_triton, inputs), GPU_TOL[dtype])
     assert_errors_below(compare_conv(functools.partial(kernels.causal_conv1d_silu, backend="triton"), inputs),
                   GPU_TOL[dtype])
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.skipif(not has_triton, reason="triton is not installed")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape,proj_rows,bias", [((2, 1000, 1536, 4), 80, True), ((3, 77, 4352, 4), 289, True),
+                                                  ((1, 333, 100, 3), 37, False)], ids=str)
+def test_triton_conv_proj_gpu(dtype, shape, proj_rows, bias):
+    # A mixer's conv and x_proj as one op (x_proj's rows: dt_rank + 2·d_state, 80 at 135M; 289 is not a tile multiple).
+    inputs = conv_inputs(*shape, dtype=dtype, device="cuda", bias=bias, seed=8, proj_rows=proj_rows)
+    errors = compare_conv(functools.partial(kernels.causal_conv1d_silu_proj, backend="triton"), inputs)
+    assert set(errors) == {"out", "proj", "dx", "dweight", "dproj_weight"} | ({"dbias"} if bias else set())
+    assert_errors_below(errors, GPU_TOL[dtype])

@@ -24,7 +24,8 @@ from flowhn.kernels.ssd_chunked import ssd_chunked
 from flowhn.kernels.torch_conv import check_conv_args, causal_conv1d_silu_reference, causal_conv1d_silu_shifted
 from flowhn.kernels.torch_scan import selective_scan_torch
 
-__all__ = ["selective_scan", "ssd", "causal_conv1d_silu", "available_backends", "resolve_backend", "BACKENDS"]
+__all__ = ["selective_scan", "ssd", "causal_conv1d_silu", "causal_conv1d_silu_proj", "available_backends",
+           "resolve_backend", "BACKENDS"]
 
 # The conv the GPU backends (triton, mamba_ssm) use: "triton" (one Triton kernel forward, one backward,
 # triton_conv.py) or "shifted" (K multiply-adds that inductor fuses with bias and SiLU, torch_conv.py).
@@ -103,14 +104,16 @@ def _check_scan_shapes(u, delta, A, B, C, D, z, delta_bias):
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, backend="auto",
-                   remake_inputs=False):
+                   remake_inputs=False, keep_states=None):
     """Mamba-1 selective scan. u, delta, z: (B, D, L); A: (D, N); B, C: (B, N, L); D, delta_bias: (D,).
 
     h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t,  y_t = C_t·h_t + D u_t,  y ← y·silu(z), with
     Δ = softplus(delta + delta_bias) if ``delta_softplus`` else delta + delta_bias. Returns y (B, D, L)
     in u's dtype, differentiable in every tensor argument. ``remake_inputs`` (triton backend, under
     torch.compile): the backward remakes its padded row-major copies of u and delta from u and delta
-    instead of keeping them (``triton_scan.selective_scan_triton``); the other backends ignore it.
+    instead of keeping them (``triton_scan.selective_scan_triton``); the other backends ignore it, as they
+    do ``keep_states`` (triton backend: the forward keeps the state after every sub-chunk for the backward;
+    None: ``triton_scan.KEEP_STATES``).
     """
     _check_scan_shapes(u, delta, A, B, C, D, z, delta_bias)
     name = resolve_backend(backend, u.device)
@@ -123,7 +126,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     if name == "triton":
         from flowhn.kernels.triton_scan import selective_scan_triton
 
-        return selective_scan_triton(*args, **kwargs, remake_inputs=remake_inputs)
+        return selective_scan_triton(*args, **kwargs, remake_inputs=remake_inputs, keep_states=keep_states)
     from flowhn.kernels.mamba_ssm_ops import selective_scan_mamba_ssm
 
     return selective_scan_mamba_ssm(*args, **kwargs)
@@ -144,6 +147,20 @@ def causal_conv1d_silu(x, weight, bias=None, backend="auto"):
     from flowhn.kernels.triton_conv import causal_conv1d_silu_triton
 
     return causal_conv1d_silu_triton(x, weight, bias)
+
+
+def causal_conv1d_silu_proj(x, weight, bias, proj_weight, backend="auto"):
+    """(h, h @ proj_weight.T) with h = ``causal_conv1d_silu(x, weight, bias)``, proj_weight (P, C): a Mamba-1
+    mixer's conv and its x_proj. On the GPU backends one op whose backward adds x_proj's input gradient onto
+    the other consumer's in its GEMM (``triton_conv.causal_conv1d_silu_proj_triton``); elsewhere the two
+    calls, x_proj by F.linear."""
+    name = resolve_backend(backend, x.device)
+    if name in ("torch", "reference") or GPU_CONV == "shifted":
+        hidden = causal_conv1d_silu(x, weight, bias, backend=name)
+        return hidden, torch.nn.functional.linear(hidden, proj_weight)
+    from flowhn.kernels.triton_conv import causal_conv1d_silu_proj_triton
+
+    return causal_conv1d_silu_proj_triton(x, weight, bias, proj_weight)
 
 
 def ssd(x, dt, A, B, C, D=None, chunk_size=64, backend="auto", recompute=True):

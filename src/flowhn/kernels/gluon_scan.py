@@ -152,12 +152,12 @@ def _stage_rows(ptr, smem, pid_b, offs_n, mask_n, t, mask_t, stride_b, stride_n,
 
 @gluon.jit
 def _scan_fwd_seq_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, states_ptr, totals_ptr,
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, states_ptr, totals_ptr, kept_ptr,
     DIM, L, N, n_chunks, su_b, su_d, su_t: gl.constexpr, sz_b, sz_d, sz_t: gl.constexpr, sB_b, sB_n,
     sB_t: gl.constexpr,
     HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr,
     CHUNK: gl.constexpr, BLOCK_N: gl.constexpr, LPC: gl.constexpr, UNROLL: gl.constexpr, SEQUENCE: gl.constexpr,
-    CHANNEL_LAST: gl.constexpr, CL_VECTOR: gl.constexpr,
+    CHANNEL_LAST: gl.constexpr, CL_VECTOR: gl.constexpr, KEEP: gl.constexpr,
 ):
     """y for (32 // LPC)·warps channels. u, delta, out share strides (su_*), z has its own (sz_*), B and C
     share theirs (sB_*). CHANNEL_LAST: u, delta, z, out are channel-last ((B, L, ·) memory), so their tiles
@@ -167,7 +167,9 @@ def _scan_fwd_seq_kernel(
     (1-8), against 52-100 with constants (kernel_stats.py --gluon).
     SEQUENCE: the program walks every chunk in turn (grid (B, channel blocks, 1)) carrying the state, and
     writes each chunk's end state and step total (the summary and chunk-pass kernels' results); else it
-    is one chunk (grid (..., chunks)) and reads the state entering it."""
+    is one chunk (grid (..., chunks)) and reads the state entering it.
+    KEEP: the state after every UNROLL steps (the backward's sub-chunks) is also stored, in kept_ptr's dtype, at
+    kept_ptr (B, D, chunks · CHUNK // UNROLL, N), so the backward need not walk each chunk once to find them."""
     WARPS: gl.constexpr = gl.num_warps()
     BLOCK_D: gl.constexpr = (32 // LPC) * WARPS
     state: gl.constexpr = state_layout(BLOCK_N, LPC, WARPS)
@@ -236,6 +238,10 @@ def _scan_fwd_seq_kernel(
                 if SEQUENCE:
                     total += step  # masked steps are 0
             y_blocks.index(t0 // UNROLL).permute([1, 0]).store(y_block)
+            if KEEP:
+                kept_at = chunk_row * (CHUNK // UNROLL) + c * (CHUNK // UNROLL) + t0 // UNROLL
+                gl.store(kept_ptr + kept_at[:, None] * N + offs_n[None, :], h.to(kept_ptr.dtype.element_ty),
+                         mask=m_dn)
         if SEQUENCE:  # what the backward reads: the state at the chunk's end and the chunk's step total
             gl.store(states_ptr + (chunk_row + c)[:, None] * N + offs_n[None, :], h, mask=m_dn)
             gl.store(totals_ptr + chunk_row + c, total, mask=offs_d < DIM)
@@ -339,13 +345,13 @@ def _lane_major(dB_part, dC_part, BLOCK_D: gl.constexpr, BLOCK_N: gl.constexpr, 
 
 @gluon.jit
 def _scan_bwd_seq_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, states_ptr, later_ptr,
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, states_ptr, later_ptr, kept_ptr,
     du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
     DIM, L, N, n_chunks, su_b, su_d, su_t: gl.constexpr, sz_b, sz_d, sz_t: gl.constexpr, sB_b, sB_n,
     sB_t: gl.constexpr, sdB_b, sdB_n,
     HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr,
     CHUNK: gl.constexpr, SUB: gl.constexpr, BLOCK_N: gl.constexpr, LPC: gl.constexpr, SEQUENCE: gl.constexpr,
-    PARTIALS: gl.constexpr, CHANNEL_LAST: gl.constexpr, CL_VECTOR: gl.constexpr,
+    PARTIALS: gl.constexpr, CHANNEL_LAST: gl.constexpr, CL_VECTOR: gl.constexpr, KEEP: gl.constexpr,
 ):
     """Gradients for (32 // LPC)·warps channels. u, delta, dout, du, ddelta, dz share strides (su_*), z has
     its own (sz_*), B and C share theirs (sB_*); CHANNEL_LAST as in the forward. dB, dC are (B, N, ·) fp32 with unit step stride, added to atomically, or, with PARTIALS,
@@ -354,7 +360,9 @@ def _scan_bwd_seq_kernel(
     program walks every chunk, last to first (grid (B, channel blocks, 1)), carrying the adjoint from one
     chunk into the one before (``later_ptr`` is not read), and dA (B, D, 1, N), dD and dbias (B, D, 1)
     get its sums; else it is one chunk (grid (..., chunks)), starts from the adjoint ``later_ptr`` holds
-    for the chunk after it, and dA (B, D, chunks, N), dD and dbias (B, D, chunks) get the chunk's sums."""
+    for the chunk after it, and dA (B, D, chunks, N), dD and dbias (B, D, chunks) get the chunk's sums.
+    KEEP: the states the forward kept after every SUB steps (kept_ptr, see the forward) are read instead of
+    recomputed by a first walk over the chunk (pass 1), which then does not run."""
     WARPS: gl.constexpr = gl.num_warps()
     BLOCK_D: gl.constexpr = (32 // LPC) * WARPS
     SUBS: gl.constexpr = CHUNK // SUB
@@ -396,7 +404,7 @@ def _scan_bwd_seq_kernel(
         sum_at = pid_b * sdB_b + sum_state * sdB_n
         sum_step = 1
 
-    ckpt = gl.allocate_shared_memory(gl.float32, [SUBS, BLOCK_D, BLOCK_N], plain)
+    ckpt = gl.allocate_shared_memory(gl.float32, [1 if KEEP else SUBS, BLOCK_D, BLOCK_N], plain)
     step_smem = gl.allocate_shared_memory(gl.float32, [SUB, BLOCK_D], plain)
     u_smem = gl.allocate_shared_memory(gl.float32, [SUB, BLOCK_D], plain)
     dy_smem = gl.allocate_shared_memory(gl.float32, [SUB, BLOCK_D], plain)
@@ -432,21 +440,22 @@ def _scan_bwd_seq_kernel(
         else:
             c = gl.program_id(2)
         chunk_at = ((pid_b * DIM + offs_d) * n_chunks + c) * N
-        h = gl.load(states_ptr + chunk_at[:, None] - N + offs_n[None, :], mask=m_dn & (c > 0), other=0.0)
-        # Pass 1: the state entering each sub-chunk.
-        for k in range(SUBS):
-            ckpt.index(k).store(h)
-            tile_t = c * CHUNK + k * SUB + tile_s
-            _stage_steps(delta_ptr, u_ptr, bias_ptr, step_smem, u_smem, pid_b, tile_d, tile_md, tile_t, tile_t < L,
-                         su_b, su_d, su_t, HAS_BIAS, SOFTPLUS)
-            rows_t = c * CHUNK + k * SUB + rows_s
-            _stage_rows(B_ptr, B_smem, pid_b, rows_n, mask_rows_n, rows_t, rows_t < L, sB_b, sB_n, sB_t)
-            gl.thread_barrier()
-            for j in gl.static_range(SUB):
-                step = step_rows.index(j).load(channel)
-                stepu = step * u_rows.index(j).load(channel)
-                h = gl.exp2(A2 * step[:, None]) * h + stepu[:, None] * B_rows.index(j).load(per_state)[None, :]
-            gl.thread_barrier()
+        if not KEEP:
+            h = gl.load(states_ptr + chunk_at[:, None] - N + offs_n[None, :], mask=m_dn & (c > 0), other=0.0)
+            # Pass 1: the state entering each sub-chunk.
+            for k in range(SUBS):
+                ckpt.index(k).store(h)
+                tile_t = c * CHUNK + k * SUB + tile_s
+                _stage_steps(delta_ptr, u_ptr, bias_ptr, step_smem, u_smem, pid_b, tile_d, tile_md, tile_t,
+                             tile_t < L, su_b, su_d, su_t, HAS_BIAS, SOFTPLUS)
+                rows_t = c * CHUNK + k * SUB + rows_s
+                _stage_rows(B_ptr, B_smem, pid_b, rows_n, mask_rows_n, rows_t, rows_t < L, sB_b, sB_n, sB_t)
+                gl.thread_barrier()
+                for j in gl.static_range(SUB):
+                    step = step_rows.index(j).load(channel)
+                    stepu = step * u_rows.index(j).load(channel)
+                    h = gl.exp2(A2 * step[:, None]) * h + stepu[:, None] * B_rows.index(j).load(per_state)[None, :]
+                gl.thread_barrier()
 
         # Pass 2: the sub-chunks last to first, starting with what the next chunk sends back: carried in
         # (SEQUENCE), or a_s g_s at its first step s as the summary and chunk-pass kernels left it.
@@ -455,6 +464,10 @@ def _scan_bwd_seq_kernel(
             a_next = gl.full([BLOCK_D, BLOCK_N], 1.0, gl.float32, layout=state)
         for kk in range(SUBS):
             k = SUBS - 1 - kk
+            if KEEP:  # the state entering sub-chunk k: kept after the one before it (none before the first)
+                kept = (pid_b * DIM + offs_d) * (n_chunks * SUBS) + c * SUBS + k - 1
+                h_entering = gl.load(kept_ptr + kept[:, None] * N + offs_n[None, :],
+                                     mask=m_dn & (c * SUBS + k > 0), other=0.0).to(gl.float32)
             tile_t = c * CHUNK + k * SUB + tile_s
             tile_mt = tile_t < L
             m = tile_md[:, None] & tile_mt[None, :]
@@ -466,7 +479,10 @@ def _scan_bwd_seq_kernel(
             _stage_rows(C_ptr, C_smem, pid_b, rows_n, mask_rows_n, rows_t, rows_t < L, sB_b, sB_n, sB_t)
             gl.thread_barrier()
             # The sub-chunk's states, kept in registers (SUB tiles), and y for dz.
-            h = ckpt.index(k).load(state)
+            if KEEP:
+                h = h_entering
+            else:
+                h = ckpt.index(k).load(state)
             hs = ()
             y = gl.zeros([BLOCK_D, SUB], gl.float32, layout=io)
             for j in gl.static_range(SUB):

@@ -51,8 +51,9 @@ def scan_inputs(batch, dim, length, state, *, dtype=torch.float32, device="cpu",
 
 def in_mixer_layout(scan: Callable) -> Callable:
     """``scan`` (selective_scan's signature) fed its (B, D, L) and (B, N, L) arguments laid out as
-    Mamba1Mixer hands them over: u and delta transposed views of contiguous (B, L, D) memory, z the second
-    half of a (B, L, 2D) tensor (in_proj's output), B and C column views of one (B, L, 2N) tensor (x_proj's).
+    Mamba1Mixer hands them over: u and delta transposed views of contiguous (B, L, D) memory, B and C column
+    views of one (B, L, 2N) tensor (x_proj's); z the second half of a (B, L, 2D) tensor, as in_proj's output
+    was (the mixer's z now has u's strides; a wider row stride is the more general case).
     Differentiable: the gradients reach the arguments through the layout changes."""
     def wrapped(u, delta, A, B, C, D=None, z=None, delta_bias=None, **flags):
         channel_last = lambda t: t.transpose(1, 2).contiguous().transpose(1, 2)  # noqa: E731
@@ -68,12 +69,13 @@ def in_mixer_layout(scan: Callable) -> Callable:
 
 
 # The Gluon scan kernels' strides as the model runs them: the unit stride of each layout, and channel-last
-# the step strides of a Mamba 135M layer ((B, L, 1536) u, the z half of its (B, L, 3072) in_proj output, B
-# of its (B, L, 48 + 2·16) x_proj output), compile-time constants as at run time.
+# the step strides of a Mamba 135M layer ((B, L, 1536) u and z, B of its (B, L, 48 + 2·16) x_proj output),
+# compile-time constants as at run time. (z was the second half of one (B, L, 3072) in_proj output, stride
+# 3072, until the sixteenth session split in_proj into two GEMMs.)
 GLUON_SCAN_STRIDES = {False: dict(su_t=1, sz_t=1, sB_t=1),
-                      True: dict(su_d=1, sz_d=1, sB_n=1, su_t=1536, sz_t=3072, sB_t=80)}
+                      True: dict(su_d=1, sz_d=1, sB_n=1, su_t=1536, sz_t=1536, sB_t=80)}
 _BF16_POINTERS = {"u_ptr", "delta_ptr", "B_ptr", "C_ptr", "z_ptr", "dout_ptr", "du_ptr", "ddelta_ptr", "dz_ptr",
-                  "out_ptr"}
+                  "out_ptr", "kept_ptr"}
 
 
 def compile_gluon_scan_for_sm90(fn, constexprs: dict, num_warps: int, **options):

@@ -55,45 +55,61 @@ def causal_conv1d_silu_shifted(x, weight, bias=None, silu=True):
 
 
 def conv_inputs(batch, length, channels, width=4, *, dtype=torch.float32, device="cpu", bias=True, row_stride=None,
-                seed=0) -> dict:
+                seed=0, proj_rows=0) -> dict:
     """Arguments for tests and benchmarks: x (B, L, C) in ``dtype`` (with ``row_stride`` > C, a view of the
     first C columns of a wider tensor, as the hidden half of an in_proj output), weight and bias fp32 as
-    parameters stay in mixed precision (float64 when ``dtype`` is)."""
+    parameters stay in mixed precision (float64 when ``dtype`` is). ``proj_rows``: also a projection's weight
+    (proj_rows, C), as a mixer's x_proj (for ``causal_conv1d_silu_proj``)."""
     gen = torch.Generator(device=device).manual_seed(seed)
     param = torch.float64 if dtype == torch.float64 else torch.float32
     full = torch.randn(batch, length, row_stride or channels, generator=gen, device=device, dtype=torch.float64)
-    return {
+    inputs = {
         "x": full.to(dtype)[..., :channels],
         "weight": (torch.randn(channels, width, generator=gen, device=device, dtype=torch.float64)
                    / width ** 0.5).to(param),
         "bias": torch.randn(channels, generator=gen, device=device, dtype=torch.float64).to(param) if bias else None,
     }
+    if proj_rows:
+        inputs["proj_weight"] = (torch.randn(proj_rows, channels, generator=gen, device=device, dtype=torch.float64)
+                                 / channels ** 0.5).to(param)
+    return inputs
+
+
+def _conv_proj_reference(x, weight, bias, proj_weight):
+    hidden = causal_conv1d_silu_reference(x, weight, bias)
+    return hidden, hidden @ proj_weight.t()
 
 
 def compare_conv(fn, inputs: dict, seed: int = 1) -> dict:
     """Relative errors ‖out − ref‖/‖ref‖ of ``fn(x, weight, bias)`` and of its gradients against the float64
     reference fed the same inputs, under one random cotangent. A strided x (a column view of a wider
-    tensor) keeps its strides: gradients are taken on the wider tensor."""
+    tensor) keeps its strides: gradients are taken on the wider tensor. With ``inputs["proj_weight"]``:
+    ``fn(x, weight, bias, proj_weight)`` returns (out, out @ proj_weight.T), compared ("out", "proj") with a
+    cotangent each, and its gradient "dproj_weight" too."""
     from flowhn.kernels.testing import relative_error
 
-    x, weight, bias = inputs["x"], inputs["weight"], inputs["bias"]
+    x, weight, bias, proj_weight = inputs["x"], inputs["weight"], inputs["bias"], inputs.get("proj_weight")
     channels = x.shape[2]
     whole = (x if x._base is None else x._base).detach()
     if whole.shape[:2] != x.shape[:2] or whole.dtype != x.dtype:
         raise ValueError("compare_conv: x must be a column slice of a (B, L, S) tensor of its dtype")
-    params = [t for t in (weight, bias) if t is not None]
+    params = [t for t in (weight, bias, proj_weight) if t is not None]
     mine = [whole.clone().requires_grad_()] + [t.detach().clone().requires_grad_() for t in params]
     ref = [whole.double().requires_grad_()] + [t.detach().double().requires_grad_() for t in params]
 
     def run(f, leaves):
-        return f(leaves[0][..., :channels], leaves[1], leaves[2] if bias is not None else None)
+        args = [leaves[0][..., :channels], leaves[1], leaves[2] if bias is not None else None]
+        if proj_weight is not None:
+            return tuple(f(*args, leaves[-1]))
+        return (f(*args),)
 
-    out, expected = run(fn, mine), run(causal_conv1d_silu_reference, ref)
-    gen = torch.Generator(device=expected.device).manual_seed(seed)
-    cotangent = torch.randn(expected.shape, generator=gen, device=expected.device, dtype=torch.float64)
-    grads = torch.autograd.grad(out, mine, cotangent.to(out.dtype))
-    ref_grads = torch.autograd.grad(expected, ref, cotangent)
-    names = ["dx", "dweight", "dbias"][:len(mine)]
-    errors = {"out": relative_error(out, expected)}
+    outs = run(fn, mine)
+    expected = run(_conv_proj_reference if proj_weight is not None else causal_conv1d_silu_reference, ref)
+    gen = torch.Generator(device=expected[0].device).manual_seed(seed)
+    cotangents = [torch.randn(e.shape, generator=gen, device=e.device, dtype=torch.float64) for e in expected]
+    grads = torch.autograd.grad(outs, mine, [c.to(o.dtype) for c, o in zip(cotangents, outs)])
+    ref_grads = torch.autograd.grad(expected, ref, cotangents)
+    names = ["dx", "dweight"] + ["dbias"] * (bias is not None) + ["dproj_weight"] * (proj_weight is not None)
+    errors = {name: relative_error(o, e) for name, o, e in zip(("out", "proj"), outs, expected)}
     errors.update({k: relative_error(g, r) for k, g, r in zip(names, grads, ref_grads)})
     return errors

@@ -247,9 +247,9 @@ def _rows_before(x_row_ptr, start, stride_l, offs_c, mask_c, L):
 
 
 @triton.jit
-def _conv_bwd_walk_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, dx_ptr, dw_part_ptr, db_part_ptr,
+def _conv_bwd_walk_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, dy2_ptr, dx_ptr, dw_part_ptr, db_part_ptr,
                           L, C, stride_xb, stride_xl, n_segments,
-                          K: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
+                          K: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, HAS_DY2: tl.constexpr,
                           BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr, SEG_TILES: tl.constexpr):
     """The backward with each thread walking its channels' rows one at a time (K ≤ 4): x_{t-1..t-3} and
     g_{t-1..t-3} ride along in registers, so every element of x and dy is read once and nothing is
@@ -257,13 +257,15 @@ def _conv_bwd_walk_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, dx_ptr, dw_part_ptr, db_p
     dv_l += g_t x_{t-l}, and dx_{t-3} = Σ_j v_j g_{t-3+j} is written (its last g just computed). A program
     owns BLOCK_C channels of a segment of SEG_TILES·BLOCK_L rows; it reads the 3 rows before it (x) and
     walks 3 rows past it (x, dy: the g its last dx needs). Rows come BLOCK_L at a time, all loads of a
-    block issued before its arithmetic, so BLOCK_L rows of memory latency overlap."""
+    block issued before its arithmetic, so BLOCK_L rows of memory latency overlap. HAS_DY2: the output's
+    gradient is dy + dy2 (two consumers' gradients, same layout), added as they are read."""
     pid_b = tl.program_id(0).to(tl.int64)
     seg = tl.program_id(1)
     offs_c, mask_c, bias = _channels_and_bias(b_ptr, C, BLOCK_C, HAS_BIAS)
     v0, v1, v2, v3 = _lag_taps(w_ptr, offs_c, mask_c, K)
     x_row_ptr = x_ptr + pid_b * stride_xb
     dy_row_ptr = dy_ptr + pid_b * L * C
+    dy2_row_ptr = dy2_ptr + pid_b * L * C
     dx_row_ptr = dx_ptr + pid_b * L * C
     start = seg * (SEG_TILES * BLOCK_L)
     end = start + SEG_TILES * BLOCK_L
@@ -283,7 +285,10 @@ def _conv_bwd_walk_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, dx_ptr, dw_part_ptr, db_p
         dys = ()
         for r in tl.static_range(BLOCK_L):
             xs = xs + (_row(x_row_ptr, t0 + r, stride_xl, offs_c, mask_c, L),)
-            dys = dys + (_row(dy_row_ptr, t0 + r, C, offs_c, mask_c, L),)
+            dy = _row(dy_row_ptr, t0 + r, C, offs_c, mask_c, L)
+            if HAS_DY2:
+                dy += _row(dy2_row_ptr, t0 + r, C, offs_c, mask_c, L)
+            dys = dys + (dy,)
         for r in tl.static_range(BLOCK_L):
             t = t0 + r
             x0 = xs[r]
@@ -418,10 +423,15 @@ def _(x, weight, bias, silu, block_l, block_c, seg_tiles, num_warps, kernel):
 
 @torch.library.custom_op("flowhn::causal_conv1d_silu_bwd", mutates_args=())
 def _conv_bwd(dout: _Tensor, x: _Tensor, weight: _Tensor, bias: _MaybeTensor, silu: bool, block_l: int,
-              block_c: int, seg_tiles: int, num_warps: int, kernel: str) -> list[_Tensor]:
+              block_c: int, seg_tiles: int, num_warps: int, kernel: str, dout2: _MaybeTensor) -> list[_Tensor]:
     """[dx (B, L, C) contiguous in x's dtype, dweight (C, K), dbias (C,) (empty without bias)].
-    ``kernel``: one of BWD_KERNELS (the caller has checked that it applies: ``_bwd_kernel_and_tile``)."""
+    ``kernel``: one of BWD_KERNELS (the caller has checked that it applies: ``_bwd_kernel_and_tile``).
+    ``dout2``: a second gradient of the output (another consumer's), added to ``dout`` as the walk reads it
+    (added first for the other kernels)."""
+    if dout2 is not None and kernel != "walk":
+        dout, dout2 = dout + dout2, None
     x, weight, dout = _channel_last(x), weight.contiguous(), dout.contiguous()
+    dout2 = None if dout2 is None else dout2.contiguous()
     batch, length, channels = x.shape
     width = weight.shape[1]
     segment = block_l * seg_tiles
@@ -441,7 +451,8 @@ def _conv_bwd(dout: _Tensor, x: _Tensor, weight: _Tensor, bias: _MaybeTensor, si
                          f"{triton.next_power_of_2(width)} rows for width {width}, got {block_l}")
     if kernel == "walk":
         flags.pop("K_POW2")
-        _conv_bwd_walk_kernel[grid](x, weight, b, dout, dx, dw_part, db_part, *args, **flags)
+        _conv_bwd_walk_kernel[grid](x, weight, b, dout, dout if dout2 is None else dout2, dx, dw_part, db_part, *args,
+                                    HAS_DY2=dout2 is not None, **flags)
     elif kernel == "staged":
         ring = torch.empty(grid[0] * grid[1] * grid[2], 2 * block_l, block_c, **f32)
         # One stage: the ring's loads must not be hoisted above the barrier that publishes its stores.
@@ -454,7 +465,7 @@ def _conv_bwd(dout: _Tensor, x: _Tensor, weight: _Tensor, bias: _MaybeTensor, si
 
 
 @_conv_bwd.register_fake
-def _(dout, x, weight, bias, silu, block_l, block_c, seg_tiles, num_warps, kernel):
+def _(dout, x, weight, bias, silu, block_l, block_c, seg_tiles, num_warps, kernel, dout2):
     return [x.new_empty(x.shape), torch.empty_like(weight, memory_format=torch.contiguous_format),
             x.new_empty(0) if bias is None else torch.empty_like(bias)]
 
@@ -487,7 +498,7 @@ def _backward(ctx, dout):
     # the op's own .contiguous() was then an eager strided copy (0.42 ms a layer at Mamba 1B, tenth session).
     dout = dout.contiguous()
     kernel, tile = _bwd_kernel_and_tile(weight.shape[1])
-    dx, dweight, dbias = _conv_bwd(dout, x, weight, bias, ctx.silu, *tile, kernel)
+    dx, dweight, dbias = _conv_bwd(dout, x, weight, bias, ctx.silu, *tile, kernel, None)
     return dx, dweight, None if bias is None else dbias, None, None, None, None, None, None
 
 
@@ -502,6 +513,64 @@ def _fwd_kernel_and_tile(width: int) -> tuple[str, tuple[int, int, int, int]]:
     if FWD_KERNEL == "walk" and width <= STAGED_MAX_WIDTH:
         return "walk", (WALK_FWD_BLOCK_L, WALK_FWD_BLOCK_C, WALK_FWD_SEG_TILES, WALK_FWD_WARPS)
     return "tiles", (FWD_BLOCK_L, FWD_BLOCK_C, 1, FWD_WARPS)
+
+
+# The conv and the projection that reads its output (a Mamba-1 mixer's x_proj) as one op. Its output feeds
+# two consumers, the scan and x_proj, so autograd would add their gradients in a pass of its own (a layout
+# change in the same kernel, since the scan's du arrives transposed) before the conv's backward: 0.90 ms a
+# step at Mamba 135M (fifteenth session's profile). Here the conv's backward reads both gradients and adds
+# them as it walks, so that pass is gone. (An addmm onto the scan's gradient instead was no faster: cuBLAS
+# first copied it into its output, 0.57 ms a step, and its GEMM ran 0.93 against the plain one's ~0.35:
+# sixteenth session, call A.)
+@torch.library.custom_op("flowhn::causal_conv1d_silu_proj_fwd", mutates_args=())
+def _conv_proj_fwd(x: _Tensor, weight: _Tensor, bias: _MaybeTensor, proj_weight: _Tensor, silu: bool, block_l: int,
+                   block_c: int, seg_tiles: int, num_warps: int, kernel: str) -> tuple[_Tensor, _Tensor]:
+    """(out (B, L, C) as ``_conv_fwd``'s, out @ proj_weight.T (B, L, P)); proj_weight (P, C) in x's dtype."""
+    out = _conv_fwd(x, weight, bias, silu, block_l, block_c, seg_tiles, num_warps, kernel)
+    return out, torch.mm(out.view(-1, out.shape[-1]), proj_weight.t()).view(*out.shape[:-1], -1)
+
+
+@_conv_proj_fwd.register_fake
+def _(x, weight, bias, proj_weight, silu, block_l, block_c, seg_tiles, num_warps, kernel):
+    return x.new_empty(x.shape), x.new_empty(*x.shape[:-1], proj_weight.shape[0])
+
+
+def _setup_proj_context(ctx, inputs, output):
+    x, weight, bias, proj_weight, silu = inputs[:5]
+    ctx.save_for_backward(x, weight, bias, proj_weight, output[0])
+    ctx.silu = silu
+
+
+def _proj_backward(ctx, dout, dproj):
+    x, weight, bias, proj_weight, out = ctx.saved_tensors
+    channels = out.shape[-1]
+    if dproj is None:  # the projection unused
+        dhidden, dproj_weight = None, torch.zeros_like(proj_weight)
+    else:
+        rows = dproj.reshape(-1, dproj.shape[-1])
+        dhidden = torch.mm(rows, proj_weight).view(out.shape)
+        dproj_weight = torch.mm(rows.t(), out.reshape(-1, channels))
+    if dout is None:
+        dout, dhidden = dhidden, None
+    # Contiguous here (traced, so inductor writes any layout change), as in _backward.
+    dout = dout.contiguous()
+    kernel, tile = _bwd_kernel_and_tile(weight.shape[1])
+    dx, dweight, dbias = _conv_bwd(dout, x, weight, bias, ctx.silu, *tile, kernel, dhidden)
+    return dx, dweight, None if bias is None else dbias, dproj_weight, None, None, None, None, None, None
+
+
+_conv_proj_fwd.register_autograd(_proj_backward, setup_context=_setup_proj_context)
+
+
+def causal_conv1d_silu_proj_triton(x, weight, bias, proj_weight):
+    """(silu(causal conv1d(x) + bias), that @ proj_weight.T), the second computed in x's dtype (as autocast's
+    F.linear would); the first as ``causal_conv1d_silu_triton``'s. proj_weight (P, C)."""
+    check_conv_args(x, weight, bias)
+    if proj_weight.dim() != 2 or proj_weight.shape[1] != x.shape[-1]:
+        raise ValueError(f"causal_conv1d_silu_proj: proj_weight has shape {tuple(proj_weight.shape)}, expected "
+                         f"(P, {x.shape[-1]}) for x of shape {tuple(x.shape)}")
+    kernel, (rows, channels, seg_tiles, warps) = _fwd_kernel_and_tile(weight.shape[1])
+    return _conv_proj_fwd(x, weight, bias, proj_weight.to(x.dtype), True, rows, channels, seg_tiles, warps, kernel)
 
 
 def causal_conv1d_silu_triton(x, weight, bias=None, silu=True, block_l=None, block_c=None, num_warps=None):

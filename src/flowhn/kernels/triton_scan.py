@@ -579,13 +579,25 @@ def _strides(t: torch.Tensor) -> tuple[int, int, int]:
     return t.stride(0), t.stride(1), t.stride(2)
 
 
+def _kept_states_shape(u: _Tensor, A: _Tensor, length: int, chunk: int, keep: bool) -> tuple[int, ...]:
+    """The shape of the states the forward keeps for the backward (``keep_states``): (B, D, chunks · subs, N),
+    a state after every SUB steps; (0,) where nothing is kept: not asked, or not the Gluon kernels (the only
+    ones that read them), or a sub-chunk (GLUON_SUB) other than the forward's block of steps."""
+    sub = min(GLUON_SUB, chunk)
+    if not (keep and _use_gluon(u, _state_block(A.shape[1])) and sub == min(8, chunk)):
+        return (0,)
+    return (u.shape[0], u.shape[1], _n_chunks(length, chunk) * (chunk // sub), A.shape[1])
+
+
 @torch.library.custom_op("flowhn::selective_scan_fwd", mutates_args=())
 def _scan_fwd(u: _Tensor, delta: _Tensor, A: _Tensor, B: _Tensor, C: _Tensor, D: _MaybeTensor, z: _MaybeTensor,
               delta_bias: _MaybeTensor, length: int, softplus: bool, block_d: int, chunk: int, num_warps: int,
-              channel_last: bool) -> tuple[_Tensor, _Tensor, _Tensor]:
+              channel_last: bool, keep: bool) -> tuple[_Tensor, _Tensor, _Tensor, _Tensor]:
     """(out (B, D, L') in u's dtype and the ``channel_last`` layout, chunk-end states (B, D, chunks, N) fp32,
-    chunk step totals (B, D, chunks) fp32)."""
+    chunk step totals (B, D, chunks) fp32, the states kept after every sub-chunk in u's dtype
+    (``_kept_states_shape``; empty unless ``keep``))."""
     batch, dim, _ = u.shape
+    kept = u.new_empty(_kept_states_shape(u, A, length, chunk, keep))
     A = A.contiguous()
     D, delta_bias = (None if t is None else t.contiguous() for t in (D, delta_bias))
     state, n_chunks = A.shape[1], _n_chunks(length, chunk)
@@ -614,35 +626,36 @@ def _scan_fwd(u: _Tensor, delta: _Tensor, A: _Tensor, B: _Tensor, C: _Tensor, D:
         cap = dict(maxnreg=GLUON_SEQUENCE_FWD_MAXNREG) if sequence and GLUON_SEQUENCE_FWD_MAXNREG else {}
         gluon_scan._scan_fwd_seq_kernel[(batch, triton.cdiv(dim, 32 // GLUON_LANES_PER_CHANNEL * GLUON_FWD_WARPS),
                                          1 if sequence else n_chunks)](
-            u, delta, A, B, C, _or(D, u), _or(z, u), _or(delta_bias, u), out, states, totals, *sizes,
-            *_strides(u), *_strides(_or(z, u)), *_strides(B), HAS_D=D is not None, HAS_Z=z is not None,
+            u, delta, A, B, C, _or(D, u), _or(z, u), _or(delta_bias, u), out, states, totals, _or_empty(kept, u),
+            *sizes, *_strides(u), *_strides(_or(z, u)), *_strides(B), HAS_D=D is not None, HAS_Z=z is not None,
             HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, CHUNK=chunk, BLOCK_N=block_n,
             LPC=GLUON_LANES_PER_CHANNEL, UNROLL=min(8, chunk), SEQUENCE=sequence, CHANNEL_LAST=channel_last,
-            CL_VECTOR=cl_vector(length)[0], num_warps=GLUON_FWD_WARPS, **cap)
-        return _zero_padding(out, length), states, totals
+            CL_VECTOR=cl_vector(length)[0], KEEP=kept.numel() > 0, num_warps=GLUON_FWD_WARPS, **cap)
+        return _zero_padding(out, length), states, totals, kept
     zs = _strides(z) if z is not None else (0, 0, 0)
     _scan_fwd_kernel[grid](
         u, delta, A, B, C, _or(D, u), _or(z, u), _or(delta_bias, u), out, states, *sizes,
         *_strides(u), *_strides(delta), *_strides(B), *_strides(C), *zs, *_strides(out),
         HAS_D=D is not None, HAS_Z=z is not None, **flags)
-    return _zero_padding(out, length), states, totals
+    return _zero_padding(out, length), states, totals, kept
 
 
 @_scan_fwd.register_fake
-def _(u, delta, A, B, C, D, z, delta_bias, length, softplus, block_d, chunk, num_warps, channel_last):
+def _(u, delta, A, B, C, D, z, delta_bias, length, softplus, block_d, chunk, num_warps, channel_last, keep):
     batch, dim, _ = u.shape
     n_chunks = _n_chunks(length, chunk)
     return (_new_activation(u, channel_last),
             u.new_empty(batch, dim, n_chunks, A.shape[1], dtype=torch.float32),
-            u.new_empty(batch, dim, n_chunks, dtype=torch.float32))
+            u.new_empty(batch, dim, n_chunks, dtype=torch.float32),
+            u.new_empty(_kept_states_shape(u, A, length, chunk, keep)))
 
 
 @torch.library.custom_op("flowhn::selective_scan_bwd", mutates_args=())
 def _scan_bwd(dout: _Tensor, u: _Tensor, delta: _Tensor, A: _Tensor, B: _Tensor, C: _Tensor, D: _MaybeTensor,
-              z: _MaybeTensor, delta_bias: _MaybeTensor, states: _Tensor, totals: _Tensor, length: int,
+              z: _MaybeTensor, delta_bias: _MaybeTensor, states: _Tensor, totals: _Tensor, kept: _Tensor, length: int,
               softplus: bool, block_d: int, chunk: int, num_warps: int, channel_last: bool) -> list[_Tensor]:
     """[du, ddelta, dz (the ``channel_last`` layout; dz empty without z), dB, dC (contiguous)], then dA, dD,
-    dbias (dD and dbias empty without D and delta_bias)."""
+    dbias (dD and dbias empty without D and delta_bias). ``kept``: the forward's, read by the Gluon kernel."""
     batch, dim, _ = u.shape
     A = A.contiguous()
     D, delta_bias = (None if t is None else t.contiguous() for t in (D, delta_bias))
@@ -695,11 +708,11 @@ def _scan_bwd(dout: _Tensor, u: _Tensor, delta: _Tensor, A: _Tensor, B: _Tensor,
         _same_layout(u, delta, dout, du, ddelta, dz if z is not None else None)
         _same_layout(B, C)
         gluon_scan._scan_bwd_seq_kernel[(batch, gluon_blocks, 1 if sequence else n_chunks)](
-            *pointers, *sizes, *_strides(u), *_strides(_or(z, u)), *_strides(B),
-            dB.stride(0), dB.stride(1), HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=softplus, CHUNK=chunk, SUB=min(GLUON_SUB, chunk), BLOCK_N=block_n,
-            LPC=bwd_lanes(), SEQUENCE=sequence, PARTIALS=partials, CHANNEL_LAST=channel_last,
-            CL_VECTOR=cl_vector(length)[1], num_warps=GLUON_BWD_WARPS)
+            *pointers[:11], _or_empty(kept, u), *pointers[11:], *sizes, *_strides(u), *_strides(_or(z, u)),
+            *_strides(B), dB.stride(0), dB.stride(1), HAS_D=D is not None, HAS_Z=z is not None,
+            HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, CHUNK=chunk, SUB=min(GLUON_SUB, chunk),
+            BLOCK_N=block_n, LPC=bwd_lanes(), SEQUENCE=sequence, PARTIALS=partials, CHANNEL_LAST=channel_last,
+            CL_VECTOR=cl_vector(length)[1], KEEP=kept.numel() > 0, num_warps=GLUON_BWD_WARPS)
         if partials:  # (B, L, 2·BLOCK_N) -> dB, dC as (B, N, pitch), like B and C
             sums = dB.sum(1).transpose(1, 2)
             dB, dC = torch.zeros(B.shape, **f32), torch.zeros(C.shape, **f32)
@@ -722,7 +735,7 @@ def _scan_bwd(dout: _Tensor, u: _Tensor, delta: _Tensor, A: _Tensor, B: _Tensor,
 
 
 @_scan_bwd.register_fake
-def _(dout, u, delta, A, B, C, D, z, delta_bias, states, totals, length, softplus, block_d, chunk, num_warps,
+def _(dout, u, delta, A, B, C, D, z, delta_bias, states, totals, kept, length, softplus, block_d, chunk, num_warps,
       channel_last):
     like = lambda t: torch.empty_like(t, memory_format=torch.contiguous_format)
     return [_new_activation(u, channel_last), _new_activation(delta, channel_last),
@@ -731,14 +744,14 @@ def _(dout, u, delta, A, B, C, D, z, delta_bias, states, totals, length, softplu
 
 
 def _setup_context(ctx, inputs, output):
-    u, delta, A, B, C, D, z, delta_bias, length, softplus, block_d, chunk, num_warps, channel_last = inputs
-    _, states, totals = output
-    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states, totals)
+    u, delta, A, B, C, D, z, delta_bias, length, softplus, block_d, chunk, num_warps, channel_last, _ = inputs
+    _, states, totals, kept = output
+    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states, totals, kept)
     ctx.options = (length, softplus, block_d, chunk, num_warps, channel_last)
 
 
-def _backward(ctx, dout, _dstates, _dtotals):
-    u, delta, A, B, C, D, z, delta_bias, states, totals = ctx.saved_tensors
+def _backward(ctx, dout, _dstates, _dtotals, _dkept):
+    u, delta, A, B, C, D, z, delta_bias, states, totals, kept = ctx.saved_tensors
     # The kernels want dout laid out as u. Here, not inside the op: this line is traced into the compiled
     # backward, where inductor writes any layout change with a tiled kernel (none when dout, out_proj's
     # (B, L, D) gradient seen transposed, already is channel-last). Inside the op it was an eager strided
@@ -746,9 +759,9 @@ def _backward(ctx, dout, _dstates, _dtotals):
     # fell from 31.1 to 14.95 ms a step when the row-major transpose moved here).
     dout = _dense_channel_last(dout) if ctx.options[-1] else dout.contiguous()
     du, ddelta, dz, dB, dC, dA, dD, dbias = _scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, states, totals,
-                                                      *ctx.options)
+                                                      kept, *ctx.options)
     return (du, ddelta, dA, dB, dC, None if D is None else dD, None if z is None else dz,
-            None if delta_bias is None else dbias, None, None, None, None, None, None)
+            None if delta_bias is None else dbias, None, None, None, None, None, None, None)
 
 
 _scan_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -798,6 +811,11 @@ def _or(tensor, placeholder):
     return placeholder if tensor is None else tensor
 
 
+def _or_empty(tensor, placeholder):
+    # As _or, for an optional input passed as an empty tensor (a custom op's outputs cannot be None).
+    return tensor if tensor.numel() else placeholder
+
+
 def is_channel_last(t: torch.Tensor) -> bool:
     """Whether a (B, D, L) tensor is a transposed view of (B, L, D) memory: channels adjacent."""
     return t.shape[1] > 1 and t.stride(1) == 1 and t.stride(2) >= t.shape[1]
@@ -813,11 +831,16 @@ def is_channel_last(t: torch.Tensor) -> bool:
 # views (a mixer's) are read in place whenever the Gluon kernels run; FLOWHN_SCAN_CHANNEL_LAST=0 sends
 # them through the row-major copies instead (for A/Bs).
 CHANNEL_LAST_BY_DEFAULT = os.environ.get("FLOWHN_SCAN_CHANNEL_LAST", "1") == "1"
+# KEEP_STATES: whether the forward keeps the state after every sub-chunk (GLUON_SUB steps) for the backward,
+# when the caller does not say (``keep_states=None``; Mamba1Mixer passes model.ssm_keep_scan_states). Kept, the
+# backward skips its first walk over each chunk (the one that finds those states) for B·D·L·N / GLUON_SUB
+# values in u's dtype kept a layer: 100 MB at a Mamba 135M layer (16 × 1024 × 1536 × 16, bf16).
+KEEP_STATES = os.environ.get("FLOWHN_SCAN_KEEP_STATES", "0") == "1"
 
 
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                           block_d=None, chunk=None, num_warps=None, channel_last: bool | None = None,
-                          remake_inputs: bool = False):
+                          remake_inputs: bool = False, keep_states: bool | None = None):
     """Same contract as ``reference.selective_scan_sequential``; differentiable in every tensor input.
     Row-major: rows are copied to an aligned pitch. ``channel_last=True`` (``u`` must be a transposed
     view of (B, L, D) memory): every input is read in place with its strides and the result is
@@ -827,7 +850,9 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     ``remake_inputs``: under torch.compile the backward remakes the pitched copies of u and delta from u
     and delta instead of keeping them (a Mamba layer keeps u for x_proj's weight gradient anyway, and can
     recompute delta: ``Mamba1Mixer(remake_scan_inputs=True)``): 2 × 2 bytes a channel and step less kept
-    in bf16, for two copy passes in the backward."""
+    in bf16, for two copy passes in the backward.
+    ``keep_states`` (None: ``KEEP_STATES``): the forward keeps the state after every sub-chunk, in u's dtype,
+    and the Gluon backward reads them instead of finding them by a first walk over each chunk."""
     length = u.shape[-1]
     if channel_last is None:
         channel_last = CHANNEL_LAST_BY_DEFAULT and is_channel_last(u) and _use_gluon(u, _state_block(A.shape[-1]))
@@ -835,14 +860,14 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
         raise ValueError("selective_scan_triton: channel_last=True needs u as a (B, D, L) view of (B, L, D) memory")
     block_d, chunk, num_warps = launch_config(length, block_d, chunk, num_warps, channel_last)
     softplus = bool(delta_softplus)
+    keep = KEEP_STATES if keep_states is None else bool(keep_states)
     if channel_last:
-        out, _, _ = _scan_fwd(u, delta, A, B, C, D, z, delta_bias, length, softplus, block_d, chunk, num_warps,
-                              True)
-        return out
+        return _scan_fwd(u, delta, A, B, C, D, z, delta_bias, length, softplus, block_d, chunk, num_warps, True,
+                         keep)[0]
     pitch = _row_pitch(length)
     pitched = functools.partial(_pitched, pitch=pitch)
     u, delta = (recomputed_in_backward(pitched, t, enabled=remake_inputs) for t in (u, delta))
     B, C = (pitched(t) for t in (B, C))
     z = None if z is None else pitched(z)
-    out, _, _ = _scan_fwd(u, delta, A, B, C, D, z, delta_bias, length, softplus, block_d, chunk, num_warps, False)
+    out = _scan_fwd(u, delta, A, B, C, D, z, delta_bias, length, softplus, block_d, chunk, num_warps, False, keep)[0]
     return out[..., :length]

@@ -137,6 +137,7 @@ def make_ssm(m: DictConfig, d_model: int, kind: str | None = None) -> nn.Module:
             d_model, d_state=m.d_state, d_conv=m.d_conv, expand=m.expand, dt_rank=m.get("dt_rank"),
             inner_norms=m.get("ssm_inner_norms", False), norm_eps=m.norm_eps, backend=m.ssm_backend,
             remake_scan_inputs=m.get("ssm_remake_scan_inputs", False),
+            keep_scan_states=m.get("ssm_keep_scan_states", False),
         )
     if kind == "mamba2":
         return Mamba2Mixer(

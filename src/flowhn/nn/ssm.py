@@ -38,12 +38,17 @@ class Mamba1Mixer(nn.Module):
         norm_eps: float = 1e-6,
         backend: str = "auto",
         remake_scan_inputs: bool = False,
+        keep_scan_states: bool = False,
     ):
         """``inner_norms``: RMSNorm on dt, B and C before the scan, as Jamba does for stability.
         ``remake_scan_inputs`` (model.ssm_remake_scan_inputs): under torch.compile the backward remakes Δ
-        (dt_proj's low-rank matmul) and the Triton scan's padded copies of u and Δ instead of keeping them."""
+        (dt_proj's low-rank matmul) and the Triton scan's padded copies of u and Δ instead of keeping them.
+        ``keep_scan_states`` (model.ssm_keep_scan_states): the GPU scan's forward keeps the state after every
+        sub-chunk for its backward (``triton_scan.KEEP_STATES``): faster, 2·d_inner·d_state/8 bytes a token more
+        kept in bf16."""
         super().__init__()
         self.remake_scan_inputs = remake_scan_inputs
+        self.keep_scan_states = keep_scan_states
         self.d_inner = expand * d_model
         self.d_state = d_state
         self.dt_rank = dt_rank or math.ceil(d_model / 16)
@@ -65,13 +70,18 @@ class Mamba1Mixer(nn.Module):
             self.c_layernorm = RMSNorm(d_state, norm_eps)
 
     def forward(self, x: torch.Tensor, positions=None, ctx=None) -> torch.Tensor:
-        # Channel-last: every tensor stays (B, L, ·) as the projections make it. The conv reads the hidden
-        # half of in_proj's output in place; the scan gets transposed views ((B, E, L) by shape, (B, L, E)
-        # in memory). On a GPU the Gluon scan reads them in place (kernels/triton_scan.py,
-        # CHANNEL_LAST_BY_DEFAULT); the Triton kernels copy them into aligned rows first.
-        hidden, gate = self.in_proj(x).chunk(2, dim=-1)  # (B, L, E) views with row stride 2E
-        hidden = kernels.causal_conv1d_silu(hidden, self.conv1d.weight[:, 0], self.conv1d.bias, backend=self.backend)
-        dt, B, C = self.x_proj(hidden).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        # Channel-last: every tensor stays (B, L, ·) as the projections make it; the scan gets transposed
+        # views ((B, E, L) by shape, (B, L, E) in memory). On a GPU the Gluon scan reads them in place
+        # (kernels/triton_scan.py, CHANNEL_LAST_BY_DEFAULT); the Triton kernels copy them into aligned rows first.
+        # in_proj as two GEMMs on its weight's halves: their input gradients come back from the conv and the
+        # scan as two tensors, and one GEMM would need them side by side first (a copy of both a layer: 1.11 ms
+        # a step at Mamba 135M, the fifteenth session's profile).
+        hidden_weight, gate_weight = self.in_proj.weight.chunk(2, dim=0)
+        hidden, gate = F.linear(x, hidden_weight), F.linear(x, gate_weight)
+        # The conv and x_proj in one op, so x_proj's input gradient is added to the scan's inside its GEMM.
+        hidden, dt_B_C = kernels.causal_conv1d_silu_proj(hidden, self.conv1d.weight[:, 0], self.conv1d.bias,
+                                                         self.x_proj.weight, backend=self.backend)
+        dt, B, C = dt_B_C.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         if self.inner_norms:
             dt, B, C = self.dt_layernorm(dt), self.b_layernorm(B), self.c_layernorm(C)
         # The bias goes into the scan, fused.
@@ -80,7 +90,7 @@ class Mamba1Mixer(nn.Module):
         y = kernels.selective_scan(
             hidden.transpose(1, 2), dt.transpose(1, 2), -torch.exp(self.A_log.float()), B.transpose(1, 2),
             C.transpose(1, 2), self.D.float(), z=gate.transpose(1, 2), delta_bias=self.dt_proj.bias.float(),
-            delta_softplus=True, backend=self.backend, remake_inputs=remake,
+            delta_softplus=True, backend=self.backend, remake_inputs=remake, keep_states=self.keep_scan_states,
         )
         return self.out_proj(y.transpose(1, 2))
 

@@ -25,7 +25,8 @@ UNHASHED_KEYS = ("paths", "logger", "meta", "hydra", "ckpt_path", "callbacks", "
 # outputs and gradients from x̂ rounded to bf16, a rounding-level change like another kernel's).
 RESUME_MAY_CHANGE = (
     "eval", "hardware", "compile", "compile_scope", "compile_mode", "fused_loss", "model.moe_dispatch", "model.ssm_backend",
-    "model.ssd_recompute", "model.ssm_remake_scan_inputs", "scale.lean_activations", "model.branch_streams",
+    "model.ssd_recompute", "model.ssm_remake_scan_inputs", "model.ssm_keep_scan_states",
+    "scale.lean_activations", "model.branch_streams",
     "data.num_workers", "data.eval_batch_size", "data.cache_dir", "trainer.val_check_interval", "trainer.limit_val_batches", "trainer.log_every_n_steps",
     "trainer.enable_model_summary", "trainer.ddp_timeout_s",
     # How DDP reduces the gradients (bucketing, views, static graph, the compiled graph's split), not
