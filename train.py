@@ -15,12 +15,16 @@ from omegaconf import DictConfig
 
 from flowhn.errors import ConfigError
 from flowhn.quiet import silence_known_noise
+from flowhn.startup import freeze_at_exit, imports_without_gc
+
+freeze_at_exit()  # first of the atexit hooks, so it runs last (flowhn/startup.py says why)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> None:
     silence_known_noise()  # first: in the job's own process (a SLURM job does not run this module's top)
-    from flowhn.training.checks import check_config, world_size
+    with imports_without_gc():  # torch here, Lightning below: flowhn/startup.py says why
+        from flowhn.training.checks import check_config, world_size
 
     try:
         # Lightning DDP inside a multirun process hangs or re-runs the sweep (Lightning #11300):
@@ -28,8 +32,9 @@ def main(cfg: DictConfig) -> None:
         in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
         if in_sweep and world_size(cfg) > 1 and not {"TORCHELASTIC_RUN_ID", "SLURM_NTASKS"} & set(os.environ):
             raise ConfigError("trainer.devices: multi-device jobs in a sweep need hydra/launcher=torchrun or slurm")
-        check_config(cfg)  # before Lightning's import (~10 s): a bad device or model setting fails in seconds
-        from flowhn.training.run import run
+        with imports_without_gc():
+            check_config(cfg)  # before Lightning's import (~10 s): a bad device or model setting fails in seconds
+            from flowhn.training.run import run
 
         run(cfg, Path(HydraConfig.get().runtime.output_dir), config_checked=True)
     except ConfigError as err:

@@ -548,4 +548,7 @@ def main(bench: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from flowhn.startup import freeze_at_exit
+
+    freeze_at_exit()  # the interpreter's exit without a collection over torch's objects (flowhn/startup.py)
     main()

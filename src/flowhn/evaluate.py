@@ -133,4 +133,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from flowhn.startup import freeze_at_exit
+
+    freeze_at_exit()  # the interpreter's exit without a collection over torch's objects (flowhn/startup.py)
     main()

@@ -360,4 +360,9 @@ def torchrun_main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    from flowhn.startup import freeze_at_exit, imports_without_gc
+
+    freeze_at_exit()  # src/flowhn/startup.py says why
+    with imports_without_gc():
+        import torch.distributed.run  # noqa: F401  (torchrun_main's import, made here without collections)
     torchrun_main()
