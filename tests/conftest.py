@@ -98,8 +98,15 @@ LEAN_TRITON_INTERPRETER = ROOT / "tests" / "lean_triton_interpreter.py"
 def run_in_triton_interpreter(script: str, *args: str, timeout: float = 300) -> str:
     """stdout of ``python -c script *args`` with TRITON_INTERPRET=1: Triton reads it when it is first
     imported, so the kernels' CPU runs need a process of their own. A failing script fails the test.
-    The interpreter runs without its repeated work (lean_triton_interpreter.py says which)."""
-    script = f"import runpy; runpy.run_path({str(LEAN_TRITON_INTERPRETER)!r})\n" + script
+    The interpreter runs without its repeated work (lean_triton_interpreter.py says which), and the process
+    starts and exits as train.py does (src/flowhn/startup.py): torch, its compiler and Triton, which every
+    script imports, are imported first with the garbage collector off, then frozen with whatever else is
+    alive at exit."""
+    script = ("from flowhn.startup import freeze_at_exit, imports_without_gc\n"
+              "freeze_at_exit()\n"
+              "with imports_without_gc():\n"
+              "    import torch, torch._dynamo, triton  # noqa\n"
+              f"    import runpy; runpy.run_path({str(LEAN_TRITON_INTERPRETER)!r})\n") + script
     proc = subprocess.run([sys.executable, "-c", script, *args], env=dict(os.environ, TRITON_INTERPRET="1"),
                           capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
