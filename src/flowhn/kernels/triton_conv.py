@@ -1,8 +1,8 @@
 """Causal depthwise conv1d + bias + SiLU as one Triton kernel forward and one backward, channel-last.
 
 Semantics: ``flowhn.kernels.torch_conv.causal_conv1d_silu_reference`` (F.conv1d with K-1 zeros on the
-left, then SiLU). ``x`` is (B, L, C) with unit channel stride and any batch/row strides, so the hidden
-half of a mixer's in_proj output (a view with row stride 2E) is read in place, no transpose or copy.
+left, then SiLU). ``x`` is (B, L, C) with unit channel stride and any batch/row strides, so a column view
+of a wider tensor (Mamba-2's xBC columns of its in_proj output) is read in place, no transpose or copy.
 
 Forward (``FWD_KERNEL``): "walk" (the default, widths ≤ 4): each thread walks its channels' rows one
 at a time with x_{t-1..t-3} in registers, so x is read once; "tiles": a program sums K row-shifted

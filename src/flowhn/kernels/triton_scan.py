@@ -23,9 +23,9 @@ and dC sum over channels: each backward program accumulates several channel bloc
 adds its share with atomics. dA, dD and dbias are written per (batch, chunk) and summed afterwards.
 
 Every (B, D, L) and (B, N, L) tensor is addressed through its own strides, so the kernels read the
-channel-last views Mamba1Mixer hands over (transposed (B, L, ·) projections, u and z possibly the two
-halves of one in_proj output) in place and write a channel-last result: no layout copies around the
-scan. Contiguous (B, D, L) inputs take the row-major path with rows padded to an aligned pitch.
+channel-last views Mamba1Mixer hands over (transposed (B, L, ·) projections; z may have its own row
+stride, as the half of a wider in_proj output) in place and write a channel-last result: no layout
+copies around the scan. Contiguous (B, D, L) inputs take the row-major path with rows padded to an aligned pitch.
 The forward's tile (8 channels × 64 steps, 1 warp) comes from a sweep on an H100 at B=16, D=4096,
 L=1024 and 384, N=16 in bf16 (scripts/gpu_check_kernels.py --sweep): 7.0 ms forward+backward at
 L=1024 against 8.4 ms for the earlier 8 × 32 tiles. The backward's (64 channels a program, 1 warp,
