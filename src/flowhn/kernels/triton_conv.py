@@ -493,13 +493,17 @@ def _bwd_kernel_and_tile(width: int) -> tuple[str, tuple[int, int, int, int]]:
 
 def _backward(ctx, dout):
     x, weight, bias = ctx.saved_tensors
-    # Contiguous here, traced into the compiled backward, not inside the op: in a Mamba mixer dout is the
-    # sum of x_proj's gradient and the scan's transposed du, which inductor may lay out transposed, and
-    # the op's own .contiguous() was then an eager strided copy (0.42 ms a layer at Mamba 1B, tenth session).
-    dout = dout.contiguous()
+    return (*_conv_grads(dout, None, x, weight, bias, ctx.silu), None, None, None, None, None, None)
+
+
+def _conv_grads(dout, dout2, x, weight, bias, silu):
+    """(dx, dweight, dbias or None) by the backward op; dout2: ``_conv_bwd``'s. dout is made contiguous here,
+    traced into the compiled backward, not inside the op: when it was the sum of a Mamba-1 mixer's x_proj
+    gradient and the scan's transposed du, inductor laid it out transposed, and the op's own .contiguous()
+    was then an eager strided copy (0.42 ms a layer at Mamba 1B, tenth session)."""
     kernel, tile = _bwd_kernel_and_tile(weight.shape[1])
-    dx, dweight, dbias = _conv_bwd(dout, x, weight, bias, ctx.silu, *tile, kernel, None)
-    return dx, dweight, None if bias is None else dbias, None, None, None, None, None, None
+    dx, dweight, dbias = _conv_bwd(dout.contiguous(), x, weight, bias, silu, *tile, kernel, dout2)
+    return dx, dweight, None if bias is None else dbias
 
 
 _conv_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -552,11 +556,8 @@ def _proj_backward(ctx, dout, dproj):
         dproj_weight = torch.mm(rows.t(), out.reshape(-1, channels))
     if dout is None:
         dout, dhidden = dhidden, None
-    # Contiguous here (traced, so inductor writes any layout change), as in _backward.
-    dout = dout.contiguous()
-    kernel, tile = _bwd_kernel_and_tile(weight.shape[1])
-    dx, dweight, dbias = _conv_bwd(dout, x, weight, bias, ctx.silu, *tile, kernel, dhidden)
-    return dx, dweight, None if bias is None else dbias, dproj_weight, None, None, None, None, None, None
+    return (*_conv_grads(dout, dhidden, x, weight, bias, ctx.silu), dproj_weight, None, None, None, None, None,
+            None)
 
 
 _conv_proj_fwd.register_autograd(_proj_backward, setup_context=_setup_proj_context)

@@ -579,12 +579,22 @@ def _strides(t: torch.Tensor) -> tuple[int, int, int]:
     return t.stride(0), t.stride(1), t.stride(2)
 
 
+def _fwd_block(chunk: int) -> int:
+    """Steps the Gluon forward walks between its stores (its UNROLL); with keep_states, a state is kept after each."""
+    return min(8, chunk)
+
+
+def _bwd_sub(chunk: int) -> int:
+    """The Gluon backward's sub-chunk (its SUB), GLUON_SUB steps at most."""
+    return min(GLUON_SUB, chunk)
+
+
 def _kept_states_shape(u: _Tensor, A: _Tensor, length: int, chunk: int, keep: bool) -> tuple[int, ...]:
     """The shape of the states the forward keeps for the backward (``keep_states``): (B, D, chunks · subs, N),
     a state after every SUB steps; (0,) where nothing is kept: not asked, or not the Gluon kernels (the only
-    ones that read them), or a sub-chunk (GLUON_SUB) other than the forward's block of steps."""
-    sub = min(GLUON_SUB, chunk)
-    if not (keep and _use_gluon(u, _state_block(A.shape[1])) and sub == min(8, chunk)):
+    ones that read them), or a backward sub-chunk other than the forward's block of steps."""
+    sub = _bwd_sub(chunk)
+    if not (keep and _use_gluon(u, _state_block(A.shape[1])) and sub == _fwd_block(chunk)):
         return (0,)
     return (u.shape[0], u.shape[1], _n_chunks(length, chunk) * (chunk // sub), A.shape[1])
 
@@ -629,7 +639,7 @@ def _scan_fwd(u: _Tensor, delta: _Tensor, A: _Tensor, B: _Tensor, C: _Tensor, D:
             u, delta, A, B, C, _or(D, u), _or(z, u), _or(delta_bias, u), out, states, totals, _or_empty(kept, u),
             *sizes, *_strides(u), *_strides(_or(z, u)), *_strides(B), HAS_D=D is not None, HAS_Z=z is not None,
             HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, CHUNK=chunk, BLOCK_N=block_n,
-            LPC=GLUON_LANES_PER_CHANNEL, UNROLL=min(8, chunk), SEQUENCE=sequence, CHANNEL_LAST=channel_last,
+            LPC=GLUON_LANES_PER_CHANNEL, UNROLL=_fwd_block(chunk), SEQUENCE=sequence, CHANNEL_LAST=channel_last,
             CL_VECTOR=cl_vector(length)[0], KEEP=kept.numel() > 0, num_warps=GLUON_FWD_WARPS, **cap)
         return _zero_padding(out, length), states, totals, kept
     zs = _strides(z) if z is not None else (0, 0, 0)
@@ -710,7 +720,7 @@ def _scan_bwd(dout: _Tensor, u: _Tensor, delta: _Tensor, A: _Tensor, B: _Tensor,
         gluon_scan._scan_bwd_seq_kernel[(batch, gluon_blocks, 1 if sequence else n_chunks)](
             *pointers[:11], _or_empty(kept, u), *pointers[11:], *sizes, *_strides(u), *_strides(_or(z, u)),
             *_strides(B), dB.stride(0), dB.stride(1), HAS_D=D is not None, HAS_Z=z is not None,
-            HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, CHUNK=chunk, SUB=min(GLUON_SUB, chunk),
+            HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, CHUNK=chunk, SUB=_bwd_sub(chunk),
             BLOCK_N=block_n, LPC=bwd_lanes(), SEQUENCE=sequence, PARTIALS=partials, CHANNEL_LAST=channel_last,
             CL_VECTOR=cl_vector(length)[1], KEEP=kept.numel() > 0, num_warps=GLUON_BWD_WARPS)
         if partials:  # (B, L, 2·BLOCK_N) -> dB, dC as (B, N, pitch), like B and C
