@@ -151,9 +151,9 @@ def causal_conv1d_silu(x, weight, bias=None, backend="auto"):
 
 def causal_conv1d_silu_proj(x, weight, bias, proj_weight, backend="auto"):
     """(h, h @ proj_weight.T) with h = ``causal_conv1d_silu(x, weight, bias)``, proj_weight (P, C): a Mamba-1
-    mixer's conv and its x_proj. On the GPU backends one op whose backward adds x_proj's input gradient onto
-    the other consumer's in its GEMM (``triton_conv.causal_conv1d_silu_proj_triton``); elsewhere the two
-    calls, x_proj by F.linear."""
+    mixer's conv and its x_proj. On the GPU backends one op whose backward hands x_proj's input gradient to
+    the conv's backward beside the other consumer's, added as the conv reads them
+    (``triton_conv.causal_conv1d_silu_proj_triton``); elsewhere the two calls, x_proj by F.linear."""
     name = resolve_backend(backend, x.device)
     if name in ("torch", "reference") or GPU_CONV == "shifted":
         hidden = causal_conv1d_silu(x, weight, bias, backend=name)

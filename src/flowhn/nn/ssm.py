@@ -78,7 +78,8 @@ class Mamba1Mixer(nn.Module):
         # a step at Mamba 135M, the fifteenth session's profile).
         hidden_weight, gate_weight = self.in_proj.weight.chunk(2, dim=0)
         hidden, gate = F.linear(x, hidden_weight), F.linear(x, gate_weight)
-        # The conv and x_proj in one op, so x_proj's input gradient is added to the scan's inside its GEMM.
+        # The conv and x_proj in one op, so the conv's backward adds x_proj's input gradient to the scan's as it
+        # reads them (no pass of their own to sum them).
         hidden, dt_B_C = kernels.causal_conv1d_silu_proj(hidden, self.conv1d.weight[:, 0], self.conv1d.bias,
                                                          self.x_proj.weight, backend=self.backend)
         dt, B, C = dt_B_C.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
