@@ -62,7 +62,8 @@ SIZES = dict(
 # the A/B of the sixteenth session). GLUON_CL_VECTOR: (forward, backward) channels a thread at channel-last
 # memory; GLUON_BWD_LANES, _BWD_WARPS, _SUB: the backward's lanes a channel, warps a program and sub-chunk.
 SCAN_SWEEP = [
-    dict(KEEP_STATES=False), dict(KEEP_STATES=True), dict(KEEP_STATES=True, GLUON_CL_VECTOR=(8, 1)),
+    dict(KEEP_STATES=False), dict(KEEP_STATES=True), dict(KEEP_STATES=True, GLUON_CL_VECTOR=(8, 0)),
+    dict(KEEP_STATES=True, GLUON_CL_VECTOR=(8, 1)), dict(KEEP_STATES=True, GLUON_CL_VECTOR=(8, 2)),
     dict(KEEP_STATES=True, GLUON_CL_VECTOR=(8, 4)),
     dict(GLUON_CL_VECTOR=(8, 0)), dict(GLUON_CL_VECTOR=(8, 1)), dict(GLUON_CL_VECTOR=(8, 4)),
     dict(GLUON_BWD_LANES=4, GLUON_CL_VECTOR=(8, 0)), dict(GLUON_BWD_LANES=4, GLUON_CL_VECTOR=(8, 1)),
@@ -430,6 +431,8 @@ def main():
                         help="time by the GPU kernels' own durations (torch.profiler), not wall time")
     parser.add_argument("--sweep-first", type=int, default=None,
                         help="only the first N points of SCAN_SWEEP (so a short call sweeps every shape)")
+    parser.add_argument("--scan-shapes", default=None,
+                        help="comma-separated indices into the scan's shapes (default: all four)")
     parser.add_argument("--sweep-budget-s", type=float, default=SWEEP_BUDGET_S,
                         help="tile sweeps stop adding configs once the script has run this long")
     parser.add_argument("--cpu-smoke", action="store_true",
@@ -438,6 +441,8 @@ def main():
     KERNEL_TIME, SWEEP_BUDGET_S = args.kernel_time, args.sweep_budget_s
     if args.sweep_first is not None:
         SCAN_SWEEP[:] = SCAN_SWEEP[:args.sweep_first]
+    if args.scan_shapes:
+        SIZES["scan"] = [SIZES["scan"][int(i)] for i in args.scan_shapes.split(",")]
     if args.cpu_smoke:
         if os.environ.get("TRITON_INTERPRET") != "1":
             sys.exit("gpu_mamba1.py: --cpu-smoke needs TRITON_INTERPRET=1")
