@@ -1,8 +1,12 @@
+import atexit
 import gc
 import json
 import os
+import select
+import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 # Collection imports torch, Lightning, lm-eval and transformers in every worker: without the cyclic garbage
@@ -95,20 +99,104 @@ def assert_errors_below(errors: dict, tol: float) -> None:
 LEAN_TRITON_INTERPRETER = ROOT / "tests" / "lean_triton_interpreter.py"
 
 
+# The interpreted scripts' server (one a pytest worker, started by the first script): torch, its compiler and
+# Triton are imported once, with the garbage collector off and then frozen as train.py does
+# (src/flowhn/startup.py), and the interpreter made lean (lean_triton_interpreter.py). Each request is one
+# script, run in a fork of the server: a process of its own, as ``python -c script *args`` after those imports
+# would be (its own sys.argv and __main__, stdout and stderr to files, its exit status), minus the 4-5 s of
+# imports each script's interpreter spent before (eight scripts in the suite). The fork exits without the
+# interpreter's final collections (os._exit), which its frozen imports made short anyway.
+_INTERPRETER_SERVER = """
+import json, os, sys, traceback, types
+from flowhn.startup import freeze_at_exit, imports_without_gc
+freeze_at_exit()
+with imports_without_gc():
+    import torch, torch._dynamo, triton  # noqa
+    import runpy; runpy.run_path({lean!r})
+requests, replies = sys.stdin, sys.stdout
+for line in requests:
+    request = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
+                os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), fd)
+            sys.argv = ["-c", *request["args"]]
+            sys.modules["__main__"] = main = types.ModuleType("__main__")
+            exec(compile(request["script"], "<string>", "exec"), main.__dict__)
+            code = 0
+        except SystemExit as stop:
+            if stop.code is None or isinstance(stop.code, int):
+                code = stop.code or 0
+            else:
+                print(stop.code, file=sys.stderr)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    replies.write(json.dumps(os.waitstatus_to_exitcode(status)) + "\\n")
+    replies.flush()
+"""
+
+
+class _TritonInterpreterServer:
+    def __init__(self):
+        self.env = dict(os.environ, TRITON_INTERPRET="1")  # read by Triton's import, in the server
+        self.folder = tempfile.TemporaryDirectory(prefix="flowhn-interpreter-")
+        self.log = Path(self.folder.name) / "server.log"
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", _INTERPRETER_SERVER.format(lean=str(LEAN_TRITON_INTERPRETER))], env=self.env,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
+
+    def run(self, script: str, args: tuple[str, ...], timeout: float) -> subprocess.CompletedProcess:
+        out, err = Path(self.folder.name) / "stdout", Path(self.folder.name) / "stderr"
+        self.proc.stdin.write(json.dumps({"script": script, "args": list(args), "stdout": str(out),
+                                          "stderr": str(err)}) + "\n")
+        self.proc.stdin.flush()
+        if not select.select([self.proc.stdout], [], [], timeout)[0]:
+            self.close()
+            raise subprocess.TimeoutExpired(["python", "-c", "<script>", *args], timeout)
+        reply = self.proc.stdout.readline()
+        if not reply:
+            self.close()
+            raise RuntimeError(f"the Triton interpreter's server ended: {self.log.read_text()[-3000:]}")
+        return subprocess.CompletedProcess(args, json.loads(reply), out.read_text(), err.read_text())
+
+    def close(self) -> None:
+        """Ends the server and any script it is running (their own process group)."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        self.folder.cleanup()
+
+
+_interpreter_server: _TritonInterpreterServer | None = None
+
+
 def run_in_triton_interpreter(script: str, *args: str, timeout: float = 300) -> str:
     """stdout of ``python -c script *args`` with TRITON_INTERPRET=1: Triton reads it when it is first
-    imported, so the kernels' CPU runs need a process of their own. A failing script fails the test.
-    The interpreter runs without its repeated work (lean_triton_interpreter.py says which), and the process
-    starts and exits as train.py does (src/flowhn/startup.py): torch, its compiler and Triton, which every
-    script imports, are imported first with the garbage collector off, then frozen with whatever else is
-    alive at exit."""
-    script = ("from flowhn.startup import freeze_at_exit, imports_without_gc\n"
-              "freeze_at_exit()\n"
-              "with imports_without_gc():\n"
-              "    import torch, torch._dynamo, triton  # noqa\n"
-              f"    import runpy; runpy.run_path({str(LEAN_TRITON_INTERPRETER)!r})\n") + script
-    proc = subprocess.run([sys.executable, "-c", script, *args], env=dict(os.environ, TRITON_INTERPRET="1"),
-                          capture_output=True, text=True, timeout=timeout)
+    imported, so the kernels' CPU runs need a process of their own, here a fork of the worker's interpreter
+    server (_INTERPRETER_SERVER says what it has imported). A failing script fails the test."""
+    global _interpreter_server
+    if _interpreter_server is not None and (_interpreter_server.proc.poll() is not None
+                                            or _interpreter_server.env != dict(os.environ, TRITON_INTERPRET="1")):
+        _interpreter_server.close()  # ended, or started under other environment variables than these
+        _interpreter_server = None
+    if _interpreter_server is None:
+        _interpreter_server = _TritonInterpreterServer()
+        atexit.register(_interpreter_server.close)
+    proc = _interpreter_server.run(script, args, timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
