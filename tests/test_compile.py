@@ -25,8 +25,8 @@ CASES = [("llama", None), ("mamba", None), ("mamba2", None), ("shm", None), ("hy
 # Dynamo's tracing time grows with the depth. Where blocks repeat every two layers (llama, mamba, mamba2
 # alike; SHM's "MA"; FlowHN's ae/fac spans alternate, fa's is the same in every block), two layers hold every
 # distinct block and every span the tiny model's four do, and still hand the per-forward context (RoPE,
-# split indices) from one block to a different next one. Jamba and Hymba keep their layouts: Jamba's is set
-# below, and Hymba's sliding-window layers are neither the first, the middle nor the last.
+# split indices) from one block to a different next one. Jamba's three kinds of block take three layers (below);
+# Hymba keeps its four: its sliding-window layers are neither the first, the middle nor the last.
 TWO_LAYERS_SUFFICE = ("llama", "mamba", "mamba2", "shm", "flowhn")
 
 
@@ -34,8 +34,9 @@ def _model(arch, split):
     overrides = [f"split={split}"] if split else []
     if arch in TWO_LAYERS_SUFFICE:
         overrides.append("model.n_layers=2")
-    if arch == "jamba":  # 4 layers, not 8: attention at 1, MoE at 1 and 3, Mamba elsewhere
-        overrides += ["model.n_layers=4", "model.attn_period=4", "model.attn_offset=1"]
+    if arch == "jamba":  # 3 layers, not 8: attention + MoE, Mamba + MLP, Mamba + MoE (each kind of block once)
+        overrides += ["model.n_layers=3", "model.attn_period=3", "model.attn_offset=0", "model.expert_period=2",
+                      "model.expert_offset=0"]
         # The GPU default (grouped, bf16) keeps one graph too (tests/test_moe.py); in fp32 on CPU torch's
         # grouped GEMM does not compile and auto takes the loop, so the static-shape dense dispatch stands in.
         overrides += ["model.moe_dispatch=dense"]
