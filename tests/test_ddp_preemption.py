@@ -26,13 +26,14 @@ from flowhn.sweeping import finish_job
 from flowhn.training.checks import RESUME_MAY_CHANGE, resolve_trainer_settings
 from flowhn.training.run import make_strategy
 
-MAX_STEPS = 30
+MAX_STEPS = 16
 # Checkpoints every 2 steps: the external kill lands right after the first one, with most of the
-# run still ahead (the stop must happen mid-training, not after it).
+# run still ahead (the stop must happen mid-training, not after it). Validation at 8 and 16: both
+# after the stopped runs resume (16 steps, not 30: the reference and the resumed run train 28 fewer).
 DDP = (
     "trainer.devices=2", "trainer.accelerator=cpu", "logger=csv", RESUMABLE_CSV, "data.seq_len=32",
     "data.batch_size=4", f"trainer.max_steps={MAX_STEPS}", "trainer.log_every_n_steps=1",
-    "trainer.val_check_interval=10", "trainer.limit_val_batches=2", "callbacks.throughput.warmup_steps=2",
+    "trainer.val_check_interval=8", "trainer.limit_val_batches=2", "callbacks.throughput.warmup_steps=2",
     "callbacks.throughput.window=4", "callbacks.checkpoint.every_n_train_steps=2",
     "+logger.csv.flush_logs_every_n_steps=1",
 )
