@@ -93,7 +93,7 @@ def reference(tmp_path_factory) -> Path:
 def test_same_seed_gives_the_same_losses(reference, tmp_path):
     again, other_seed = tmp_path / "again", tmp_path / "other"
     run(train_cfg(again), again)
-    run(train_cfg(other_seed, "seed=4321"), other_seed)
+    run(train_cfg(other_seed, "seed=4321", "trainer.max_steps=1"), other_seed)  # only its first loss is read
     want = metric(reference)
     assert len(want) == MAX_STEPS
     assert metric(again) == want  # bit for bit on CPU
