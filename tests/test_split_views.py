@@ -80,8 +80,10 @@ def _aten_calls(graphs):
 
 
 def test_compiled_split_has_no_index_passes():
-    # FAC: a window in the middle of the sequence for block 1 (the two-piece SSM gather), at the end for 0.
-    cfg = small_cfg("flowhn", "split=fac_split", "split.ratio=0.3", "model.n_layers=4", seq_len=30)
+    # FAC's 12-token window at the end of the sequence for block 0, in the middle for block 1 (the two-piece SSM
+    # gather), at the start for block 2: each place a window can take, in three blocks (four at ratio 0.3 took
+    # 40 % longer to trace).
+    cfg = small_cfg("flowhn", "split=fac_split", "split.ratio=0.4", "model.n_layers=3", seq_len=30)
     torch.manual_seed(0)
     model = flowhn.build_model(cfg)
     graphs = []
