@@ -146,9 +146,11 @@ LEAN_TRITON_INTERPRETER = ROOT / "tests" / "lean_triton_interpreter.py"
 # Triton are imported once, with the garbage collector off and then frozen as train.py does
 # (src/flowhn/startup.py), and the interpreter made lean (lean_triton_interpreter.py). Each request is one
 # script, run in a fork of the server: a process of its own, as ``python -c script *args`` after those imports
-# would be (its own sys.argv and __main__, stdout and stderr to files, its exit status), minus the 4-5 s of
-# imports each script's interpreter spent before (eight scripts in the suite). The fork exits without the
-# interpreter's final collections (os._exit), which its frozen imports made short anyway.
+# would be (its own sys.argv and __main__, the caller's environment variables, stdout and stderr to files, its
+# exit status), minus the 4-5 s of imports each script's interpreter spent before (eight scripts in the suite).
+# The fork exits without the interpreter's final collections (os._exit), which its frozen imports made short
+# anyway. A server whose imports may have read other values than the caller's now (_IMPORT_TIME_ENV) is
+# replaced; the variables the tests' own runs set (Lightning's PL_GLOBAL_SEED, ...) leave it be.
 _INTERPRETER_SERVER = """
 import json, os, sys, traceback, types
 from flowhn.startup import freeze_at_exit, imports_without_gc
@@ -167,6 +169,8 @@ for line in requests:
             os.dup2(null, 0)
             for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
                 os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), fd)
+            os.environ.clear()
+            os.environ.update(request["env"])
             sys.argv = ["-c", *request["args"]]
             sys.modules["__main__"] = main = types.ModuleType("__main__")
             exec(compile(request["script"], "<string>", "exec"), main.__dict__)
@@ -190,9 +194,21 @@ for line in requests:
 """
 
 
+# Environment variables that torch, its compiler, Triton, OpenMP and Python read as they are imported or start.
+_IMPORT_TIME_ENV = ("TRITON", "TORCH", "PYTORCH", "OMP_", "KMP_", "MKL_", "CUDA", "PYTHON", "LD_")
+
+
+def _interpreter_env() -> dict[str, str]:
+    return dict(os.environ, TRITON_INTERPRET="1")  # TRITON_INTERPRET: read by Triton's import, in the server
+
+
+def _import_time_env(env: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k.startswith(_IMPORT_TIME_ENV)}
+
+
 class _TritonInterpreterServer:
     def __init__(self):
-        self.env = dict(os.environ, TRITON_INTERPRET="1")  # read by Triton's import, in the server
+        self.env = _interpreter_env()
         self.folder = tempfile.TemporaryDirectory(prefix="flowhn-interpreter-")
         self.log = Path(self.folder.name) / "server.log"
         with open(self.log, "w") as log:
@@ -202,8 +218,8 @@ class _TritonInterpreterServer:
 
     def run(self, script: str, args: tuple[str, ...], timeout: float) -> subprocess.CompletedProcess:
         out, err = Path(self.folder.name) / "stdout", Path(self.folder.name) / "stderr"
-        self.proc.stdin.write(json.dumps({"script": script, "args": list(args), "stdout": str(out),
-                                          "stderr": str(err)}) + "\n")
+        self.proc.stdin.write(json.dumps({"script": script, "args": list(args), "env": _interpreter_env(),
+                                          "stdout": str(out), "stderr": str(err)}) + "\n")
         self.proc.stdin.flush()
         if not select.select([self.proc.stdout], [], [], timeout)[0]:
             self.close()
@@ -232,9 +248,10 @@ def run_in_triton_interpreter(script: str, *args: str, timeout: float = 300) -> 
     imported, so the kernels' CPU runs need a process of their own, here a fork of the worker's interpreter
     server (_INTERPRETER_SERVER says what it has imported). A failing script fails the test."""
     global _interpreter_server
-    if _interpreter_server is not None and (_interpreter_server.proc.poll() is not None
-                                            or _interpreter_server.env != dict(os.environ, TRITON_INTERPRET="1")):
-        _interpreter_server.close()  # ended, or started under other environment variables than these
+    if _interpreter_server is not None and (
+            _interpreter_server.proc.poll() is not None
+            or _import_time_env(_interpreter_server.env) != _import_time_env(_interpreter_env())):
+        _interpreter_server.close()  # ended, or its imports saw other values of these variables
         _interpreter_server = None
     if _interpreter_server is None:
         _interpreter_server = _TritonInterpreterServer()
