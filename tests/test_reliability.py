@@ -150,6 +150,33 @@ def test_sigterm_saves_last_ckpt_exits_and_resume_continues(reference, tmp_path)
     assert not list((tmp_path / "checkpoints").glob("last-v*"))
 
 
+def test_sigterm_before_the_first_step_exits_within_the_grace_and_records_the_stop(tmp_path):
+    # On 2 H200s a SIGTERM during DDP's compile (minutes before the first step: no step to stop at)
+    # ended every rank at 0.9 x the grace as it should, but summary.json still said "running".
+    # The stall stands in for that compile.
+    cmd = train_py(tmp_path, "debug.stall_at_fit_start_s=300", "hydra.launcher.stop_grace_s=4")
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 240
+        while not (tmp_path / "summary.json").exists():  # written just before fit starts
+            assert proc.poll() is None and time.time() < deadline, "the run did not get to fit"
+            time.sleep(0.02)
+        assert read_summary(tmp_path)["status"] == "running"
+        proc.send_signal(signal.SIGTERM)
+        signalled = time.time()
+        _, stderr = proc.communicate(timeout=60)
+        gone_after = time.time() - signalled
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    assert gone_after < 4, f"still running {gone_after:.1f} s after SIGTERM with a 4 s grace"
+    assert "before the first step" in stderr
+    stopped = read_summary(tmp_path)
+    assert stopped["status"] == "stopped" and stopped["steps"] == 0, stopped
+    assert "exited without saving at step 0" in stopped["error"]
+    assert not (tmp_path / "checkpoints" / "last.ckpt").exists()
+
+
 # ---------------------------------------------------------------- checkpoint files
 
 

@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -54,12 +55,19 @@ class AgreedStop(L.Callback):
     ``SIGTERMException`` at the end of that step (after a validation due at it), on every rank
     together, and ``PreemptionCheckpoint`` saves ``last.ckpt`` there. The watchdog ends the process
     with 128 + SIGTERM if the stop has not finished within ``grace_s`` (a dead peer, a hung
-    collective, a checkpoint that does not fit in the grace: the atomic save keeps the old file).
+    collective, a checkpoint that does not fit in the grace: the atomic save keeps the old file; or a
+    signal while the run is still starting: a GPU run compiles for minutes before its first step, and
+    there is nothing new to save before it), calling ``on_expire`` first (train.py's records the stop in
+    summary.json, which would otherwise still say "running").
 
     ``install()`` sets the process's SIGTERM handler (call it early, on the main thread: a signal
     before ``fit`` is remembered and acted on at the first step); ``attach(trainer)`` puts the
     agreement in place of Lightning's handling.
     """
+
+    # Why a stop may not finish in time: before the first step there is no step to stop at (a GPU run
+    # compiles for minutes), and after it a peer may be gone or a collective hung.
+    EXPIRED_WHY = "still starting, before the first step; or a peer is gone or a collective hangs"
 
     def __init__(self, grace_s: float = 60.0, timeout_s: float = 600.0):
         if isinstance(grace_s, bool) or not isinstance(grace_s, (int, float)) or grace_s <= 0:
@@ -72,6 +80,8 @@ class AgreedStop(L.Callback):
         self.stop_step: int | None = None
         self._watchdog: threading.Timer | None = None
         self._group = None
+        # Called (on the watchdog's thread) just before it ends the process: how the run records the stop.
+        self.on_expire: Callable[[], None] | None = None
 
     # -- this process -------------------------------------------------------------------
 
@@ -99,10 +109,16 @@ class AgreedStop(L.Callback):
                  os.getpid(), self.grace_s)
 
     def _expire(self) -> None:
-        sys.stderr.write(f"SIGTERM: not stopped within {0.9 * self.grace_s:g} s (a peer is gone or a collective hangs); "
+        sys.stderr.write(f"SIGTERM: not stopped within {0.9 * self.grace_s:g} s ({self.EXPIRED_WHY}); "
                          f"exiting with {128 + signal.SIGTERM}\n")
         sys.stderr.flush()
-        os._exit(128 + signal.SIGTERM)
+        try:
+            if self.on_expire is not None:  # rank 0's summary.json: stopped, not still "running"
+                self.on_expire()
+        except BaseException as exc:  # the exit below must happen whatever the record does
+            sys.stderr.write(f"SIGTERM: could not record the stop: {type(exc).__name__}: {exc}\n")
+        finally:
+            os._exit(128 + signal.SIGTERM)
 
     # -- the ranks ----------------------------------------------------------------------
 
@@ -232,16 +248,26 @@ class FaultInjection(L.Callback):
       Not again when a resumed fit starts at that step.
     - ``term_at_step``: send SIGTERM to this process (on ``term_rank`` only, if set), as a
       scheduler's preemption would; the ranks then stop after step k + 1. Not again on resume.
+
+    And one that fires when the fit starts, before any step:
+
+    - ``stall_at_fit_start_s``: sleep that long, as a run still compiling (minutes on a GPU) or waiting
+      for its data would: a SIGTERM then lands where no step is near to stop at.
     """
 
     def __init__(self, fail_at_step: int | None = None, fail_rank: int | None = None,
                  nan_at_step: int | None = None, kill_at_step: int | None = None,
-                 term_at_step: int | None = None, term_rank: int | None = None):
+                 term_at_step: int | None = None, term_rank: int | None = None,
+                 stall_at_fit_start_s: float | None = None):
         for key, value in (("fail_at_step", fail_at_step), ("fail_rank", fail_rank),
                            ("nan_at_step", nan_at_step), ("kill_at_step", kill_at_step),
                            ("term_at_step", term_at_step), ("term_rank", term_rank)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise ConfigError(f"debug.{key}: must be null or an integer >= 0, got {value!r}")
+        if stall_at_fit_start_s is not None and (isinstance(stall_at_fit_start_s, bool) or not isinstance(
+                stall_at_fit_start_s, (int, float)) or stall_at_fit_start_s < 0):
+            raise ConfigError(f"debug.stall_at_fit_start_s: must be null or seconds >= 0, got {stall_at_fit_start_s!r}")
+        self.stall_at_fit_start_s = stall_at_fit_start_s
         self.fail_at_step, self.fail_rank = fail_at_step, fail_rank
         self.nan_at_step, self.kill_at_step = nan_at_step, kill_at_step
         self.term_at_step, self.term_rank = term_at_step, term_rank
@@ -252,6 +278,11 @@ class FaultInjection(L.Callback):
         """The callback for a ``debug`` config block, or None when it asks for no fault."""
         settings = dict(debug or {})
         return cls(**settings) if any(v is not None for v in settings.values()) else None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.stall_at_fit_start_s:
+            log.warning("debug.stall_at_fit_start_s=%g: sleeping before the first step", self.stall_at_fit_start_s)
+            time.sleep(self.stall_at_fit_start_s)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._fit_start_step = trainer.global_step

@@ -244,6 +244,12 @@ def run(cfg: DictConfig, run_dir: Path, config_checked: bool = False) -> dict:
         # .hydra/config.yaml keeps the interpolations; this is the config with every value as trained.
         OmegaConf.save(module.hparams["cfg"], run_dir / "config.yaml")
         write_summary(run_dir, base)
+        stop.on_expire = lambda: write_summary(run_dir, {
+            **base, "status": "stopped", "steps": trainer.global_step, "num_devices": trainer.world_size,
+            "error": (f"SIGTERM: not stopped within {0.9 * stop.grace_s:g} s ({stop.EXPIRED_WHY}); exited without "
+                      f"saving at step {trainer.global_step}: the same command resumes from the last checkpoint "
+                      "saved before the signal, if any, else starts over"),
+            "wall_time_s": time.time() - started, "first_step_s": first_step.seconds})
         compiled = (f"compiled ({cfg.compile_scope}, {cfg.compile_mode or 'default'} mode)" if cfg.compile
                     else "not compiled")
         log.info("%s: %.2fM parameters, %.3f GFLOPs/token (train), split ratio %s, %s",
