@@ -137,6 +137,7 @@ def test_sigterm_saves_last_ckpt_exits_and_resume_continues(reference, tmp_path)
     finally:
         proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    assert "was not set, defaulting" not in stderr  # Lightning's note on a save that did not say weights_only
     stopped = read_summary(tmp_path)
     assert stopped["status"] == "stopped" and "SIGTERM" in stopped["error"]  # resumable: not failed, not done
     assert 1 <= stopped["steps"] < MAX_STEPS

@@ -35,7 +35,9 @@ class PreemptionCheckpoint(L.Callback):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException):
             path = self.dirpath / "last.ckpt"
-            trainer.save_checkpoint(str(path))
+            # The whole state (optimizer, loops, RNG), said explicitly: left unset, Lightning logs "`weights_only`
+            # was not set, defaulting to `False`" on every rank, which reads like an unsafe load.
+            trainer.save_checkpoint(str(path), weights_only=False)
             log.info("SIGTERM: saved %s at step %d; rerun the same command to resume", path, trainer.global_step)
 
 
