@@ -11,6 +11,11 @@
 #      the split, and what its overlap buys.
 #   4. llama, 2 GPUs then 1 GPU, stopped like 1 (no resume).
 #   5. with GPU_DDP_1B=1 and time left: llama 1B on 1 and 2 GPUs (compile takes minutes).
+# GPU_DDP_PLAN=scaling runs instead what the first run (eighteenth session, experiments/bench/H200_ddp.md)
+# left open, one row after the other: fac_split on 1 GPU without CUDA graphs (compile_mode=null; the
+# 2-GPU rows run without them, the 1-GPU default has them), on 2 GPUs without DDPOptimizer
+# (optimize_ddp=false: is its graph split the 2.6x start-up?), and on 2 GPUs with CUDA graphs
+# (compile_mode=reduce-overhead, never tried under DDP).
 # Every run is train.py at 135m, bf16, batch 16 x 1024 per GPU; throughput is ThroughputMonitor's
 # median over 10-step windows after 10 warm-up steps. Each phase's limit shrinks to fit
 # GPU_DDP_BUDGET_S (470 s after the wheels are installed; later phases get less when earlier ones
@@ -95,6 +100,15 @@ R=/tmp/ddp_runs; rm -rf $R; mkdir -p $R
 lim() { local want=$1 reserve=$2 l; l=$(( $(left) - reserve )); (( l < want )) && want=$l; (( want < 20 )) && want=20; echo $want; }
 STOP=112  # 10 warm-up steps + 10 windows of 10 = 100 timed steps (+2: the last window closes)
 
+SWEEP_RC=-; SWEEP_S=0
+if [[ ${GPU_DDP_PLAN:-first} == scaling ]]; then
+  probe 1gpu-flowhn-fac-nographs $R/flowhn1_nographs $STOP $(lim 120 350) model=flowhn split=fac_split trainer.devices=1 \
+    trainer.max_steps=2000 compile_mode=null
+  probe ddp2-flowhn-fac-no_optimize_ddp $R/flowhn2_noopt $STOP $(lim 200 170) model=flowhn split=fac_split trainer.devices=2 \
+    trainer.max_steps=2000 trainer.ddp.optimize_ddp=false
+  probe ddp2-flowhn-fac-graphs $R/flowhn2_graphs $STOP $(lim 200 5) model=flowhn split=fac_split trainer.devices=2 \
+    trainer.max_steps=2000 compile_mode=reduce-overhead
+else
 # 1. flowhn fac_split, 2 GPUs, compile on: throughput, then the preemption check (SIGTERM to every rank)
 probe ddp2-flowhn-fac $R/flowhn2 $STOP $(lim 200 250) model=flowhn split=fac_split trainer.devices=2 trainer.max_steps=2000
 # ... and the same command resumes from the stopped step (compile=false: may change on resume), stopped again
@@ -134,19 +148,22 @@ if [[ ${GPU_DDP_1B:-0} == 1 ]] && (( $(left) > 240 )); then
   probe 1gpu-llama-1b $R/llama1b1 60 $(( $(left) / 2 - 10 )) model=llama scale=1b trainer.devices=1 trainer.max_steps=2000
   probe ddp2-llama-1b $R/llama1b2 60 $(lim 300 10) model=llama scale=1b trainer.devices=2 trainer.max_steps=2000
 fi
+fi
 
 (
 echo "sweep rc=$SWEEP_RC in ${SWEEP_S}s; results.csv:"; cut -d, -f1-12 "$OUT/sweep_results.csv" 2>/dev/null | head -4
 python3 - <<'EOF'
 import json, os
 rows = [json.loads(l) for l in open(os.environ["OUT"] + "/stops.jsonl")]
-def model(label):  # the 1-GPU row a run compares with
+def model(label, devices):  # the 1-GPU row a run compares with: same model, same CUDA-graph setting
     name = "llama" if "llama" in label else ("flowhn-no_split" if "no_split" in label else "flowhn-fac_split")
-    return name + ("-1b" if label.endswith("-1b") else "")
-one = {model(r["label"]): r["tps_per_device"] for r in rows if r.get("num_devices") == 1 and r.get("tps_per_device")}
+    # compile_mode=auto: CUDA graphs on one GPU only; the labels name the rows that differ from it
+    graphs = ("nographs" not in label) if devices == 1 else label.endswith("-graphs")
+    return name + ("-1b" if label.endswith("-1b") else "") + ("" if graphs else " no graphs")
+one = {model(r["label"], 1): r["tps_per_device"] for r in rows if r.get("num_devices") == 1 and r.get("tps_per_device")}
 print(f"\n{'run':38s} {'status':8s} {'rc':>4s} {'gone_s':>6s} {'steps':>5s} {'tok/s':>9s} {'tok/s/GPU':>9s} {'vs 1GPU':>7s} {'1st step s':>10s}")
 for r in rows:
-    base = one.get(model(r["label"]))
+    base = one.get(model(r["label"], r.get("num_devices")))
     eff = f"{r['tps_per_device'] / base:.1%}" if r.get("tps_per_device") and base and r.get("num_devices") == 2 else ""
     f = lambda v, fmt: format(v, fmt) if isinstance(v, (int, float)) else format("-", ">" + fmt.split(".")[0].rstrip("df"))
     print(f"{r['label']:38s} {str(r.get('status')):8s} {f(r.get('rc'), '4d')} {f(r.get('gone_s'), '6.1f')} {f(r.get('steps'), '5d')} "
