@@ -210,7 +210,7 @@ def gluon_stats():
     flags = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, CHUNK=64, BLOCK_N=16, SEQUENCE=True,
                  LPC=triton_scan.GLUON_LANES_PER_CHANNEL)
     kernels = [(gluon_scan._scan_fwd_seq_kernel, dict(UNROLL=8), triton_scan.GLUON_FWD_WARPS,
-                dict(maxnreg=triton_scan.GLUON_SEQUENCE_FWD_MAXNREG)),
+                dict(maxnreg=triton_scan.GLUON_SEQUENCE_FWD_MAXNREG) if triton_scan.GLUON_SEQUENCE_FWD_MAXNREG else {}),
                (gluon_scan._scan_bwd_seq_kernel, dict(SUB=triton_scan.GLUON_SUB, PARTIALS=False),
                 triton_scan.GLUON_BWD_WARPS, {})]
     ops = ("LDG", "STG", "LDS", "STS", "LDL", "STL", "BAR", "MUFU")

@@ -458,7 +458,7 @@ GLUON_SUB = int(os.environ.get("FLOWHN_SCAN_SUB", "8"))
 # Either direction's walk works with the other's: the sequence forward writes the chunk-end states and
 # step totals that the summary and chunk-pass kernels would have. GLUON_SEQUENCE_FWD_MAXNREG: the
 # walking forward's register cap (unbounded, ptxas gives it ~205 registers, so 2 programs an SM; at 128 it
-# spills 36 bytes).
+# spills 36 bytes row-major, 48-120 channel-last); FLOWHN_SCAN_FWD_MAXNREG sets it for a process (0: none).
 GLUON_WALK = os.environ.get("FLOWHN_SCAN_WALK", "sequence")
 # GLUON_DB_DC: how the Gluon backward's per-step sums over its channels reach dB and dC. "atomics": added
 # into them with relaxed atomics, once a sub-chunk, each atomic instruction over runs of a state's
@@ -468,7 +468,7 @@ GLUON_WALK = os.environ.get("FLOWHN_SCAN_WALK", "sequence")
 # 16×4096×369×16 (3.145 -> 3.386); ninth session, with the atomics once a sub-chunk, partials are slower
 # at both (3.426 -> 3.498, 2.970 -> 3.127), so not the default. FLOWHN_SCAN_DB_DC sets it for a process.
 GLUON_DB_DC = os.environ.get("FLOWHN_SCAN_DB_DC", "atomics")
-GLUON_SEQUENCE_FWD_MAXNREG = 128
+GLUON_SEQUENCE_FWD_MAXNREG = int(os.environ.get("FLOWHN_SCAN_FWD_MAXNREG", "128"))
 # GLUON_CL_VECTOR: (forward, backward) channels a thread loads and stores at once from channel-last memory
 # (gluon_scan.channel_last_layout); None picks by length (cl_vector). On an H200 (fourteenth session, call C,
 # scripts/gpu_mamba1.py --scan, bf16 fwd+bwd ms; (2, 1) was the first default, chosen by spills alone):
