@@ -99,24 +99,24 @@ def _get_np_dtype_once(tt_dtype, get_np_dtype=interpreter._get_np_dtype):
         return get_np_dtype(tt_dtype)
 
 
-class _NameWhenRead:
-    """A type's ``name``, made by ``make(type)`` when first read (then kept, as the attribute was); a
-    ``name`` set on the object is kept as it was too."""
+class _MadeWhenRead:
+    """An attribute made by ``make(obj)`` when first read (then kept in ``obj.__dict__[slot]``, as the
+    attribute the patched ``__init__`` set was); a value set on the object is kept as it was too."""
 
-    def __init__(self, make) -> None:
-        self.make = make
+    def __init__(self, slot: str, make) -> None:
+        self.slot, self.make = slot, make
 
     def __get__(self, obj, objtype=None):
         if obj is None:
             return self
         try:
-            return obj.__dict__["_name"]
+            return obj.__dict__[self.slot]
         except KeyError:
-            name = obj.__dict__["_name"] = self.make(obj)
-            return name
+            made = obj.__dict__[self.slot] = self.make(obj)
+            return made
 
     def __set__(self, obj, value) -> None:
-        obj.__dict__["_name"] = value
+        obj.__dict__[self.slot] = value
 
 
 # Triton 3.6's __init__s without their last line, ``self.name = ...``; the names are its expressions. In
@@ -142,25 +142,8 @@ def _tuple_type_init(self, types, fields=None) -> None:
     self.fields = fields or [""] * len(types)
 
 
-class _TypeWhenRead:
-    """A Triton tuple's ``type``, made from its values when first read (then kept, as the attribute was), as
-    its ``__init__`` made it when given none; a ``type`` set on the tuple is kept as it was."""
-
-    def __get__(self, obj, objtype=None):
-        if obj is None:
-            return self
-        try:
-            return obj.__dict__["_type"]
-        except KeyError:
-            made = obj.__dict__["_type"] = core._type_for_tuple_values(obj.values)
-            return made
-
-    def __set__(self, obj, value) -> None:
-        obj.__dict__["_type"] = value
-
-
 def _tuple_init(self, args, type=None) -> None:
-    """Triton 3.6's ``tuple.__init__`` without making the type of a tuple given none (_TypeWhenRead does)."""
+    """Triton 3.6's ``tuple.__init__`` without making the type of a tuple given none (made when first read)."""
     self.values = [i for i in args]
     if isinstance(type, core.tuple_type):
         self.type = type
@@ -244,12 +227,12 @@ if triton.__version__.startswith(PATCHED_VERSION):
     interpreter._patch_lang = _patch_lang_once
     interpreter._get_np_dtype = _get_np_dtype_once
     core.block_type.__init__ = _block_type_init
-    core.block_type.name = _NameWhenRead(lambda self: f"<{self.shape}, {self.element_ty}>")
+    core.block_type.name = _MadeWhenRead("_name", lambda self: f"<{self.shape}, {self.element_ty}>")
     core.tuple_type.__init__ = _tuple_type_init
     core.tuple.__init__ = _tuple_init
-    core.tuple.type = _TypeWhenRead()
-    core.tuple_type.name = _NameWhenRead(
-        lambda self: "[" + ",".join([f"{k}:{v}" for k, v in zip(self.fields, self.types)]) + "]")
+    core.tuple.type = _MadeWhenRead("_type", lambda self: core._type_for_tuple_values(self.values))
+    core.tuple_type.name = _MadeWhenRead(
+        "_name", lambda self: "[" + ",".join([f"{k}:{v}" for k, v in zip(self.fields, self.types)]) + "]")
     TritonSemantic.binary_op_sanitize_overflow_impl = _sanitize_overflow_where_asserted
     interpreter.ScanOps.generic_scan = _scan_by_slices
     interpreter.ReduceOps.generic_reduce = _reduce_by_slices
