@@ -104,15 +104,23 @@ class AgreedStop(L.Callback):
         self.requested = True
         # A daemon timer thread runs even while the main thread waits in a collective. It fires a
         # little before the grace ends, so the launcher's SIGKILL at grace_s finds nothing to kill.
-        self._watchdog = threading.Timer(0.9 * self.grace_s, self._expire)
+        self._watchdog = threading.Timer(self.expires_after_s, self._expire)
         self._watchdog.daemon = True
         self._watchdog.start()
         log.info("Received SIGTERM (pid %d): stopping after the step the ranks agree on, within %.0f s",
                  os.getpid(), self.grace_s)
 
+    @property
+    def expires_after_s(self) -> float:
+        """When the watchdog ends a signalled process: a little before the grace ends (see ``request``)."""
+        return 0.9 * self.grace_s
+
+    @property
+    def expired_reason(self) -> str:
+        return f"not stopped within {self.expires_after_s:g} s ({self.EXPIRED_WHY})"
+
     def _expire(self) -> None:
-        sys.stderr.write(f"SIGTERM: not stopped within {0.9 * self.grace_s:g} s ({self.EXPIRED_WHY}); "
-                         f"exiting with {128 + signal.SIGTERM}\n")
+        sys.stderr.write(f"SIGTERM: {self.expired_reason}; exiting with {128 + signal.SIGTERM}\n")
         sys.stderr.flush()
         try:
             if self.on_expire is not None:  # rank 0's summary.json: stopped, not still "running"

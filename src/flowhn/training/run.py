@@ -237,6 +237,13 @@ def run(cfg: DictConfig, run_dir: Path, config_checked: bool = False) -> dict:
     }
     loggers = make_loggers(cfg)
     trainer = build_trainer(cfg, run_dir, callbacks, loggers)
+
+    def write_ended(status: str, error: str, **measured) -> None:
+        """summary.json of a run that did not complete: how it ended, where, and what it measured until then."""
+        write_summary(run_dir, {**base, "status": status, "error": error, "steps": trainer.global_step, **measured,
+                                "num_devices": trainer.world_size, "wall_time_s": time.time() - started,
+                                "first_step_s": first_step.seconds})
+
     is_zero = trainer.is_global_zero
     if is_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -244,12 +251,9 @@ def run(cfg: DictConfig, run_dir: Path, config_checked: bool = False) -> dict:
         # .hydra/config.yaml keeps the interpolations; this is the config with every value as trained.
         OmegaConf.save(module.hparams["cfg"], run_dir / "config.yaml")
         write_summary(run_dir, base)
-        stop.on_expire = lambda: write_summary(run_dir, {
-            **base, "status": "stopped", "steps": trainer.global_step, "num_devices": trainer.world_size,
-            "error": (f"SIGTERM: not stopped within {0.9 * stop.grace_s:g} s ({stop.EXPIRED_WHY}); exited without "
-                      f"saving at step {trainer.global_step}: the same command resumes from the last checkpoint "
-                      "saved before the signal, if any, else starts over"),
-            "wall_time_s": time.time() - started, "first_step_s": first_step.seconds})
+        stop.on_expire = lambda: write_ended(
+            "stopped", f"SIGTERM: {stop.expired_reason}; exited without saving at step {trainer.global_step}: the "
+            "same command resumes from the last checkpoint saved before the signal, if any, else starts over")
         compiled = (f"compiled ({cfg.compile_scope}, {cfg.compile_mode or 'default'} mode)" if cfg.compile
                     else "not compiled")
         log.info("%s: %.2fM parameters, %.3f GFLOPs/token (train), split ratio %s, %s",
@@ -296,10 +300,8 @@ def run(cfg: DictConfig, run_dir: Path, config_checked: bool = False) -> dict:
                     "rank(s) signalled); checkpoints/last.ckpt holds that step and the same command resumes from it")
             # What the run measured until it stopped (a stop is also how a long run is cut short).
             perf = throughput.summary() if throughput is not None and status == "stopped" else {}
-            write_summary(run_dir, {**base, "status": status, "error": error, "steps": trainer.global_step,
-                                    **{k: perf.get(k) for k in ("tps", "tps_per_device", "mfu", "step_time_ms", "max_mem_gib")},
-                                    "num_devices": trainer.world_size,
-                                    "wall_time_s": time.time() - started, "first_step_s": first_step.seconds})
+            write_ended(status, error, **{k: perf.get(k) for k in ("tps", "tps_per_device", "mfu", "step_time_ms",
+                                                                  "max_mem_gib")})
         if isinstance(exc, SIGTERMException):
             # Lightning's SIGTERMException is a SystemExit with status 0, which would tell a scheduler
             # the job finished; 128 + SIGTERM is the status of a process the signal ended.
