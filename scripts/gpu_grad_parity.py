@@ -20,16 +20,16 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from flowhn import build_model
 from flowhn.bench import CONF
+from flowhn.evaluate import load_checkpoint_model
 from flowhn.nn.ssm import Mamba1Mixer
-from flowhn.safe_load import load_checkpoint
 
 VARIANTS = [  # name, backend, keep the scan's states, autocast bf16
     ("torch fp32", "torch", False, False),
@@ -66,10 +66,7 @@ def main() -> int:
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     if args.checkpoint:
-        saved = load_checkpoint(args.checkpoint)
-        cfg = OmegaConf.create(saved["hyper_parameters"]["cfg"])
-        model = build_model(cfg)
-        model.load_state_dict({k.removeprefix("model."): v for k, v in saved["state_dict"].items()})
+        model, cfg = load_checkpoint_model(Path(args.checkpoint))
         model, vocab, args.overrides = model.cuda(), cfg.data.vocab_size, [args.checkpoint]
     else:
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
