@@ -221,7 +221,7 @@ def gluon_stats():
         cases = [(False, 1, False)] + [(True, v, False) for v in (0, 1, 2, 4, 8)] + [(True, 0, True)]
         for channel_last, vector, keep in cases:
             constexprs = dict(flags, **extra, CHANNEL_LAST=channel_last, CL_VECTOR=vector, KEEP=keep,
-                              **GLUON_SCAN_STRIDES[channel_last])
+                              A_IS_LOG=True, **GLUON_SCAN_STRIDES[channel_last])  # A_log: as Mamba1Mixer runs it
             kernel = compile_gluon_scan_for_sm90(fn, constexprs, warps, **options)
             s = machine_code_stats(kernel)
             layout = (f"channel-last, {vector}" if channel_last else "row-major") + (", states kept" if keep else "")

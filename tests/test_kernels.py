@@ -81,6 +81,15 @@ def test_selective_scan_torch_matches_reference(shape, flags):
     assert_errors_below(errors, 1e-10)
 
 
+@pytest.mark.parametrize("backend", ["torch", "reference"])
+def test_selective_scan_takes_A_as_its_log(backend):
+    """A_is_log=True: A holds Mamba's A_log, the scan runs with -exp(A_log), and the gradient is A_log's."""
+    inputs = scan_inputs(2, 5, 37, 4, dtype=torch.float64, A_as_log=True, seed=5)
+    assert inputs["A_is_log"] and (inputs["A"] > -1).all()  # log(1..N · ~1): a log, not the negative rates
+    errors = compare(functools.partial(selective_scan, backend=backend), reference_fn("selective_scan_A_log"), inputs)
+    assert_errors_below(errors, 1e-10)
+
+
 @pytest.mark.parametrize("chunk", [1, 7, 16, 100])
 def test_selective_scan_torch_any_chunk(chunk):
     # Chunks that do not divide L (37) and one longer than L: the carried state must be exact.
@@ -216,6 +225,10 @@ _INTERPRETER_SCRIPT = textwrap.dedent("""
     assert flowhn.kernels.triton_scan.is_channel_last(inputs["u"])
     fn = functools.partial(selective_scan_triton, block_d=4, chunk=8, channel_last=True)  # a masked channel, a partial chunk
     results["channel_last"] = compare(fn, reference_fn("selective_scan"), inputs)  # 2 backward programs
+    # A given as Mamba's A_log: -exp(A_log) formed for the kernels, dA_log from dA (the mixer's call).
+    inputs = scan_inputs(2, 5, 19, 3, A_as_log=True, seed=37)
+    fn = functools.partial(selective_scan_triton, block_d=4, chunk=8)
+    results["A_log"] = compare(fn, reference_fn("selective_scan_A_log"), inputs)
     # The whole Mamba-1 mixer (conv on in_proj's strided half, scan on views of in_proj/x_proj/dt_proj
     # outputs, gate from the other half) against the same mixer on the sequential reference in float64.
     torch.manual_seed(0)
@@ -236,7 +249,7 @@ _INTERPRETER_SCRIPT = textwrap.dedent("""
 @pytest.mark.skipif(not has_triton, reason="triton is not installed")
 def test_triton_kernels_in_interpreter():
     results = json.loads(run_in_triton_interpreter(_INTERPRETER_SCRIPT))
-    assert {"channel_last", "mamba1_mixer", "own_backward_tile", "channels_loop(2, 5, 19, 3)"} <= set(results)
+    assert {"channel_last", "mamba1_mixer", "own_backward_tile", "channels_loop(2, 5, 19, 3)", "A_log"} <= set(results)
     for case, errors in results.items():
         assert set(errors) >= {"out", "du", "ddelta", "dA", "dB", "dC"} or case in ("ssd", "mamba1_mixer"), case
         assert_errors_below({f"{case}:{k}": v for k, v in errors.items()}, 2e-5)
@@ -260,12 +273,15 @@ _COMPILE_SCRIPT = textwrap.dedent("""
     inputs = scan_inputs(2, 5, 19, 3, dtype=torch.float32, seed=1)
     pad = lambda t: torch.nn.functional.pad(t, (0, 13)) if t.shape[-1] == 19 else t
     args = [pad(inputs[k]).requires_grad_(True) for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
-    torch.library.opcheck(torch.ops.flowhn.selective_scan_fwd.default, (*args, 19, True, 8, 8, 1, False, False))
+    torch.library.opcheck(torch.ops.flowhn.selective_scan_fwd.default, (*args, 19, True, 8, 8, 1, False, False, False))
     # Channel-last: (B, D, L) views of (B, L, D) memory in, channel-last out (fake strides must match).
     cl = lambda t: t.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_(True)
     args = [cl(inputs[k]) if k in ("u", "delta", "B", "C", "z") else inputs[k].detach().requires_grad_(True)
             for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
-    torch.library.opcheck(torch.ops.flowhn.selective_scan_fwd.default, (*args, 19, True, 16, 8, 1, True, True))
+    torch.library.opcheck(torch.ops.flowhn.selective_scan_fwd.default, (*args, 19, True, 16, 8, 1, True, True, False))
+    # A given as A_log (a_is_log), as Mamba1Mixer passes it.
+    args[2] = torch.log(-inputs["A"]).detach().requires_grad_(True)
+    torch.library.opcheck(torch.ops.flowhn.selective_scan_fwd.default, (*args, 19, True, 16, 8, 1, True, True, True))
 
     # Both mixers compile to one graph (fullgraph raises at a break) with the same outputs and
     # gradients as eager; Mamba-2 compares recompute against keeping the intermediates.
@@ -348,7 +364,7 @@ _LAYOUT_SCRIPT = textwrap.dedent("""
     # under inductor it arrives as out_proj's gradient transposed, which this gradient stands in for.
     inputs = scan_inputs(1, 3, 16, 2, seed=1)
     args = [inputs[k].requires_grad_(True) for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
-    out = torch.ops.flowhn.selective_scan_fwd(*args, 16, True, 4, 16, 1, False, False)[0]
+    out = torch.ops.flowhn.selective_scan_fwd(*args, 16, True, 4, 16, 1, False, False, False)[0]
     out.backward(torch.randn(1, 16, 3).transpose(1, 2))
     json.dump(seen, sys.stdout)
 """)
@@ -531,6 +547,29 @@ def test_gluon_scan_keeps_states_gpu(dtype, layout, walk, shape, monkeypatch):
 @pytest.mark.gpu
 @cuda
 @pytest.mark.skipif(not has_triton, reason="triton is not installed")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("layout", ["channel-last", "row-major"])
+@pytest.mark.parametrize("walk", ["sequence", "chunks"])
+def test_gluon_scan_takes_A_as_its_log_gpu(dtype, layout, walk, monkeypatch):
+    """A given as Mamba's A_log (A_is_log, as Mamba1Mixer passes it): the Gluon kernels form -exp(A_log)
+    and write dA_log, forward and backward, with and without the kept states, against float64, in both
+    layouts and walks, at a shape off the tiles (300 channels, 700 steps, 13 states of a 16-wide block)."""
+    import flowhn.kernels.triton_scan as triton_scan
+
+    monkeypatch.setattr(triton_scan, "MAIN_KERNELS", "gluon")
+    monkeypatch.setattr(triton_scan, "GLUON_WALK", walk)
+    inputs = scan_inputs(2, 300, 700, 13, dtype=dtype, device="cuda", A_as_log=True, seed=41)
+    for keep in (True, False):
+        scan = functools.partial(triton_scan.selective_scan_triton, keep_states=keep,
+                                 channel_last=layout == "channel-last")
+        scan = in_mixer_layout(scan) if layout == "channel-last" else scan
+        errors = compare(scan, reference_fn("selective_scan_A_log"), inputs)
+        assert_errors_below({f"keep={keep}:{k}": v for k, v in errors.items()}, GPU_TOL[dtype])
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.skipif(not has_triton, reason="triton is not installed")
 @pytest.mark.parametrize("shape", [(3, 100, 37, 9), (1, 70, 130, 16)], ids=str)
 @pytest.mark.parametrize("flags", list(SCAN_FLAGS))
 def test_gluon_scan_channel_last_matches_reference_gpu(shape, flags, monkeypatch):
@@ -619,7 +658,8 @@ def test_gluon_scan_kernels_compile_for_sm90():
     import flowhn.kernels.gluon_scan as gluon_scan
     from flowhn.kernels.testing import GLUON_SCAN_STRIDES, compile_gluon_scan_for_sm90
 
-    flags = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, CHUNK=64, BLOCK_N=16, LPC=2)
+    # A_IS_LOG: A formed from Mamba's A_log in the kernels, as Mamba1Mixer runs them.
+    flags = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, CHUNK=64, BLOCK_N=16, LPC=2, A_IS_LOG=True)
     from flowhn.kernels import triton_scan
 
     forward, backward = gluon_scan._scan_fwd_seq_kernel, gluon_scan._scan_bwd_seq_kernel

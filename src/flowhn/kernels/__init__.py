@@ -104,7 +104,7 @@ def _check_scan_shapes(u, delta, A, B, C, D, z, delta_bias):
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, backend="auto",
-                   remake_inputs=False, keep_states=None):
+                   remake_inputs=False, keep_states=None, A_is_log=False):
     """Mamba-1 selective scan. u, delta, z: (B, D, L); A: (D, N); B, C: (B, N, L); D, delta_bias: (D,).
 
     h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t,  y_t = C_t·h_t + D u_t,  y ← y·silu(z), with
@@ -113,20 +113,26 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     torch.compile): the backward remakes its padded row-major copies of u and delta from u and delta
     instead of keeping them (``triton_scan.selective_scan_triton``); the other backends ignore it, as they
     do ``keep_states`` (triton backend: the forward keeps the state after every sub-chunk for the backward;
-    None: ``triton_scan.KEEP_STATES``).
+    None: ``triton_scan.KEEP_STATES``). ``A_is_log``: A holds Mamba's A_log parameter, and the scan runs with
+    -exp(A_log), differentiable in A_log; the triton backend forms it inside its GPU kernels (no elementwise
+    kernel of its own before the scan, nor for its gradient after).
     """
     _check_scan_shapes(u, delta, A, B, C, D, z, delta_bias)
     name = resolve_backend(backend, u.device)
+    if name == "triton":
+        from flowhn.kernels.triton_scan import selective_scan_triton
+
+        return selective_scan_triton(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
+                                     delta_softplus=delta_softplus, remake_inputs=remake_inputs,
+                                     keep_states=keep_states, A_is_log=A_is_log)
+    if A_is_log:
+        A = -torch.exp(A)
     args = (u, delta, A, B, C)
     kwargs = dict(D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus)
     if name == "torch":
         return selective_scan_torch(*args, **kwargs)
     if name == "reference":
         return reference.selective_scan_sequential(*args, **kwargs)
-    if name == "triton":
-        from flowhn.kernels.triton_scan import selective_scan_triton
-
-        return selective_scan_triton(*args, **kwargs, remake_inputs=remake_inputs, keep_states=keep_states)
     from flowhn.kernels.mamba_ssm_ops import selective_scan_mamba_ssm
 
     return selective_scan_mamba_ssm(*args, **kwargs)

@@ -106,6 +106,16 @@ def rows_layout(ROWS, STEPS, WARPS):
 
 
 @gluon.jit
+def _decay_rates(A_ptr, offs_d, offs_n, N, mask, A_IS_LOG: gl.constexpr):
+    """A (channels, states) in fp32. A_IS_LOG: A_ptr holds Mamba's A_log and A = -exp(A_log), formed here so
+    the model runs no elementwise kernel for it (nor, in the backward, for dA_log = dA · A)."""
+    rates = gl.load(A_ptr + offs_d[:, None] * N + offs_n[None, :], mask=mask, other=0.0).to(gl.float32)
+    if A_IS_LOG:
+        rates = -gl.exp(rates)
+    return rates
+
+
+@gluon.jit
 def _softplus_step(pre, mask, SOFTPLUS: gl.constexpr):
     # Same threshold as torch.nn.functional.softplus; zero where masked (a zero step is the identity).
     step = pre
@@ -160,7 +170,7 @@ def _scan_fwd_seq_kernel(
     sB_t: gl.constexpr,
     HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr,
     CHUNK: gl.constexpr, BLOCK_N: gl.constexpr, LPC: gl.constexpr, UNROLL: gl.constexpr, SEQUENCE: gl.constexpr,
-    CHANNEL_LAST: gl.constexpr, CL_VECTOR: gl.constexpr, KEEP: gl.constexpr,
+    CHANNEL_LAST: gl.constexpr, CL_VECTOR: gl.constexpr, KEEP: gl.constexpr, A_IS_LOG: gl.constexpr,
 ):
     """y for (32 // LPC)·warps channels. u, delta, out share strides (su_*), z has its own (sz_*), B and C
     share theirs (sB_*). CHANNEL_LAST: u, delta, z, out are channel-last ((B, L, ·) memory), so their tiles
@@ -207,7 +217,7 @@ def _scan_fwd_seq_kernel(
     offs_d = d0 + gl.arange(0, BLOCK_D, layout=channel)
     offs_n = gl.arange(0, BLOCK_N, layout=per_state)
     m_dn = (offs_d < DIM)[:, None] & (offs_n < N)[None, :]
-    A2 = gl.load(A_ptr + offs_d[:, None] * N + offs_n[None, :], mask=m_dn, other=0.0) * LOG2E
+    A2 = _decay_rates(A_ptr, offs_d, offs_n, N, m_dn, A_IS_LOG) * LOG2E
     chunk_row = (pid_b * DIM + offs_d) * n_chunks  # (batch, channel)'s first chunk in states / totals
     if SEQUENCE:
         first_chunk = 0
@@ -355,6 +365,7 @@ def _scan_bwd_seq_kernel(
     HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr,
     CHUNK: gl.constexpr, SUB: gl.constexpr, BLOCK_N: gl.constexpr, LPC: gl.constexpr, SEQUENCE: gl.constexpr,
     PARTIALS: gl.constexpr, CHANNEL_LAST: gl.constexpr, CL_VECTOR: gl.constexpr, KEEP: gl.constexpr,
+    A_IS_LOG: gl.constexpr,
 ):
     """Gradients for (32 // LPC)·warps channels. u, delta, dout, du, ddelta, dz share strides (su_*), z has
     its own (sz_*), B and C share theirs (sB_*); CHANNEL_LAST as in the forward. dB, dC are (B, N, ·) fp32 with unit step stride, added to atomically, or, with PARTIALS,
@@ -425,7 +436,7 @@ def _scan_bwd_seq_kernel(
     offs_d = d0 + gl.arange(0, BLOCK_D, layout=channel)
     offs_n = gl.arange(0, BLOCK_N, layout=per_state)
     m_dn = (offs_d < DIM)[:, None] & (offs_n < N)[None, :]
-    An = gl.load(A_ptr + offs_d[:, None] * N + offs_n[None, :], mask=m_dn, other=0.0)
+    An = _decay_rates(A_ptr, offs_d, offs_n, N, m_dn, A_IS_LOG)
     A2 = An * LOG2E
     # g is dL/dh, a_next the decay of the step after the one g is at.
     g = gl.zeros([BLOCK_D, BLOCK_N], gl.float32, layout=state)
@@ -561,6 +572,8 @@ def _scan_bwd_seq_kernel(
     else:
         part = gl.program_id(2)
         parts = n_chunks
+    if A_IS_LOG:  # dL/dA_log = dL/dA · A
+        dA_acc = dA_acc * An
     gl.store(dA_ptr + ((pid_b * DIM + offs_d) * parts + part)[:, None] * N + offs_n[None, :], dA_acc, mask=m_dn)
     partial_at = (pid_b * DIM + tile_d) * parts + part
     if HAS_D:

@@ -19,8 +19,10 @@ def _randn(shape, generator, device):
 
 
 def scan_inputs(batch, dim, length, state, *, dtype=torch.float32, device="cpu", D=True, z=True,
-                delta_bias=True, delta_softplus=True, seed=0) -> dict:
-    """Mamba-1 arguments at realistic magnitudes: step sizes ~1e-3..1 and A = -(1..N) as Mamba inits them."""
+                delta_bias=True, delta_softplus=True, A_as_log=False, seed=0) -> dict:
+    """Mamba-1 arguments at realistic magnitudes: step sizes ~1e-3..1 and A = -(1..N) as Mamba inits them.
+    ``A_as_log``: "A" holds log(-A), as Mamba's A_log parameter, with the flag ``A_is_log=True`` beside it
+    (for ``reference_fn("selective_scan_A_log")``)."""
     gen = torch.Generator(device=device).manual_seed(seed)
     if delta_softplus:
         delta = _randn((batch, dim, length), gen, device) - 2.0  # softplus(-2 ± 1) ≈ 0.05..0.3
@@ -46,6 +48,8 @@ def scan_inputs(batch, dim, length, state, *, dtype=torch.float32, device="cpu",
     out = {k: None if v is None else v.to(torch.float32 if k in params and dtype != torch.float64 else dtype)
            for k, v in args.items()}
     out["delta_softplus"] = delta_softplus
+    if A_as_log:
+        out["A"], out["A_is_log"] = torch.log(-out["A"]), True
     return out
 
 
@@ -180,8 +184,15 @@ def saved_tensor_bytes(call: Callable[[], object]) -> int:
 
 
 def reference_fn(kind: str) -> Callable:
-    """The float64-capable definition for ``kind`` ("selective_scan" or "ssd")."""
-    return {"selective_scan": reference.selective_scan_sequential, "ssd": reference.ssd_sequential}[kind]
+    """The float64-capable definition for ``kind`` ("selective_scan", "ssd", or "selective_scan_A_log": the
+    scan taking A as log(-A))."""
+    return {"selective_scan": reference.selective_scan_sequential, "ssd": reference.ssd_sequential,
+            "selective_scan_A_log": _selective_scan_from_A_log}[kind]
+
+
+def _selective_scan_from_A_log(A, A_is_log, **kwargs):
+    """The sequential scan with A given as Mamba's A_log (``selective_scan(..., A_is_log=True)``)."""
+    return reference.selective_scan_sequential(A=-torch.exp(A) if A_is_log else A, **kwargs)
 
 
 class ScriptLog:

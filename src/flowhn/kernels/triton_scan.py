@@ -538,6 +538,11 @@ def launch_config(length: int, block_d: int | None = None, chunk: int | None = N
     return block_d or (16 if channel_last else 8), chunk, num_warps or 1
 
 
+def _decay_rates(A: torch.Tensor, a_is_log: bool) -> torch.Tensor:
+    """A (D, N) as the kernels other than the Gluon main ones read it: -exp(A) where A holds Mamba's A_log."""
+    return -torch.exp(A) if a_is_log else A
+
+
 def _chunk_pass(A, totals, summaries, reverse):
     total = summaries.numel() // summaries.shape[2]  # one sequential walk per (batch, channel, state)
     block = 256
@@ -602,10 +607,10 @@ def _kept_states_shape(u: _Tensor, A: _Tensor, length: int, chunk: int, keep: bo
 @torch.library.custom_op("flowhn::selective_scan_fwd", mutates_args=())
 def _scan_fwd(u: _Tensor, delta: _Tensor, A: _Tensor, B: _Tensor, C: _Tensor, D: _MaybeTensor, z: _MaybeTensor,
               delta_bias: _MaybeTensor, length: int, softplus: bool, block_d: int, chunk: int, num_warps: int,
-              channel_last: bool, keep: bool) -> tuple[_Tensor, _Tensor, _Tensor, _Tensor]:
+              channel_last: bool, keep: bool, a_is_log: bool) -> tuple[_Tensor, _Tensor, _Tensor, _Tensor]:
     """(out (B, D, L') in u's dtype and the ``channel_last`` layout, chunk-end states (B, D, chunks, N) fp32,
     chunk step totals (B, D, chunks) fp32, the states kept after every sub-chunk in u's dtype
-    (``_kept_states_shape``; empty unless ``keep``))."""
+    (``_kept_states_shape``; empty unless ``keep``)). ``a_is_log``: A holds log(-A) (``selective_scan_triton``)."""
     batch, dim, _ = u.shape
     kept = u.new_empty(_kept_states_shape(u, A, length, chunk, keep))
     A = A.contiguous()
@@ -622,9 +627,10 @@ def _scan_fwd(u: _Tensor, delta: _Tensor, A: _Tensor, B: _Tensor, C: _Tensor, D:
     gluon = _use_gluon(u, block_n)
     sequence = gluon and _gluon_walks_sequence("forward")
     if not sequence:  # the states entering each chunk, for the programs that start there
-        _summary_fwd_kernel[grid](u, delta, A, B, _or(delta_bias, u), states, totals, *sizes,
+        plain_A = _decay_rates(A, a_is_log)
+        _summary_fwd_kernel[grid](u, delta, plain_A, B, _or(delta_bias, u), states, totals, *sizes,
                                   *_strides(u), *_strides(delta), *_strides(B), **flags)
-        _chunk_pass(A, totals, states, reverse=False)
+        _chunk_pass(plain_A, totals, states, reverse=False)
     if gluon and channel_last:
         u, delta = (_dense_channel_last(t) for t in (u, delta))
     out = _new_activation(u, channel_last)
@@ -640,18 +646,19 @@ def _scan_fwd(u: _Tensor, delta: _Tensor, A: _Tensor, B: _Tensor, C: _Tensor, D:
             *sizes, *_strides(u), *_strides(_or(z, u)), *_strides(B), HAS_D=D is not None, HAS_Z=z is not None,
             HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, CHUNK=chunk, BLOCK_N=block_n,
             LPC=GLUON_LANES_PER_CHANNEL, UNROLL=_fwd_block(chunk), SEQUENCE=sequence, CHANNEL_LAST=channel_last,
-            CL_VECTOR=cl_vector(length)[0], KEEP=kept.numel() > 0, num_warps=GLUON_FWD_WARPS, **cap)
+            CL_VECTOR=cl_vector(length)[0], KEEP=kept.numel() > 0, A_IS_LOG=a_is_log, num_warps=GLUON_FWD_WARPS,
+            **cap)
         return _zero_padding(out, length), states, totals, kept
     zs = _strides(z) if z is not None else (0, 0, 0)
     _scan_fwd_kernel[grid](
-        u, delta, A, B, C, _or(D, u), _or(z, u), _or(delta_bias, u), out, states, *sizes,
+        u, delta, plain_A, B, C, _or(D, u), _or(z, u), _or(delta_bias, u), out, states, *sizes,
         *_strides(u), *_strides(delta), *_strides(B), *_strides(C), *zs, *_strides(out),
         HAS_D=D is not None, HAS_Z=z is not None, **flags)
     return _zero_padding(out, length), states, totals, kept
 
 
 @_scan_fwd.register_fake
-def _(u, delta, A, B, C, D, z, delta_bias, length, softplus, block_d, chunk, num_warps, channel_last, keep):
+def _(u, delta, A, B, C, D, z, delta_bias, length, softplus, block_d, chunk, num_warps, channel_last, keep, a_is_log):
     batch, dim, _ = u.shape
     n_chunks = _n_chunks(length, chunk)
     return (_new_activation(u, channel_last),
@@ -663,9 +670,14 @@ def _(u, delta, A, B, C, D, z, delta_bias, length, softplus, block_d, chunk, num
 @torch.library.custom_op("flowhn::selective_scan_bwd", mutates_args=())
 def _scan_bwd(dout: _Tensor, u: _Tensor, delta: _Tensor, A: _Tensor, B: _Tensor, C: _Tensor, D: _MaybeTensor,
               z: _MaybeTensor, delta_bias: _MaybeTensor, states: _Tensor, totals: _Tensor, kept: _Tensor, length: int,
-              softplus: bool, block_d: int, chunk: int, num_warps: int, channel_last: bool) -> list[_Tensor]:
-    """[du, ddelta, dz (the ``channel_last`` layout; dz empty without z), dB, dC (contiguous)], then dA, dD,
-    dbias (dD and dbias empty without D and delta_bias). ``kept``: the forward's, read by the Gluon kernel."""
+              softplus: bool, block_d: int, chunk: int, num_warps: int, channel_last: bool,
+              a_is_log: bool) -> list[_Tensor]:
+    """[du, ddelta, dz (the ``channel_last`` layout; dz empty without z), dB, dC (contiguous, fp32)], then dA's,
+    dD's and dbias's fp32 partial sums (``_grad_part_shapes``; dD's and dbias's empty without D and delta_bias),
+    summed and cast by the caller (``_backward``, traced, so that inductor writes those sums and casts in kernels
+    of its own choosing, or into the kernels that read them, rather than the op running five eager ones a layer).
+    ``kept``: the forward's, read by the Gluon kernel. ``a_is_log``: A holds log(-A), and dA's partial sums are
+    the gradient with respect to it."""
     batch, dim, _ = u.shape
     A = A.contiguous()
     D, delta_bias = (None if t is None else t.contiguous() for t in (D, delta_bias))
@@ -679,13 +691,17 @@ def _scan_bwd(dout: _Tensor, u: _Tensor, delta: _Tensor, A: _Tensor, B: _Tensor,
     block_n = _state_block(state)
     gluon = _use_gluon(u, block_n)
     sequence = gluon and _gluon_walks_sequence("backward")
+    # Where A holds A_log, the Gluon main kernel forms A = -exp(A_log) itself and writes dA_log; the summary,
+    # chunk-pass and Triton main kernels read A formed (plain_A) and write dA.
+    plain_A = None if sequence else _decay_rates(A, a_is_log)
+    main_A = A if gluon else plain_A
     if sequence:  # the adjoint is carried from chunk to chunk inside the kernel
         later = states  # not read
     else:  # what each chunk's end receives from the chunks after it
         later = torch.empty_like(states)
-        _summary_bwd_kernel[grid](delta, A, C, _or(z, u), _or(delta_bias, u), dout, later, *sizes,
+        _summary_bwd_kernel[grid](delta, plain_A, C, _or(z, u), _or(delta_bias, u), dout, later, *sizes,
                                   *_strides(delta), *_strides(C), *zs, *_strides(dout), **flags)
-        _chunk_pass(A, totals, later, reverse=True)
+        _chunk_pass(plain_A, totals, later, reverse=True)
     if gluon and channel_last:
         u, delta, dout = (_dense_channel_last(t) for t in (u, delta, dout))
     du = _new_activation(u, channel_last)
@@ -693,10 +709,10 @@ def _scan_bwd(dout: _Tensor, u: _Tensor, delta: _Tensor, A: _Tensor, B: _Tensor,
     dz = _new_activation(z, channel_last) if z is not None else u.new_empty(0)
     # Partial sums of dA, dD, dbias per (batch, chunk), or per batch when a program walks every chunk;
     # dB, dC are accumulated by atomics.
-    parts = 1 if sequence else n_chunks
-    dA = states.new_empty(batch, dim, parts, state)
-    dD = totals.new_empty(batch, dim, parts) if D is not None else None
-    dbias = totals.new_empty(batch, dim, parts) if delta_bias is not None else None
+    dA_shape, dD_shape, dbias_shape = _grad_part_shapes(u, A, D, delta_bias, n_chunks)
+    dA = states.new_empty(dA_shape)
+    dD = totals.new_empty(dD_shape) if D is not None else None
+    dbias = totals.new_empty(dbias_shape) if delta_bias is not None else None
     partials = gluon and GLUON_DB_DC == "partials"
     # The Gluon backward's channel blocks (its grid's second axis).
     gluon_blocks = triton.cdiv(dim, 32 // bwd_lanes() * GLUON_BWD_WARPS)
@@ -707,7 +723,7 @@ def _scan_bwd(dout: _Tensor, u: _Tensor, delta: _Tensor, A: _Tensor, B: _Tensor,
         dB, dC = torch.zeros(B.shape, **f32), torch.zeros(C.shape, **f32)
     if gluon and not channel_last:
         dout = dout if dout.stride() == u.stride() else dout.contiguous()
-    pointers = (u, delta, A, B, C, _or(D, u), _or(z, u), _or(delta_bias, u), dout, states, later,
+    pointers = (u, delta, main_A, B, C, _or(D, u), _or(z, u), _or(delta_bias, u), dout, states, later,
                 du, ddelta, _or(dz, du), dA, dB, dC, _or(dD, dA), _or(dbias, dA))
     args = (*pointers, *sizes,
             *_strides(u), *_strides(delta), *_strides(B), *_strides(C), *zs, *_strides(dout), *_strides(du),
@@ -722,7 +738,7 @@ def _scan_bwd(dout: _Tensor, u: _Tensor, delta: _Tensor, A: _Tensor, B: _Tensor,
             *_strides(B), dB.stride(0), dB.stride(1), HAS_D=D is not None, HAS_Z=z is not None,
             HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, CHUNK=chunk, SUB=_bwd_sub(chunk),
             BLOCK_N=block_n, LPC=bwd_lanes(), SEQUENCE=sequence, PARTIALS=partials, CHANNEL_LAST=channel_last,
-            CL_VECTOR=cl_vector(length)[1], KEEP=kept.numel() > 0, num_warps=GLUON_BWD_WARPS)
+            CL_VECTOR=cl_vector(length)[1], KEEP=kept.numel() > 0, A_IS_LOG=a_is_log, num_warps=GLUON_BWD_WARPS)
         if partials:  # (B, L, 2·BLOCK_N) -> dB, dC as (B, N, pitch), like B and C
             sums = dB.sum(1).transpose(1, 2)
             dB, dC = torch.zeros(B.shape, **f32), torch.zeros(C.shape, **f32)
@@ -739,25 +755,37 @@ def _scan_bwd(dout: _Tensor, u: _Tensor, delta: _Tensor, A: _Tensor, B: _Tensor,
     else:
         raise ValueError(f"triton_scan.BWD_LOOP must be 'states' or 'channels', got {BWD_LOOP!r}")
     du, ddelta, dz = (_zero_padding(t, length) for t in (du, ddelta, dz))
-    summed = lambda t, like: u.new_empty(0) if t is None else t.sum((0, 2)).to(like.dtype)
-    return [du, ddelta, dz, dB.to(B.dtype), dC.to(C.dtype), dA.sum((0, 2)).to(A.dtype), summed(dD, D),
-            summed(dbias, delta_bias)]
+    if a_is_log and not gluon:  # dL/dA_log = dL/dA · A, with A = -exp(A_log)
+        dA *= plain_A[:, None]
+    empty = lambda: u.new_empty(0, dtype=torch.float32)  # noqa: E731  (one each: an op's outputs may not alias)
+    return [du, ddelta, dz, dB, dC, dA, empty() if dD is None else dD, empty() if dbias is None else dbias]
 
 
 @_scan_bwd.register_fake
 def _(dout, u, delta, A, B, C, D, z, delta_bias, states, totals, kept, length, softplus, block_d, chunk, num_warps,
-      channel_last):
-    like = lambda t: torch.empty_like(t, memory_format=torch.contiguous_format)
+      channel_last, a_is_log):
+    f32 = dict(dtype=torch.float32)
+    dA_shape, dD_shape, dbias_shape = _grad_part_shapes(u, A, D, delta_bias, states.shape[2])
     return [_new_activation(u, channel_last), _new_activation(delta, channel_last),
-            u.new_empty(0) if z is None else _new_activation(z, channel_last), like(B), like(C), like(A),
-            u.new_empty(0) if D is None else like(D), u.new_empty(0) if delta_bias is None else like(delta_bias)]
+            u.new_empty(0) if z is None else _new_activation(z, channel_last), B.new_empty(B.shape, **f32),
+            C.new_empty(C.shape, **f32), u.new_empty(dA_shape, **f32), u.new_empty(dD_shape, **f32),
+            u.new_empty(dbias_shape, **f32)]
+
+
+def _grad_part_shapes(u, A, D, delta_bias, n_chunks: int) -> tuple[tuple[int, ...], ...]:
+    """The backward's partial sums of dA (B, D, parts, N), dD and dbias (B, D, parts) ((0,) without D or
+    delta_bias): parts is 1 where the Gluon backward walks every chunk in one program, else the chunks."""
+    batch, dim, _ = u.shape
+    parts = 1 if _use_gluon(u, _state_block(A.shape[1])) and _gluon_walks_sequence("backward") else n_chunks
+    return ((batch, dim, parts, A.shape[1]), (batch, dim, parts) if D is not None else (0,),
+            (batch, dim, parts) if delta_bias is not None else (0,))
 
 
 def _setup_context(ctx, inputs, output):
-    u, delta, A, B, C, D, z, delta_bias, length, softplus, block_d, chunk, num_warps, channel_last, _ = inputs
+    u, delta, A, B, C, D, z, delta_bias, length, softplus, block_d, chunk, num_warps, channel_last, _, a_is_log = inputs
     _, states, totals, kept = output
     ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states, totals, kept)
-    ctx.options = (length, softplus, block_d, chunk, num_warps, channel_last)
+    ctx.options = (length, softplus, block_d, chunk, num_warps, channel_last, a_is_log)
 
 
 def _backward(ctx, dout, _dstates, _dtotals, _dkept):
@@ -767,11 +795,13 @@ def _backward(ctx, dout, _dstates, _dtotals, _dkept):
     # (B, L, D) gradient seen transposed, already is channel-last). Inside the op it was an eager strided
     # copy, ATen's elementwise_kernel: about 0.45 ms a layer at Mamba 1B (tenth session: the trace's copies
     # fell from 31.1 to 14.95 ms a step when the row-major transpose moved here).
-    dout = _dense_channel_last(dout) if ctx.options[-1] else dout.contiguous()
+    dout = _dense_channel_last(dout) if ctx.options[5] else dout.contiguous()
     du, ddelta, dz, dB, dC, dA, dD, dbias = _scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, states, totals,
                                                       kept, *ctx.options)
-    return (du, ddelta, dA, dB, dC, None if D is None else dD, None if z is None else dz,
-            None if delta_bias is None else dbias, None, None, None, None, None, None, None)
+    # The op's partial sums added up and its fp32 dB, dC cast here, traced (see _scan_bwd).
+    summed = lambda parts, like: None if like is None else parts.sum((0, 2)).to(like.dtype)  # noqa: E731
+    return (du, ddelta, summed(dA, A), dB.to(B.dtype), dC.to(C.dtype), summed(dD, D), None if z is None else dz,
+            summed(dbias, delta_bias), None, None, None, None, None, None, None, None)
 
 
 _scan_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -850,7 +880,7 @@ KEEP_STATES = os.environ.get("FLOWHN_SCAN_KEEP_STATES", "0") == "1"
 
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                           block_d=None, chunk=None, num_warps=None, channel_last: bool | None = None,
-                          remake_inputs: bool = False, keep_states: bool | None = None):
+                          remake_inputs: bool = False, keep_states: bool | None = None, A_is_log: bool = False):
     """Same contract as ``reference.selective_scan_sequential``; differentiable in every tensor input.
     Row-major: rows are copied to an aligned pitch. ``channel_last=True`` (``u`` must be a transposed
     view of (B, L, D) memory): every input is read in place with its strides and the result is
@@ -862,7 +892,9 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     recompute delta: ``Mamba1Mixer(remake_scan_inputs=True)``): 2 × 2 bytes a channel and step less kept
     in bf16, for two copy passes in the backward.
     ``keep_states`` (None: ``KEEP_STATES``): the forward keeps the state after every sub-chunk, in u's dtype,
-    and the Gluon backward reads them instead of finding them by a first walk over each chunk."""
+    and the Gluon backward reads them instead of finding them by a first walk over each chunk.
+    ``A_is_log``: A holds Mamba's A_log parameter and the scan runs with -exp(A_log), formed inside the Gluon
+    kernels, forward and backward, so neither it nor its gradient's product is a kernel of its own."""
     length = u.shape[-1]
     if channel_last is None:
         channel_last = CHANNEL_LAST_BY_DEFAULT and is_channel_last(u) and _use_gluon(u, _state_block(A.shape[-1]))
@@ -873,11 +905,12 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     keep = KEEP_STATES if keep_states is None else bool(keep_states)
     if channel_last:
         return _scan_fwd(u, delta, A, B, C, D, z, delta_bias, length, softplus, block_d, chunk, num_warps, True,
-                         keep)[0]
+                         keep, bool(A_is_log))[0]
     pitch = _row_pitch(length)
     pitched = functools.partial(_pitched, pitch=pitch)
     u, delta = (recomputed_in_backward(pitched, t, enabled=remake_inputs) for t in (u, delta))
     B, C = (pitched(t) for t in (B, C))
     z = None if z is None else pitched(z)
-    out = _scan_fwd(u, delta, A, B, C, D, z, delta_bias, length, softplus, block_d, chunk, num_warps, False, keep)[0]
+    out = _scan_fwd(u, delta, A, B, C, D, z, delta_bias, length, softplus, block_d, chunk, num_warps, False, keep,
+                    bool(A_is_log))[0]
     return out[..., :length]

@@ -88,10 +88,12 @@ class Mamba1Mixer(nn.Module):
         # The bias goes into the scan, fused.
         remake = self.remake_scan_inputs
         dt = recomputed_in_backward(F.linear, dt, self.dt_proj.weight, enabled=remake)
+        # A = -exp(A_log) is formed inside the scan's GPU kernels (A_is_log), not by a kernel of its own.
         y = kernels.selective_scan(
-            hidden.transpose(1, 2), dt.transpose(1, 2), -torch.exp(self.A_log.float()), B.transpose(1, 2),
+            hidden.transpose(1, 2), dt.transpose(1, 2), self.A_log.float(), B.transpose(1, 2),
             C.transpose(1, 2), self.D.float(), z=gate.transpose(1, 2), delta_bias=self.dt_proj.bias.float(),
             delta_softplus=True, backend=self.backend, remake_inputs=remake, keep_states=self.keep_scan_states,
+            A_is_log=True,
         )
         return self.out_proj(y.transpose(1, 2))
 
