@@ -76,6 +76,7 @@ SMOKE_SIZES = dict(
     conv=[((2, 16, 64, 4), 160, "conv smoke"), ((2, 16, 72, 4), 160, "conv smoke 2")],
     scan=[(2, 16, 40, 4), (2, 16, 23, 4)], dt_rank=4, mixer=(16, 2, 24))
 KERNEL_TIME = False  # --kernel-time: fwd_bwd_ms reports GPU kernel time instead of wall time
+WALK_ONLY = False  # --conv-walk: the conv sections time and sweep only the walking kernels
 SWEEP_BUDGET_S = 210  # tile sweeps stop adding configs once the script has run this long
 STARTED = time.time()
 DEVICE = "cuda"
@@ -145,8 +146,12 @@ BACKWARD_KERNELS = triton_conv.BWD_KERNELS
 @contextlib.contextmanager
 def _conv_kernel(choice, kernel, prefix, tile):
     """triton_conv.<choice> = kernel and its tile constants <prefix>BLOCK_L, BLOCK_C, SEG_TILES, WARPS
-    (``tile``, or as they are) while inside; all restored after."""
+    (``tile``, or as they are) while inside; all restored after. A forward ``tile`` is taken as given (its
+    wider channel block for channels that are a multiple of it, WALK_FWD_WIDE_BLOCK_C, off)."""
     names = [prefix + n for n in ("BLOCK_L", "BLOCK_C", "SEG_TILES", "WARPS")]
+    if tile and prefix == "WALK_FWD_":
+        names.append("WALK_FWD_WIDE_BLOCK_C")
+        tile = (*tile, 0)
     saved = getattr(triton_conv, choice), [getattr(triton_conv, n) for n in names]
     setattr(triton_conv, choice, kernel)
     for n, v in zip(names, tile or saved[1]):
@@ -234,6 +239,8 @@ def time_conv(bandwidth, sweep, shape, stride, label):
     floor = nbytes / bandwidth / 1e6
     tag = f"{batch}x{length}x{channels} k{width}"
     variants = {  # name: (function, the Triton conv's forward and backward kernels while it runs)
+        "triton, walk fwd, walk bwd": (triton_conv.causal_conv1d_silu_triton, ("walk", "walk")),
+    } if WALK_ONLY else {
         "F.conv1d+SiLU eager (old)": (conv_old, None),
         "F.conv1d+SiLU compiled": (compile_fn(conv_old), None),
         "shifted madds compiled": (compile_fn(causal_conv1d_silu_shifted), None),
@@ -256,17 +263,20 @@ def time_conv(bandwidth, sweep, shape, stride, label):
 
 
 def sweep_conv_tiles(x, w, b, leaves, label, tag, floor):
-    log("  Triton forward tiles (block_l, block_c, warps): fwd ms")
     best = (float("inf"), None)
-    for bl, bc, nw in ((16, 128, 4), (32, 64, 4), (32, 128, 4), (32, 256, 4), (64, 128, 4), (64, 256, 8),
-                       (128, 64, 4), (32, 128, 8)):
+    tiled = () if WALK_ONLY else ((16, 128, 4), (32, 64, 4), (32, 128, 4), (32, 256, 4), (64, 128, 4), (64, 256, 8),
+                                  (128, 64, 4), (32, 128, 8))
+    if tiled:
+        log("  Triton forward tiles (block_l, block_c, warps): fwd ms")
+    for bl, bc, nw in tiled:
         if time.time() - STARTED > SWEEP_BUDGET_S:
             break
         fn = functools.partial(triton_conv.causal_conv1d_silu_triton, block_l=bl, block_c=bc, num_warps=nw)
         fwd = fwd_bwd_ms(lambda: fn(x, w, b), leaves, fwd_only=True)
         best = min(best, (fwd, (bl, bc, nw)))
         log(f"    ({bl:3d}, {bc:3d}, {nw}) {fwd:.3f}")
-    log(f"  best forward tile {best[1]}: {best[0]:.3f} ms")
+    if tiled:
+        log(f"  best forward tile {best[1]}: {best[0]:.3f} ms")
     log("  Triton walking forward tiles (block_l, block_c, seg_tiles, warps): fwd ms")
     best_walk = (float("inf"), None)
     for cfg in triton_conv.WALK_FWD_TILES:
@@ -284,7 +294,7 @@ def sweep_conv_tiles(x, w, b, leaves, label, tag, floor):
              "staged": ((8, 128, 32, 4), (8, 128, 16, 4), (16, 128, 16, 4), (16, 128, 8, 4), (16, 64, 16, 2),
                         (16, 128, 16, 8), (32, 64, 16, 4), (8, 256, 16, 4), (16, 128, 32, 4), (4, 128, 32, 2)),
              "walk": triton_conv.WALK_TILES}
-    for kernel in ("walk", "staged", "recompute"):
+    for kernel in ("walk",) if WALK_ONLY else ("walk", "staged", "recompute"):
         log(f"  Triton {kernel} backward tiles (block_l, block_c, seg_tiles, warps): fwd+bwd ms (forward at its default)")
         best_bwd = (float("inf"), None)
         for cfg in tiles[kernel]:
@@ -296,7 +306,7 @@ def sweep_conv_tiles(x, w, b, leaves, label, tag, floor):
             log(f"    {cfg} {ms:.3f}")
         log(f"  best {kernel} backward tile {best_bwd[1]}: fwd+bwd {best_bwd[0]:.3f} ms")
         rows.append((label, f"triton, {kernel} bwd, best tile", tag, best_bwd[0], floor,
-                     f"fwd {best[1]} bwd {best_bwd[1]}"))
+                     f"fwd {best_walk[1] if WALK_ONLY else best[1]} bwd {best_bwd[1]}"))
 
 
 # ---------------------------------------------------------------- scan timing
@@ -420,7 +430,7 @@ def time_mixer():
 
 
 def main():
-    global DEVICE, DTYPES, BENCH_DTYPE, KERNEL_TIME, SWEEP_BUDGET_S
+    global DEVICE, DTYPES, BENCH_DTYPE, KERNEL_TIME, SWEEP_BUDGET_S, WALK_ONLY
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="no tile sweeps, no pytest")
     parser.add_argument("--conv", action="store_true", help="only the conv: accuracy, timings and tile sweeps")
@@ -435,10 +445,14 @@ def main():
                         help="comma-separated indices into the scan's shapes (default: all four)")
     parser.add_argument("--sweep-budget-s", type=float, default=SWEEP_BUDGET_S,
                         help="tile sweeps stop adding configs once the script has run this long")
+    parser.add_argument("--conv-walk", action="store_true",
+                        help="only the conv's walking kernels: their default pair and every tile of "
+                        "triton_conv.WALK_FWD_TILES and WALK_TILES, at both conv shapes; no accuracy section")
     parser.add_argument("--cpu-smoke", action="store_true",
                         help="tiny shapes on CPU under TRITON_INTERPRET=1, to check this script runs (no timings)")
     args = parser.parse_args()
-    KERNEL_TIME, SWEEP_BUDGET_S = args.kernel_time, args.sweep_budget_s
+    KERNEL_TIME, SWEEP_BUDGET_S, WALK_ONLY = args.kernel_time, args.sweep_budget_s, args.conv_walk
+    args.conv = args.conv or args.conv_walk
     if args.sweep_first is not None:
         SCAN_SWEEP[:] = SCAN_SWEEP[:args.sweep_first]
     if args.scan_shapes:
@@ -465,7 +479,7 @@ def main():
         log("\npytest -m gpu (conv, selective scan, mamba1):\n  " + "\n  ".join(tail))
         if proc.returncode != 0:
             failures.append("pytest -m gpu")
-    sections = [] if args.scan else [("accuracy", lambda: accuracy(seed, conv_only=args.conv))]
+    sections = [] if args.scan or WALK_ONLY else [("accuracy", lambda: accuracy(seed, conv_only=args.conv))]
     bandwidth = copy_bandwidth() if DEVICE == "cuda" else 1e3  # --cpu-smoke: a stand-in
     log(f"\nDevice-to-device copy bandwidth (1 GiB, read + write): {bandwidth:.0f} GB/s")
     if args.scan:

@@ -11,6 +11,9 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -116,6 +119,10 @@ _INTERPRETER_SCRIPT = textwrap.dedent("""
         tc.WALK_FWD_BLOCK_L, tc.WALK_FWD_BLOCK_C, tc.WALK_FWD_SEG_TILES = tile or default_walk_tile
         inputs = conv_inputs(*shape, bias=bias, row_stride=stride, seed=sum(shape) + 2)
         results[f"walk{shape}"] = compare_conv(tc.causal_conv1d_silu_triton, inputs)
+    # The forward's wider channel block where the channels are a multiple of it (16 channels, blocks of 8).
+    tc.WALK_FWD_WIDE_BLOCK_C = 8
+    tc.WALK_FWD_BLOCK_L, tc.WALK_FWD_BLOCK_C, tc.WALK_FWD_SEG_TILES = 2, 4, 3
+    results["walk_wide_forward"] = compare_conv(tc.causal_conv1d_silu_triton, conv_inputs(2, 37, 16, 4, seed=41))
     tc.FWD_KERNEL, tc.BWD_KERNEL = "tiles", "staged"
     tc.STAGED_BLOCK_L = 2  # under the width's 4 rows: a clear error before the backward kernel runs
     inputs = conv_inputs(1, 9, 8, 4, seed=5)
@@ -165,6 +172,26 @@ _INTERPRETER_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.skipif(not has_triton, reason="triton is not installed")
+def test_walking_forward_takes_its_wide_channel_block_only_where_the_blocks_are_full(monkeypatch):
+    """1024 channels a program where the channels are a multiple of 1024 (Mamba 1B's 4096), else 512 (1536 at
+    135M, Mamba-2's 4352: a last block a quarter full was slower); a tile from the environment is taken as given."""
+    import flowhn.kernels.triton_conv as tc
+
+    monkeypatch.setattr(tc, "FWD_KERNEL", "walk")
+    assert {c: tc._fwd_kernel_and_tile(4, c)[1][1] for c in (4096, 2048, 4352, 1536)} == \
+        {4096: 1024, 2048: 1024, 4352: 512, 1536: 512}
+    assert tc._fwd_kernel_and_tile(5, 4096) == ("tiles", (tc.FWD_BLOCK_L, tc.FWD_BLOCK_C, 1, tc.FWD_WARPS))
+    script = ("import flowhn.kernels.triton_conv as tc; tc.FWD_KERNEL = 'walk'; "
+              "print(tc._fwd_kernel_and_tile(4, 4096)[1])")
+    env = {**os.environ, "FLOWHN_CONV_WALK_FWD_TILE": "4,256,16,2"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "(4, 256, 16, 2)"
+    env["FLOWHN_CONV_WALK_TILE"] = "4,256"
+    failed = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert failed.returncode and "FLOWHN_CONV_WALK_TILE must be four positive integers" in failed.stderr
+
+
+@pytest.mark.skipif(not has_triton, reason="triton is not installed")
 def test_triton_conv_in_interpreter():
     results = json.loads(run_in_triton_interpreter(_INTERPRETER_SCRIPT))
     errors = results.pop("errors")
@@ -172,7 +199,7 @@ def test_triton_conv_in_interpreter():
     assert "BWD_KERNEL (FLOWHN_CONV_BWD) must be one of ('recompute', 'staged', 'walk'), got 'fastest'" in \
         errors["unknown_kernel"]
     assert "proj_weight has shape (6, 5), expected (P, 6)" in errors["proj_shape"]
-    assert len(results) == 19
+    assert len(results) == 20
     for case, errors in results.items():
         assert {"out", "dx", "dweight"} <= set(errors), case
         if case.startswith("proj"):
@@ -188,7 +215,7 @@ GPU_TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 @pytest.mark.skipif(not has_triton, reason="triton is not installed")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("shape,row_stride", [((2, 1000, 1536, 4), 3072), ((3, 77, 4352, 4), None),
-                                              ((1, 333, 100, 3), 256)], ids=str)
+                                              ((1, 333, 100, 3), 256), ((2, 1000, 2048, 4), 4096)], ids=str)
 @pytest.mark.parametrize("forward,backward", [("tiles", "recompute"), ("tiles", "staged"), ("walk", "walk")])
 def test_triton_conv_gpu(dtype, shape, row_stride, forward, backward, monkeypatch):
     import flowhn.kernels.triton_conv as triton_conv
@@ -207,7 +234,8 @@ def test_triton_conv_gpu(dtype, shape, row_stride, forward, backward, monkeypatc
 @pytest.mark.skipif(not has_triton, reason="triton is not installed")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("shape,proj_rows,bias", [((2, 1000, 1536, 4), 80, True), ((3, 77, 4352, 4), 289, True),
-                                                  ((1, 333, 100, 3), 37, False)], ids=str)
+                                                  ((1, 333, 100, 3), 37, False), ((2, 1000, 2048, 4), 160, True)],
+                         ids=str)
 def test_triton_conv_proj_gpu(dtype, shape, proj_rows, bias):
     # A mixer's conv and x_proj as one op (x_proj's rows: dt_rank + 2·d_state, 80 at 135M; 289 is not a tile multiple).
     inputs = conv_inputs(*shape, dtype=dtype, device="cuda", bias=bias, seed=8, proj_rows=proj_rows)

@@ -361,8 +361,35 @@ FWD_BLOCK_L, FWD_BLOCK_C, FWD_WARPS = 32, 128, 4
 # 0.095 at 16×1024×4352 where "tiles" took 0.106 and 0.116 at its best: the default.
 FWD_KERNEL = os.environ.get("FLOWHN_CONV_FWD", "walk")
 FWD_KERNELS = ("tiles", "walk")
-WALK_FWD_BLOCK_L, WALK_FWD_BLOCK_C, WALK_FWD_SEG_TILES, WALK_FWD_WARPS = 8, 512, 8, 8
-WALK_FWD_TILES = ((4, 256, 32, 4), (8, 256, 16, 4), (4, 128, 32, 4), (4, 512, 16, 4), (8, 512, 8, 8), (2, 256, 64, 4))
+
+
+def _walk_tile(variable: str, default: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """A walking kernel's tile (rows a block, channels, blocks a segment, warps) from ``variable``
+    ("4,1024,16,4"; for A/Bs and GPU tests at a candidate tile), else ``default``."""
+    value = os.environ.get(variable, "").strip()
+    if not value:
+        return default
+    try:
+        tile = tuple(int(part) for part in value.split(","))
+    except ValueError:
+        tile = ()
+    if len(tile) != 4 or min(tile) < 1:
+        raise ValueError(f"{variable} must be four positive integers 'rows,channels,blocks,warps', got {value!r}")
+    return tile
+
+
+WALK_FWD_BLOCK_L, WALK_FWD_BLOCK_C, WALK_FWD_SEG_TILES, WALK_FWD_WARPS = _walk_tile("FLOWHN_CONV_WALK_FWD_TILE",
+                                                                                   (8, 512, 8, 8))
+# WALK_FWD_WIDE_BLOCK_C: the channels a program where the channels are a multiple of it (4 a thread at 8 warps,
+# 64-bit loads), else WALK_FWD_BLOCK_C (2 a thread); 0: never. Nineteenth session, call E (H200, kernel time,
+# scripts/gpu_mamba1.py --conv-walk): the forward at 16×1024×4096 0.085 -> 0.078 ms with 1024, at 4352 (five
+# blocks, the last a quarter full) 0.094 -> 0.096, so it is taken only where the blocks are full. An
+# environment tile (FLOWHN_CONV_WALK_FWD_TILE) is taken as given.
+WALK_FWD_WIDE_BLOCK_C = 0 if os.environ.get("FLOWHN_CONV_WALK_FWD_TILE") else 1024
+# Nineteenth session: the last three hold 4 and 8 channels a thread (64- and 128-bit loads; 64-128 registers,
+# no spills: scripts/kernel_stats.py), the tiles before 1 or 2.
+WALK_FWD_TILES = ((4, 256, 32, 4), (8, 256, 16, 4), (4, 128, 32, 4), (4, 512, 16, 4), (8, 512, 8, 8), (2, 256, 64, 4),
+                  (8, 1024, 8, 8), (4, 1024, 16, 4), (8, 1024, 8, 4))
 BWD_BLOCK_L, BWD_BLOCK_C, BWD_SEG_TILES, BWD_WARPS = 32, 128, 8, 4
 # The backward kernel: "staged" (_conv_bwd_staged_kernel: g once per element, staged for its shifts;
 # widths up to STAGED_MAX_WIDTH, wider kernels take "recompute") or "recompute" (_conv_bwd_kernel: the
@@ -387,9 +414,10 @@ STAGED_BLOCK_L, STAGED_BLOCK_C, STAGED_SEG_TILES, STAGED_WARPS = 8, 256, 16, 4
 STAGED_MAX_WIDTH = 4
 # The walk's tile: (rows a block: loads in flight, channels, blocks a segment, warps). WALK_TILES: the
 # candidates scripts/gpu_mamba1.py --conv times.
-WALK_BLOCK_L, WALK_BLOCK_C, WALK_SEG_TILES, WALK_WARPS = 4, 512, 32, 4
+WALK_BLOCK_L, WALK_BLOCK_C, WALK_SEG_TILES, WALK_WARPS = _walk_tile("FLOWHN_CONV_WALK_TILE", (4, 512, 32, 4))
+# The last three (nineteenth session) hold 8 channels a thread (128-bit loads; 218-254 registers, no spills).
 WALK_TILES = ((4, 256, 32, 4), (4, 256, 16, 4), (8, 256, 16, 4), (4, 128, 32, 4), (8, 128, 8, 4), (4, 512, 32, 4),
-              (2, 256, 64, 4), (8, 256, 32, 8))
+              (2, 256, 64, 4), (8, 256, 32, 8), (2, 1024, 64, 4), (4, 1024, 32, 4), (2, 512, 64, 2))
 
 
 def _channel_last(x: torch.Tensor) -> torch.Tensor:
@@ -424,7 +452,9 @@ def _(x, weight, bias, silu, block_l, block_c, seg_tiles, num_warps, kernel):
 @torch.library.custom_op("flowhn::causal_conv1d_silu_bwd", mutates_args=())
 def _conv_bwd(dout: _Tensor, x: _Tensor, weight: _Tensor, bias: _MaybeTensor, silu: bool, block_l: int,
               block_c: int, seg_tiles: int, num_warps: int, kernel: str, dout2: _MaybeTensor) -> list[_Tensor]:
-    """[dx (B, L, C) contiguous in x's dtype, dweight (C, K), dbias (C,) (empty without bias)].
+    """[dx (B, L, C) contiguous in x's dtype, dweight's and dbias's fp32 partial sums (``_grad_part_shapes``;
+    dbias's empty without bias)], summed by the caller (``_conv_grads``, traced, so that inductor writes the sums
+    in kernels of its own choosing rather than the op running three eager ones a layer).
     ``kernel``: one of BWD_KERNELS (the caller has checked that it applies: ``_bwd_kernel_and_tile``).
     ``dout2``: a second gradient of the output (another consumer's), added to ``dout`` as the walk reads it
     (added first for the other kernels)."""
@@ -434,12 +464,12 @@ def _conv_bwd(dout: _Tensor, x: _Tensor, weight: _Tensor, bias: _MaybeTensor, si
     dout2 = None if dout2 is None else dout2.contiguous()
     batch, length, channels = x.shape
     width = weight.shape[1]
-    segment = block_l * seg_tiles
-    n_segments = triton.cdiv(length, segment)
-    f32 = dict(device=x.device, dtype=torch.float32)
+    n_segments = triton.cdiv(length, block_l * seg_tiles)
     dx = torch.empty(batch, length, channels, device=x.device, dtype=x.dtype)
-    dw_part = torch.empty(batch * n_segments, width, channels, **f32)
-    db_part = torch.empty(batch * n_segments, channels, **f32) if bias is not None else dw_part
+    dw_shape, db_shape = _grad_part_shapes(x, weight, bias, block_l, seg_tiles)
+    f32 = dict(device=x.device, dtype=torch.float32)
+    dw_part, db_part = torch.empty(dw_shape, **f32), torch.empty(db_shape, **f32)
+    db_out = db_part if bias is not None else dw_part  # a pointer for the kernels; HAS_BIAS says if it is written
     grid = (batch, n_segments, triton.cdiv(channels, block_c))
     args = (length, channels, x.stride(0), x.stride(1), n_segments)
     flags = dict(K=width, K_POW2=triton.next_power_of_2(width), HAS_BIAS=bias is not None, SILU=silu, BLOCK_L=block_l,
@@ -451,23 +481,30 @@ def _conv_bwd(dout: _Tensor, x: _Tensor, weight: _Tensor, bias: _MaybeTensor, si
                          f"{triton.next_power_of_2(width)} rows for width {width}, got {block_l}")
     if kernel == "walk":
         flags.pop("K_POW2")
-        _conv_bwd_walk_kernel[grid](x, weight, b, dout, dout if dout2 is None else dout2, dx, dw_part, db_part, *args,
+        _conv_bwd_walk_kernel[grid](x, weight, b, dout, dout if dout2 is None else dout2, dx, dw_part, db_out, *args,
                                     HAS_DY2=dout2 is not None, **flags)
     elif kernel == "staged":
         ring = torch.empty(grid[0] * grid[1] * grid[2], 2 * block_l, block_c, **f32)
         # One stage: the ring's loads must not be hoisted above the barrier that publishes its stores.
-        _conv_bwd_staged_kernel[grid](x, weight, b, dout, dx, ring, dw_part, db_part, *args, num_stages=1, **flags)
+        _conv_bwd_staged_kernel[grid](x, weight, b, dout, dx, ring, dw_part, db_out, *args, num_stages=1, **flags)
     else:
-        _conv_bwd_kernel[grid](x, weight, b, dout, dx, dw_part, db_part, *args, **flags)
-    dweight = dw_part.sum(0).t().to(weight.dtype)
-    dbias = db_part.sum(0).to(bias.dtype) if bias is not None else x.new_empty(0)
-    return [dx, dweight.contiguous(), dbias]
+        _conv_bwd_kernel[grid](x, weight, b, dout, dx, dw_part, db_out, *args, **flags)
+    return [dx, dw_part, db_part]
 
 
 @_conv_bwd.register_fake
 def _(dout, x, weight, bias, silu, block_l, block_c, seg_tiles, num_warps, kernel, dout2):
-    return [x.new_empty(x.shape), torch.empty_like(weight, memory_format=torch.contiguous_format),
-            x.new_empty(0) if bias is None else torch.empty_like(bias)]
+    dw_shape, db_shape = _grad_part_shapes(x, weight, bias, block_l, seg_tiles)
+    return [x.new_empty(x.shape), x.new_empty(dw_shape, dtype=torch.float32),
+            x.new_empty(db_shape, dtype=torch.float32)]
+
+
+def _grad_part_shapes(x, weight, bias, block_l: int, seg_tiles: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The backward's partial sums of dweight, (B · segments, K, C), and of dbias, (B · segments, C) or (0,)
+    without bias: one row per (batch, segment of block_l · seg_tiles rows)."""
+    batch, length, channels = x.shape
+    parts = batch * triton.cdiv(length, block_l * seg_tiles)
+    return (parts, weight.shape[1], channels), ((parts, channels) if bias is not None else (0,))
 
 
 def _setup_context(ctx, inputs, output):
@@ -497,25 +534,29 @@ def _backward(ctx, dout):
 
 
 def _conv_grads(dout, dout2, x, weight, bias, silu):
-    """(dx, dweight, dbias or None) by the backward op; dout2: ``_conv_bwd``'s. dout is made contiguous here,
+    """(dx, dweight, dbias or None) by the backward op and the sums of its partials; dout2: ``_conv_bwd``'s.
+    dout is made contiguous here,
     traced into the compiled backward, not inside the op: when it was the sum of a Mamba-1 mixer's x_proj
     gradient and the scan's transposed du, inductor laid it out transposed, and the op's own .contiguous()
     was then an eager strided copy (0.42 ms a layer at Mamba 1B, tenth session)."""
     kernel, tile = _bwd_kernel_and_tile(weight.shape[1])
-    dx, dweight, dbias = _conv_bwd(dout.contiguous(), x, weight, bias, silu, *tile, kernel, dout2)
-    return dx, dweight, None if bias is None else dbias
+    dx, dw_part, db_part = _conv_bwd(dout.contiguous(), x, weight, bias, silu, *tile, kernel, dout2)
+    # The partial sums added up here, traced (the op's outputs are its kernel's (segment, K, C) rows).
+    return dx, dw_part.sum(0).t().to(weight.dtype), None if bias is None else db_part.sum(0).to(bias.dtype)
 
 
 _conv_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _fwd_kernel_and_tile(width: int) -> tuple[str, tuple[int, int, int, int]]:
+def _fwd_kernel_and_tile(width: int, channels: int) -> tuple[str, tuple[int, int, int, int]]:
     """The forward kernel for this width (FWD_KERNEL; "walk" takes widths up to STAGED_MAX_WIDTH) and its
-    tile (rows, channels, blocks a segment, warps), read at call time."""
+    tile (rows, channels, blocks a segment, warps) for this many channels, read at call time."""
     if FWD_KERNEL not in FWD_KERNELS:
         raise ValueError(f"triton_conv.FWD_KERNEL (FLOWHN_CONV_FWD) must be one of {FWD_KERNELS}, got {FWD_KERNEL!r}")
     if FWD_KERNEL == "walk" and width <= STAGED_MAX_WIDTH:
-        return "walk", (WALK_FWD_BLOCK_L, WALK_FWD_BLOCK_C, WALK_FWD_SEG_TILES, WALK_FWD_WARPS)
+        wide = WALK_FWD_WIDE_BLOCK_C and channels % WALK_FWD_WIDE_BLOCK_C == 0
+        return "walk", (WALK_FWD_BLOCK_L, WALK_FWD_WIDE_BLOCK_C if wide else WALK_FWD_BLOCK_C, WALK_FWD_SEG_TILES,
+                        WALK_FWD_WARPS)
     return "tiles", (FWD_BLOCK_L, FWD_BLOCK_C, 1, FWD_WARPS)
 
 
@@ -570,7 +611,7 @@ def causal_conv1d_silu_proj_triton(x, weight, bias, proj_weight):
     if proj_weight.dim() != 2 or proj_weight.shape[1] != x.shape[-1]:
         raise ValueError(f"causal_conv1d_silu_proj: proj_weight has shape {tuple(proj_weight.shape)}, expected "
                          f"(P, {x.shape[-1]}) for x of shape {tuple(x.shape)}")
-    kernel, (rows, channels, seg_tiles, warps) = _fwd_kernel_and_tile(weight.shape[1])
+    kernel, (rows, channels, seg_tiles, warps) = _fwd_kernel_and_tile(weight.shape[1], x.shape[-1])
     return _conv_proj_fwd(x, weight, bias, proj_weight.to(x.dtype), True, rows, channels, seg_tiles, warps, kernel)
 
 
@@ -578,6 +619,6 @@ def causal_conv1d_silu_triton(x, weight, bias=None, silu=True, block_l=None, blo
     """Same contract as ``torch_conv.causal_conv1d_silu_reference``; x (B, L, C), weight (C, K), bias (C,).
     ``block_l``, ``block_c``, ``num_warps`` override the forward kernel's tile (tests, tuning)."""
     check_conv_args(x, weight, bias)
-    kernel, (rows, channels, seg_tiles, warps) = _fwd_kernel_and_tile(weight.shape[1])
+    kernel, (rows, channels, seg_tiles, warps) = _fwd_kernel_and_tile(weight.shape[1], x.shape[-1])
     return _conv_fwd(x, weight, bias, bool(silu), block_l or rows, block_c or channels, seg_tiles,
                      num_warps or warps, kernel)
