@@ -23,6 +23,18 @@ from flowhn.kernels.torch_scan import linear_scan, selective_scan_torch
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 has_triton = importlib.util.find_spec("triton") is not None
+
+
+def on_gpu_in_every_dtype_layout_and_walk(test):
+    """A GPU test of the Gluon scan run in fp32 and bf16, both layouts and both walks (its dtype, layout and
+    walk arguments)."""
+    marks = [pytest.mark.gpu, cuda, pytest.mark.skipif(not has_triton, reason="triton is not installed"),
+             pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str),
+             pytest.mark.parametrize("layout", ["channel-last", "row-major"]),
+             pytest.mark.parametrize("walk", ["sequence", "chunks"])]
+    for mark in reversed(marks):
+        test = mark(test)
+    return test
 has_mamba_ssm = importlib.util.find_spec("mamba_ssm") is not None
 
 SCAN_FLAGS = {  # (D, z, delta_bias, delta_softplus)
@@ -507,12 +519,7 @@ def test_gluon_scan_channel_last_tiles_gpu(tile, monkeypatch):
     assert_errors_below(errors, GPU_TOL[torch.float32])
 
 
-@pytest.mark.gpu
-@cuda
-@pytest.mark.skipif(not has_triton, reason="triton is not installed")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("layout", ["channel-last", "row-major"])
-@pytest.mark.parametrize("walk", ["sequence", "chunks"])
+@on_gpu_in_every_dtype_layout_and_walk
 @pytest.mark.parametrize("shape", [(2, 300, 700, 16), (3, 100, 37, 9)], ids=str)
 def test_gluon_scan_keeps_states_gpu(dtype, layout, walk, shape, monkeypatch):
     """keep_states: the forward keeps the state after every sub-chunk (in u's dtype) and the backward reads
@@ -544,12 +551,7 @@ def test_gluon_scan_keeps_states_gpu(dtype, layout, walk, shape, monkeypatch):
     assert kept[0].numel() == 0
 
 
-@pytest.mark.gpu
-@cuda
-@pytest.mark.skipif(not has_triton, reason="triton is not installed")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("layout", ["channel-last", "row-major"])
-@pytest.mark.parametrize("walk", ["sequence", "chunks"])
+@on_gpu_in_every_dtype_layout_and_walk
 def test_gluon_scan_takes_A_as_its_log_gpu(dtype, layout, walk, monkeypatch):
     """A given as Mamba's A_log (A_is_log, as Mamba1Mixer passes it): the Gluon kernels form -exp(A_log)
     and write dA_log, forward and backward, with and without the kept states, against float64, in both
