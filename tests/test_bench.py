@@ -33,6 +33,9 @@ from flowhn.perf.profile import kernel_category, profile_steps
     ("void at::native::index_copy_kernel_impl<OpaqueType<2>>", "gather/scatter"),
     ("triton_poi_fused_add_mul_silu_3", "elementwise/norm"),
     ("void at::native::unrolled_elementwise_kernel<direct_copy_kernel_cuda>", "copy/cast"),
+    ("triton_poi_fused__to_copy_t_14", "copy/cast"),  # a weight cast
+    ("triton_red_fused__to_copy__unsafe_view_add_mean_mul_pow_rsqrt_view_19", "elementwise/norm"),  # RMSNorm
+    ("triton_per_fused__to_copy_add_div_expand_mul_pow_sum_view_4", "elementwise/norm"),  # its backward
     ("some_unknown_kernel", "other"),
 ])
 def test_kernel_names_fall_in_their_category(kernel, category):

@@ -29,6 +29,9 @@ CATEGORIES: tuple[tuple[str, re.Pattern], ...] = tuple(
         ("gemm", r"gemm|cutlass|xmma|nvjet|cublas|wgmma|sm90_|sm80_|matmul|_mm_|bmm|addmm"),
         ("conv", r"conv(?!ert)"),  # not inductor's convert_element_type kernels
         ("gather/scatter", r"index|gather|scatter|embedding"),
+        # inductor's fused RMSNorm kernels (forward: ..._mean_mul_pow_rsqrt_...; backward: ..._mul_pow_sum_...)
+        # carry _to_copy in their names, but they are norms, not copies (until the nineteenth session: copy/cast)
+        ("elementwise/norm", r"^triton_.*(rsqrt|_pow_)"),
         ("copy/cast", r"copy|cast|cat_|memcpy|memset|fill"),
         ("elementwise/norm", r"triton_|elementwise|reduce|vectorized|unrolled|norm|silu|softplus|mul|add"),
     )
