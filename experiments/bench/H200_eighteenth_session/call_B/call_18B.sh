@@ -16,20 +16,8 @@ for seed in 1 2; do
   run triton_nokeep_s$seed $seed model.ssm_backend=triton model.ssm_keep_scan_states=false &
 done
 wait
-python3 - <<'PY'
-import csv, glob, os
-out = os.environ["OUT"]
-runs = [f"{p}_s{s}" for s in (1, 2) for p in ("triton_keep", "triton_nokeep", "torch")]
-val = {}
-for r in runs:
-    for path in glob.glob(f"{out}/{r}/**/metrics.csv", recursive=True):
-        for row in csv.DictReader(open(path)):
-            if row.get("val/loss"):
-                val.setdefault(int(row["step"]), {})[r] = float(row["val/loss"])
-print("| step | " + " | ".join(runs) + " |\n|---:|" + "---:|" * len(runs))
-for step in sorted(val):
-    print(f"| {step} | " + " | ".join(f"{val[step][r]:.4f}" if r in val[step] else "—" for r in runs) + " |")
-PY
+python3 scripts/val_loss_table.py "$OUT" triton_keep_s1 triton_nokeep_s1 torch_s1 triton_keep_s2 triton_nokeep_s2 \
+  torch_s2
 # A call brings back at most 8 files: each run's metrics.csv and log in one archive.
 cd $OUT && mkdir -p parity && for r in *_s?; do cp $(find $r -name metrics.csv | head -1) parity/$r.csv 2>/dev/null; cp $r.log parity/; done
 tar czf parity.tgz parity && rm -rf *_s? *_s?.log parity

@@ -14,20 +14,7 @@ run() {  # NAME OVERRIDES...
 }
 run keep_a & run keep_b & run nokeep_a model.ssm_keep_scan_states=false & run nokeep_b model.ssm_keep_scan_states=false &
 wait
-python3 - <<'PY'
-import csv, glob, os
-out = os.environ["OUT"]
-runs = ["keep_a", "keep_b", "nokeep_a", "nokeep_b"]
-val = {}
-for r in runs:
-    for path in glob.glob(f"{out}/{r}/**/metrics.csv", recursive=True):
-        for row in csv.DictReader(open(path)):
-            if row.get("val/loss"):
-                val.setdefault(int(row["step"]), {})[r] = float(row["val/loss"])
-print("| step | " + " | ".join(runs) + " |\n|---:|" + "---:|" * len(runs))
-for step in sorted(val):
-    print(f"| {step} | " + " | ".join(f"{val[step][r]:.4f}" if r in val[step] else "—" for r in runs) + " |")
-PY
+python3 scripts/val_loss_table.py "$OUT" keep_a keep_b nokeep_a nokeep_b
 cd $OUT && mkdir -p parity && for r in keep_a keep_b nokeep_a nokeep_b; do
   cp $(find $r -name metrics.csv | head -1) parity/$r.csv 2>/dev/null; cp $r.log parity/; done
 tar czf parity.tgz parity && rm -rf keep_? nokeep_? *.log parity

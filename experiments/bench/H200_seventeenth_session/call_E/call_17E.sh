@@ -15,16 +15,5 @@ run triton_keep model.ssm_backend=triton &
 run triton_nokeep model.ssm_backend=triton model.ssm_keep_scan_states=false &
 run torch model.ssm_backend=torch &
 wait
-python3 - <<'PY'
-import csv, glob, os
-out = os.environ["OUT"]; runs = ["triton_keep", "triton_nokeep", "torch"]; val = {}
-for r in runs:
-    for path in glob.glob(f"{out}/{r}/**/metrics.csv", recursive=True):
-        for row in csv.DictReader(open(path)):
-            if row.get("val/loss"):
-                val.setdefault(int(row["step"]), {})[r] = float(row["val/loss"])
-print("| step | " + " | ".join(runs) + " |\n|---:|" + "---:|" * len(runs))
-for step in sorted(val):
-    print(f"| {step} | " + " | ".join(f"{val[step][r]:.4f}" if r in val[step] else "—" for r in runs) + " |")
-PY
+python3 scripts/val_loss_table.py "$OUT" triton_keep triton_nokeep torch
 rm -rf $OUT/*/checkpoints
