@@ -130,7 +130,9 @@ ladder() {
           || grep "Row(" /tmp/ladder_logs/profile.log > "$OUT/fa_vs_fac_profile_${gpu}.md"  # cut short: the rows it logged
       fi
       budget=$(( $(left) - 100 ))  # the last row started may take ~90 s (a 36-layer 1B compile)
-      ((budget > 0)) && timeout $(( $(left) - 5 )) python3 -m flowhn.bench scale=1b steps=6 warmup=3 peers=[] \
+      # master_weights=false: the committed ladder CSV, which a call fills in, was measured with fp32 weights
+      # and torch's fused AdamW (before the bench's master weights); a new ladder drops it.
+      ((budget > 0)) && timeout $(( $(left) - 5 )) python3 -m flowhn.bench scale=1b steps=6 warmup=3 peers=[] master_weights=false \
         seqlen_ladder=${LADDER_LENGTHS:-[1024,8192,16384,4096,2048]} tokens_per_step=16384 "entries=[$entries]" time_budget_s=$budget \
         csv="$part" hydra.run.dir=/tmp/bench_ladder$g > "$OUT/ladder_gpu$g.log" 2>&1
     ) &

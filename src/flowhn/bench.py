@@ -1,9 +1,11 @@
 """Training-step throughput on the current GPU: ``python -m flowhn.bench scale=1b``.
 
 Each entry is built, warmed up (compile and autotune happen there) and then timed over
-``steps`` full training steps (forward, backward, fused AdamW) between two CUDA events, in bf16
+``steps`` full training steps (forward, backward, AdamW) between two CUDA events, in bf16
 autocast with fp32 master weights, in one process, so every row of the table shares the GPU's
-state. ``isolate=true`` runs each row in a fresh process instead, so that no row inherits what the rows
+state. As train.py on a GPU (``optim.master_weights``), the Linear weights are stored in bf16 with their
+fp32 masters in the optimizer (``flowhn.training.optimizer``) for every row, ours and the peers
+(``master_weights=false``: fp32 weights that autocast casts, and torch's fused AdamW). ``isolate=true`` runs each row in a fresh process instead, so that no row inherits what the rows
 before it compiled and allocated (at 135M a step is bound by the host, and a row's place in the
 order has moved its tok/s by ±10 %). The peers are timed the same way: HF transformers' Llama at our llama dims (eager and
 compiled), HF's Mamba/Mamba-2 (their PyTorch paths here) and mamba-ssm's MambaLMHeadModel when it
@@ -38,6 +40,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 import flowhn
 from flowhn.errors import ConfigError
+from flowhn.training.optimizer import MasterWeightAdamW, linear_weights_to_bf16
 from flowhn.kernels.cross_entropy import fused_loss_impl, linear_cross_entropy
 from flowhn.perf.hardware import device_peak_tflops
 from flowhn.perf.profile import profile_steps
@@ -76,18 +79,25 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def make_train_step(model, vocab: int, batch: int, seq_len: int, compiled, device: str = "cuda",
-                    fused: str | None = None, optimizer_in_graph: bool = False):
+                    fused: str | None = None, optimizer_in_graph: bool = False, master_weights: bool = False):
     """One training step (forward, loss, backward, fused AdamW) on fixed random tokens. A compiled
     row (``compiled``: True, or its torch.compile mode) compiles its loss too: the fp32 log-softmax
     over the vocabulary is then fused, not eager. ``fused``: our models' fused LM head + loss, as
     train.py runs it on GPU, by implementation (``fused_loss_impl``: ``auto``, ``triton``, ``liger``,
     ``chunked``, ``cce``); None keeps the full logits. ``optimizer_in_graph``: AdamW's step compiled in the row's mode
     too (under reduce-overhead: one more CUDA graph, recorded after the backward's) instead of the fused
-    CUDA AdamW launched eagerly. On CPU (tests, the ladder's format) the step runs in fp32 without autocast."""
+    CUDA AdamW launched eagerly. ``master_weights``: the Linear weights stored in bf16 (before the model's first,
+    compiling call) and MasterWeightAdamW updating their fp32 masters, as train.py on a GPU. On CPU (tests,
+    the ladder's format) the step runs in fp32 without autocast."""
     on_gpu = torch.device(device).type == "cuda"
     mode = compiled if isinstance(compiled, str) else None
     adamw = dict(betas=(0.9, 0.95), weight_decay=0.1)
-    if optimizer_in_graph:
+    if master_weights:
+        if not on_gpu or optimizer_in_graph:
+            raise ValueError("master_weights: needs a CUDA device (bf16 autocast) and no optimizer_in_graph")
+        optimizer = MasterWeightAdamW(model.parameters(), lr=1e-4, masters=linear_weights_to_bf16(model), **adamw)
+        optimizer_step = optimizer.step
+    elif optimizer_in_graph:
         if not compiled:
             raise ValueError("optimizer_in_graph needs a compiled row (compile: true or blocks)")
         # On the GPU a tensor learning rate and capturable state: the compiled step reads both from device
@@ -157,6 +167,25 @@ def train_config(entry: dict, scale: str, seq_len: int) -> DictConfig:
     return compose("train", overrides=overrides)
 
 
+def bench_master_weights(bench: DictConfig) -> bool:
+    """The bench's ``master_weights`` (auto: on for device=cuda), for the rows that set none."""
+    setting = bench.get("master_weights", "auto")
+    if setting == "auto":
+        return bench.get("device", "cuda") == "cuda"
+    if not isinstance(setting, bool):
+        raise ConfigError(f"master_weights: must be auto, true or false, got {setting!r}")
+    if setting and bench.get("device", "cuda") != "cuda":
+        raise ConfigError("master_weights: true needs device=cuda (the CPU rows run in fp32, without autocast)")
+    return setting
+
+
+def training_label(bench: DictConfig) -> str:
+    """How the table's steps train, for its header."""
+    if bench_master_weights(bench):
+        return "bf16 autocast, bf16 weights with fp32 masters (MasterWeightAdamW)"
+    return "bf16 autocast, fused AdamW"
+
+
 def compile_mode(entry: dict, bench: DictConfig) -> str | None:
     """The torch.compile mode of an entry (or of a compiled peer: ``{}``): its own, else the bench's
     (auto: the scale's for a whole-model compile on a GPU, as train.py on one GPU; else torch's default)."""
@@ -194,6 +223,7 @@ def ours(entry: dict, bench: DictConfig):
     compiled = entry.pop("compile", bench.compile)  # True (whole model), "blocks", False
     entry.pop("compile_mode", None)
     optimizer_in_graph = bool(entry.pop("optimizer_in_graph", False))  # make_train_step's
+    master_weights = entry.pop("master_weights", None)  # make_train_step's; None: the bench's setting
     # cuDNN's fused attention is one of SDPA's backends (PyTorch picks it first on Hopper); an entry
     # can switch it off to compare with the flash kernel. The switch is global: set it per row.
     cudnn = bool(entry.pop("cudnn_attention", True))
@@ -208,6 +238,8 @@ def ours(entry: dict, bench: DictConfig):
         model.compile_in_place("blocks" if compiled == "blocks" else "model", mode=mode)
     fused = fused_loss_impl(entry.get("fused_loss", bench.fused_loss), torch.device(bench.device).type)
     options = {"fused": fused, "optimizer_in_graph": optimizer_in_graph}
+    if master_weights is not None:
+        options["master_weights"] = master_weights
     return name, model, flops, cfg.scale.vocab_size, (mode or True) if compiled else False, options
 
 
@@ -307,8 +339,11 @@ def _timed_row(make, bench: DictConfig, peak: float | None, name: str) -> tuple[
     carried = torch.cuda.memory_allocated() / 2**30 if torch.device(bench.device).type == "cuda" else 0.0
     try:
         name, model, flops_per_token, vocab, compiled, *options = make()  # peers: no step options
-        step = make_train_step(model, vocab, bench.batch_size, bench.seq_len, compiled, bench.device,
-                               **(options[0] if options else {}))
+        options = options[0] if options else {}
+        # The bench's master weights for rows that set none; a compiled optimizer (optimizer_in_graph) is
+        # torch's AdamW on fp32 weights.
+        options = {"master_weights": bench_master_weights(bench) and not options.get("optimizer_in_graph")} | options
+        step = make_train_step(model, vocab, bench.batch_size, bench.seq_len, compiled, bench.device, **options)
         ms, mem = time_steps(step, bench.steps, bench.warmup, bench.device)
         if mem is not None:
             mem -= carried
@@ -509,7 +544,7 @@ def main(bench: DictConfig) -> None:
         csv_path = Path(bench.csv) if bench.csv else Path(HydraConfig.get().runtime.output_dir) / "seqlen_ladder.csv"
         rows = run_ladder(bench, peak, csv_path, started)
         header = (f"### {gpu}, scale {bench.scale.name}, {bench.tokens_per_step:,} tokens per step "
-                  f"(batch = tokens / seq_len), bf16 autocast, fused AdamW, torch {torch.__version__}, "
+                  f"(batch = tokens / seq_len), {training_label(bench)}, torch {torch.__version__}, "
                   f"peak {peak} TFLOP/s\n\n`python -m flowhn.bench {' '.join(sys.argv[1:])}`; CSV: `{csv_path}`")
         text = ladder_markdown(rows, header)
         print(text)
@@ -532,8 +567,8 @@ def main(bench: DictConfig) -> None:
         log.info("%s%s", row, f"\n{breakdown}" if breakdown else "")  # survives a run cut short
     if bench.row_json:  # a row's own process (isolate=true) hands its row back
         Path(bench.row_json).write_text(json.dumps({"rows": [asdict(r) for r in rows], "breakdowns": breakdowns}))
-    header = (f"### {gpu}, scale {bench.scale.name}, batch {bench.batch_size} × seq {bench.seq_len}, bf16 autocast, "
-              f"fused AdamW, torch {torch.__version__}, peak {peak} TFLOP/s"
+    header = (f"### {gpu}, scale {bench.scale.name}, batch {bench.batch_size} × seq {bench.seq_len}, "
+              f"{training_label(bench)}, torch {torch.__version__}, peak {peak} TFLOP/s"
               f"{', each row in its own process' if bench.isolate else ''}\n\n"
               f"`python -m flowhn.bench {' '.join(sys.argv[1:])}`")
     text = table(rows, header)

@@ -27,6 +27,9 @@ RESUME_MAY_CHANGE = (
     "eval", "hardware", "compile", "compile_scope", "compile_mode", "fused_loss", "model.moe_dispatch", "model.ssm_backend",
     "model.ssd_recompute", "model.ssm_remake_scan_inputs", "model.ssm_keep_scan_states",
     "scale.lean_activations", "model.branch_streams",
+    # bf16 weights with fp32 masters take the same steps as autocast's casts of fp32 weights, and a
+    # checkpoint holds the fp32 weights either way (flowhn.training.optimizer).
+    "optim.master_weights",
     "data.num_workers", "data.eval_batch_size", "data.cache_dir", "trainer.val_check_interval", "trainer.limit_val_batches", "trainer.log_every_n_steps",
     "trainer.enable_model_summary", "trainer.ddp_timeout_s",
     # How DDP reduces the gradients (bucketing, views, static graph, the compiled graph's split), not
@@ -97,6 +100,7 @@ def resolve_trainer_settings(cfg: DictConfig) -> None:
         require(cfg.compile_scope in ("model", "blocks"), "compile_scope",
                 f"must be model or blocks, got {cfg.compile_scope!r}")
         check_compile_mode_and_fused_loss(cfg)
+        check_master_weights(cfg)
         batch = cfg.data.batch_size
         require(isinstance(batch, int) and batch > 0, "data.batch_size", f"must be a positive integer, got {batch!r}")
         if cfg.train_tokens:
@@ -159,6 +163,23 @@ def check_compile_mode_and_fused_loss(cfg: DictConfig) -> None:
 
         require(fused in FUSED_LOSS_IMPLS, "fused_loss",
                 f"must be auto, true, false or one of {', '.join(FUSED_LOSS_IMPLS)}, got {fused!r}")
+
+
+def check_master_weights(cfg: DictConfig) -> None:
+    """optim.master_weights: auto (on for bf16-mixed on a GPU without gradient accumulation), true or
+    false, resolved in place to true or false."""
+    setting = cfg.optim.get("master_weights", "auto")
+    require(setting == "auto" or isinstance(setting, bool), "optim.master_weights", f"must be auto, true or false, got {setting!r}")
+    bf16 = cfg.trainer.precision == "bf16-mixed"
+    one_micro_batch = cfg.trainer.accumulate_grad_batches == 1
+    if setting == "auto":
+        setting = bf16 and one_micro_batch and cfg.trainer.accelerator == "gpu"
+    elif setting:
+        require(bf16, "optim.master_weights",
+                f"true stores weights in bf16 for bf16 autocast, but trainer.precision is {cfg.trainer.precision}")
+        require(one_micro_batch, "optim.master_weights",
+                "true would sum the micro-batches' gradients in bf16; it needs trainer.accumulate_grad_batches 1")
+    cfg.optim.master_weights = bool(setting)
 
 
 def check_model(cfg: DictConfig) -> None:

@@ -15,6 +15,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from flowhn import build_model
 from flowhn.kernels.cross_entropy import fused_loss_impl, linear_cross_entropy
+from flowhn.training.optimizer import MasterWeightAdamW, linear_weights_to_bf16
 
 IGNORE = -100
 # torch.compile modes that capture CUDA graphs (each training/validation step then begins a new
@@ -55,6 +56,10 @@ class CausalLMModule(L.LightningModule):
         self._watched_loss_ready: torch.cuda.Event | None = None
         self._watched_loss_step: int | None = None  # its step, until it has been checked
         self._skip_update_if: torch.Tensor | None = None
+        # optim.master_weights (resolved by flowhn.training.checks; a config without it: off): the fp32
+        # values of the weights setup() stores in bf16, until the optimizer takes them as its masters.
+        self.master_weights = self.cfg.optim.get("master_weights") is True
+        self._masters: dict | None = None
 
     def forward(self, input_ids: torch.Tensor, return_hidden: bool = False) -> torch.Tensor:
         return self.model(input_ids, return_hidden=return_hidden)
@@ -119,9 +124,9 @@ class CausalLMModule(L.LightningModule):
     # forward and backward: the host could not queue the backward while the GPU runs the forward,
     # which costs a host-bound (135M) model its overlap on every step. So the loss is copied to
     # pinned memory without waiting and read at the next step, by when the GPU has long finished
-    # that forward (and at a checkpoint and at the end of training). Meanwhile the fused AdamW
-    # skips the bad step's update on the device (``found_inf``): the weights stay those from before
-    # it, and the error still names the step whose loss was not finite.
+    # that forward (and at a checkpoint and at the end of training). Meanwhile the fused AdamW (or
+    # MasterWeightAdamW) skips the bad step's update on the device (``found_inf``): the weights stay
+    # those from before it, and the error still names the step whose loss was not finite.
     def _watch_loss(self, loss: torch.Tensor) -> None:
         value = loss.detach().float()
         if self._watched_loss is None:
@@ -149,14 +154,36 @@ class CausalLMModule(L.LightningModule):
             )
 
     def on_before_optimizer_step(self, optimizer):
-        # Only the fused kernels take found_inf (an optimizer resumed from an older, unfused
-        # checkpoint keeps its param groups' fused=False and updates as before).
-        fused = all(g.get("fused") for g in optimizer.param_groups)
+        # Only the fused kernels (and MasterWeightAdamW's) take found_inf (an optimizer resumed from an
+        # older, unfused checkpoint keeps its param groups' fused=False and updates as before).
+        fused = all(g.get("fused") for g in optimizer.param_groups) or isinstance(optimizer, MasterWeightAdamW)
         optimizer.found_inf = self._skip_update_if if fused else None
         self._skip_update_if = None
 
+    def setup(self, stage: str) -> None:
+        # Before Lightning moves the model, restores a checkpoint or builds the optimizer (and DDP).
+        if stage == "fit" and self.master_weights and self._masters is None:
+            self._masters = linear_weights_to_bf16(self.model)
+
     def on_train_end(self):
         self.raise_if_a_loss_was_not_finite()  # the last step's
+        self._weights_back_to_fp32()
+
+    def _weights_back_to_fp32(self) -> None:
+        """The model leaves fit in fp32 with the masters' values, as it would without master weights
+        (evaluation and export may run it in fp32)."""
+        restored = False
+        for optimizer in self.trainer.optimizers if self._trainer is not None else []:
+            if isinstance(optimizer, MasterWeightAdamW):
+                for p, state in optimizer.state.items():
+                    if "master" in state:
+                        p.data = state.pop("master")
+                        restored = True
+        if restored and getattr(self.model, "compile_scope", None) is not None:
+            # Dynamo need not notice a parameter's dtype changing under .data (on an H200 a compiled
+            # backward went on reading bf16 weights as fp32: twentieth session, call A), so the compiled
+            # code goes: whatever runs the model next (evaluation) traces it again, in fp32.
+            torch._dynamo.reset()
 
     def validation_step(self, batch, batch_idx):
         self._begin_cudagraph_step()
@@ -180,24 +207,33 @@ class CausalLMModule(L.LightningModule):
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         """Clip by global norm ourselves: Lightning's AMP plugin refuses to clip for a fused AdamW,
         but under bf16 there is no loss scaler, so the gradients are already unscaled."""
-        if gradient_clip_val:
+        if gradient_clip_val and isinstance(optimizer, MasterWeightAdamW):
+            optimizer.clip_grad_norm_(gradient_clip_val)  # the coefficient applied inside its update
+        elif gradient_clip_val:
             torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val, foreach=True)
 
-    def configure_optimizers(self):
-        o = self.cfg.optim
+    def optimizer_parameters(self) -> tuple[list[str], list[str]]:
+        """The names of the trained parameters with weight decay and without, in the optimizer's order."""
         decay, no_decay = [], []
         for name, p in self.model.named_parameters():
             if not p.requires_grad:
                 continue
             # Norm scales, biases and SSM dynamics (A_log, D, dt_bias) are not weights to shrink.
-            (no_decay if p.ndim < 2 or name.endswith(("A_log", "D", "dt_bias")) else decay).append(p)
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+            (no_decay if p.ndim < 2 or name.endswith(("A_log", "D", "dt_bias")) else decay).append(name)
+        return decay, no_decay
+
+    def configure_optimizers(self):
+        o = self.cfg.optim
+        params = dict(self.model.named_parameters())
+        decay, no_decay = ([params[n] for n in names] for names in self.optimizer_parameters())
+        groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if self.master_weights:
+            optimizer = MasterWeightAdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, masters=self._masters)
+            self._masters = None
+        else:
             # Fused on CPU too: one kernel per group, and the device-side skip of a step whose
             # loss is not finite (found_inf, see _watch_loss) exists only in the fused kernels.
-            fused=True,
-        )
+            optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=True)
         total = self.trainer.max_steps
         warmup = max(1, int(o.warmup_fraction * total))
         schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -221,6 +257,7 @@ class CausalLMModule(L.LightningModule):
         if self._trainer is not None:
             for logger in self.trainer.loggers:
                 logger.save()
+        self._weights_from_masters(checkpoint)
         # Exact resume: Lightning restores model, optimizer, scheduler and loop counters; the RNG
         # streams are ours to carry.
         checkpoint["rng"] = {
@@ -230,7 +267,42 @@ class CausalLMModule(L.LightningModule):
             "python": random.getstate(),
         }
 
+    def _optimizer_states(self, checkpoint) -> tuple[dict, dict[str, int]]:
+        """``checkpoint``'s optimizer state by parameter index and those indices by parameter name
+        (empty without an optimizer state)."""
+        states = checkpoint.get("optimizer_states")
+        if not states:
+            return {}, {}
+        names = [name for group in self.optimizer_parameters() for name in group]
+        return states[0]["state"], {name: i for i, name in enumerate(names)}
+
+    def _weights_from_masters(self, checkpoint) -> None:
+        """With master weights, the checkpoint's model weights are the fp32 masters and its optimizer
+        state goes without them: one fp32 copy of each weight, the format of a run without them."""
+        if not self.master_weights:
+            return
+        state, index = self._optimizer_states(checkpoint)
+        for name, i in index.items():
+            if "master" in state.get(i, {}):
+                # A copy of the entry: the one in the checkpoint is the live optimizer's own state dict.
+                entry = dict(state[i])
+                checkpoint["state_dict"][f"model.{name}"] = entry.pop("master")
+                state[i] = entry
+
+    def _masters_from_weights(self, checkpoint) -> None:
+        """The inverse, before Lightning restores the checkpoint: each bf16 weight's master from the
+        checkpoint's fp32 weight (so a checkpoint written with or without master weights resumes either way)."""
+        if not self.master_weights:
+            return
+        state, index = self._optimizer_states(checkpoint)
+        params = dict(self.model.named_parameters())
+        for name, i in index.items():
+            weight = checkpoint["state_dict"].get(f"model.{name}")
+            if i in state and "master" not in state[i] and params[name].dtype != torch.float32 and weight is not None:
+                state[i]["master"] = weight.float()
+
     def on_load_checkpoint(self, checkpoint):
+        self._masters_from_weights(checkpoint)
         rng = checkpoint.get("rng")
         if rng:
             torch.set_rng_state(rng["torch"])

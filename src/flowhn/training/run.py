@@ -32,6 +32,7 @@ from flowhn.training.checks import (
     ddp_settings, world_size,
 )
 from flowhn.training.module import CausalLMModule
+from flowhn.training.optimizer import fp32_allreduce_hook
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,9 @@ def make_strategy(cfg: DictConfig):
         from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
         hook = getattr(default_hooks, hook)
+    elif cfg.optim.get("master_weights") is True:
+        # bf16 weights have bf16 gradients: averaged in fp32, as autocast's fp32 weights' gradients were.
+        hook = fp32_allreduce_hook
     return DDPStrategy(
         process_group_backend=backend, timeout=timedelta(seconds=cfg.trainer.ddp_timeout_s),
         bucket_cap_mb=ddp["bucket_cap_mb"], gradient_as_bucket_view=ddp["gradient_as_bucket_view"],
