@@ -6,7 +6,7 @@
 A SPEC is ``model[/split][:compile_mode]``, e.g. ``llama``, ``flowhn/fac_split``,
 ``flowhn/fac_split:reduce-overhead`` (default: llama, flowhn/fac_split and mamba, each with the default
 compile mode). Each is built and stepped exactly as ``python -m flowhn.bench`` does (its ``ours`` and
-``make_train_step``: bf16 autocast, fused loss on, whole-model compile), warmed up, then:
+``make_train_step``: bf16 autocast, fused loss on, whole-model compile, master weights on CUDA), warmed up, then:
 
 1. GPU ms a step (CUDA events around ``--steps`` steps) and host ms a step: the time ``step()`` takes
    to return, each step started on an idle GPU (synchronized before, not after), so the host never
@@ -37,7 +37,7 @@ from hydra import initialize_config_dir
 from omegaconf import OmegaConf
 from torch.profiler import ProfilerActivity, profile
 
-from flowhn.bench import CONF, make_train_step, ours
+from flowhn.bench import CONF, bench_master_weights, make_train_step, ours
 from flowhn.kernels.testing import ScriptLog
 from flowhn.perf.gaps import exported_trace, gap_markdown, kernel_gaps
 
@@ -133,6 +133,8 @@ def main() -> int:
         for spec in args.specs:
             started = time.time()
             name, model, _, vocab, compiled, options = ours(parse_spec(spec), bench)
+            # The bench's own step: master weights where the bench has them (on for CUDA).
+            options = {"master_weights": bench_master_weights(bench)} | options
             step = make_train_step(model, vocab, bench.batch_size, bench.seq_len, compiled, args.device, **options)
             for _ in range(args.warmup):
                 step()
