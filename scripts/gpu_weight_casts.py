@@ -5,8 +5,9 @@ weight gradient back up to fp32) against the same model with those weights store
 
   PYTHONPATH=src python scripts/gpu_weight_casts.py [--scale 1b] [SPEC ...]
 
-A SPEC is ``model[/split]`` (default: llama and flowhn/fac_split), built and compiled as
-``python -m flowhn.bench`` builds it (``ours``: whole-model compile, fused LM head + loss). For each:
+A SPEC is ``model[/split][:compile_mode]`` as in gpu_host_profile.py (default: llama and flowhn/fac_split),
+built and compiled as ``python -m flowhn.bench`` builds it (``ours``: whole-model compile, fused LM head +
+loss). For each:
 
 1. The bench's full training step (forward, loss, backward, fused AdamW), CUDA events over ``--steps``.
 2. Forward + loss + backward only (gradients dropped, no optimizer), fp32 Linear weights.
@@ -30,17 +31,14 @@ import torch
 from hydra import initialize_config_dir
 from omegaconf import OmegaConf
 
+from gpu_host_profile import parse_spec  # this folder, sys.path[0] when a script here runs
+
 from flowhn.bench import CONF, make_train_step, ours, time_steps
 from flowhn.kernels.cross_entropy import linear_cross_entropy
 from flowhn.kernels.testing import ScriptLog
 from flowhn.perf.profile import profile_steps
 
 log = ScriptLog()
-
-
-def parse_spec(spec: str) -> dict:
-    model, _, split = spec.partition("/")
-    return {"model": model} | ({"split": split} if split else {})
 
 
 def forward_backward(model, vocab: int, batch: int, seq_len: int, fused: str, mode):

@@ -5,9 +5,10 @@ Each entry is built, warmed up (compile and autotune happen there) and then time
 autocast with fp32 master weights, in one process, so every row of the table shares the GPU's
 state. As train.py on a GPU (``optim.master_weights``), the Linear weights are stored in bf16 with their
 fp32 masters in the optimizer (``flowhn.training.optimizer``) for every row, ours and the peers
-(``master_weights=false``: fp32 weights that autocast casts, and torch's fused AdamW). ``isolate=true`` runs each row in a fresh process instead, so that no row inherits what the rows
-before it compiled and allocated (at 135M a step is bound by the host, and a row's place in the
-order has moved its tok/s by ±10 %). The peers are timed the same way: HF transformers' Llama at our llama dims (eager and
+(``master_weights=false``: fp32 weights that autocast casts, and torch's fused AdamW). ``isolate=true``
+runs each row in a fresh process instead, so that no row inherits what the rows before it compiled
+and allocated (at 135M a step is bound by the host, and a row's place in the order has moved its tok/s
+by ±10 %). The peers are timed the same way: HF transformers' Llama at our llama dims (eager and
 compiled), HF's Mamba/Mamba-2 (their PyTorch paths here) and mamba-ssm's MambaLMHeadModel when it
 is installed. MFU uses our FLOP convention (``flowhn.nn.flops``) for every row; a peer with our
 architecture's dims is charged our model's FLOPs per token.
@@ -40,10 +41,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 import flowhn
 from flowhn.errors import ConfigError
-from flowhn.training.optimizer import MasterWeightAdamW, linear_weights_to_bf16
 from flowhn.kernels.cross_entropy import fused_loss_impl, linear_cross_entropy
 from flowhn.perf.hardware import device_peak_tflops
 from flowhn.perf.profile import profile_steps
+from flowhn.training.optimizer import MasterWeightAdamW, linear_weights_to_bf16
 
 log = logging.getLogger(__name__)
 CONF = Path(__file__).resolve().parents[2] / "conf"

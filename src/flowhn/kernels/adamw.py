@@ -23,9 +23,7 @@ Implementations: ``triton_adamw`` (CUDA, or the CPU interpreter with TRITON_INTE
 
 from __future__ import annotations
 
-import os
-
-import torch
+from flowhn.kernels import _interpreting
 
 
 def adamw_step_reference(param, grad, master, exp_avg, exp_avg_sq, step, *, lr: float, beta1: float, beta2: float,
@@ -44,16 +42,12 @@ def adamw_step_reference(param, grad, master, exp_avg, exp_avg_sq, step, *, lr: 
         param.copy_(master)
 
 
-def _uses_triton(param: torch.Tensor) -> bool:
-    return param.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 def adamw_step_(param, grad, master, exp_avg, exp_avg_sq, step, *, lr: float, beta1: float, beta2: float, eps: float,
                 weight_decay: float, grad_multiplier=None, found_inf=None) -> None:
     """One AdamW update of one parameter in place (see the module's docstring)."""
     kwargs = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, grad_multiplier=grad_multiplier,
                   found_inf=found_inf)
-    if _uses_triton(param):
+    if param.is_cuda or _interpreting():
         from flowhn.kernels.triton_adamw import adamw_step_triton
 
         adamw_step_triton(param, grad, master, exp_avg, exp_avg_sq, step, **kwargs)

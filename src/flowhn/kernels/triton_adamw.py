@@ -22,7 +22,7 @@ NUM_WARPS = 8
 @triton.jit
 def _adamw_kernel(param_ptr, grad_ptr, master_ptr, exp_avg_ptr, exp_avg_sq_ptr, step_ptr, grad_multiplier_ptr,
                   found_inf_ptr, n, lr, beta1, beta2, eps, weight_decay,
-                  HAS_MASTER: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr, HAS_FOUND_INF: tl.constexpr,
+                  HAS_MASTER: tl.constexpr, HAS_GRAD_MULTIPLIER: tl.constexpr, HAS_FOUND_INF: tl.constexpr,
                   BLOCK: tl.constexpr):
     if HAS_FOUND_INF:
         if tl.load(found_inf_ptr) != 0:
@@ -30,7 +30,7 @@ def _adamw_kernel(param_ptr, grad_ptr, master_ptr, exp_avg_ptr, exp_avg_sq_ptr, 
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     g = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    if HAS_GRAD_SCALE:
+    if HAS_GRAD_MULTIPLIER:
         g = g * tl.load(grad_multiplier_ptr)
     if HAS_MASTER:
         w = tl.load(master_ptr + offs, mask=mask, other=0.0)
@@ -70,6 +70,6 @@ def adamw_step_triton(param, grad, master, exp_avg, exp_avg_sq, step, *, lr: flo
         param, grad, master if master is not None else param, exp_avg, exp_avg_sq, step,
         grad_multiplier if grad_multiplier is not None else step, found_inf if found_inf is not None else step,
         n, float(lr), float(beta1), float(beta2), float(eps), float(weight_decay),
-        HAS_MASTER=master is not None, HAS_GRAD_SCALE=grad_multiplier is not None, HAS_FOUND_INF=found_inf is not None,
+        HAS_MASTER=master is not None, HAS_GRAD_MULTIPLIER=grad_multiplier is not None, HAS_FOUND_INF=found_inf is not None,
         BLOCK=BLOCK, num_warps=NUM_WARPS)
 

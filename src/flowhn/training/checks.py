@@ -169,7 +169,8 @@ def check_master_weights(cfg: DictConfig) -> None:
     """optim.master_weights: auto (on for bf16-mixed on a GPU without gradient accumulation), true or
     false, resolved in place to true or false."""
     setting = cfg.optim.get("master_weights", "auto")
-    require(setting == "auto" or isinstance(setting, bool), "optim.master_weights", f"must be auto, true or false, got {setting!r}")
+    require(setting == "auto" or isinstance(setting, bool), "optim.master_weights",
+            f"must be auto, true or false, got {setting!r}")
     bf16 = cfg.trainer.precision == "bf16-mixed"
     one_micro_batch = cfg.trainer.accumulate_grad_batches == 1
     if setting == "auto":

@@ -5,12 +5,12 @@ its bf16 gradient back up to fp32: three passes over the weights a step. ``linea
 stores those weights in bf16 instead and hands their fp32 values to ``MasterWeightAdamW``, which keeps
 them as masters and updates them in fp32 (``flowhn.kernels.adamw``: one kernel a parameter). The
 forward sees the same bf16 weights autocast made, the weight gradients are the same bf16 products, so a
-run takes the same steps (tests/test_master_weights.py) in less time and memory. Weights tied to an
-embedding stay fp32 (the lookup is not autocast, and the residual stream it starts is fp32).
+run takes the same steps (tests/test_master_weights.py) in less time. Weights tied to an embedding stay
+fp32 (the lookup is not autocast, and the residual stream it starts is fp32), and so does the LM head.
 
 Checkpoints keep today's format: the training module writes the masters as the model's weights and
-leaves them out of the optimizer's state; on load it puts them back (``masters_into_checkpoint``), so
-a checkpoint resumes with or without master weights.
+leaves them out of the optimizer's state; on load it puts them back (``CausalLMModule._weights_from_masters``
+and ``_masters_from_weights``), so a checkpoint resumes with or without master weights.
 """
 
 from __future__ import annotations
@@ -79,12 +79,13 @@ class MasterWeightAdamW(torch.optim.Optimizer):
                 loss = closure()
         found_inf, multiplier = self.found_inf, self.grad_multiplier
         self.found_inf = self.grad_multiplier = None
+        advance = 1.0 if found_inf is None else 1.0 - found_inf.float()  # a skipped step is not counted
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
             steps = [self.state[p]["step"] for p in params]
-            torch._foreach_add_(steps, 1.0 if found_inf is None else 1.0 - found_inf.float())
+            torch._foreach_add_(steps, advance)
             beta1, beta2 = group["betas"]
             for p in params:
                 state = self.state[p]
