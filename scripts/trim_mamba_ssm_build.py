@@ -10,10 +10,13 @@ build of over 10 minutes on 16 cores (../shared/gpu/README.md). A device call is
 * both setup.py: only ``-gencode arch=compute_90,code=sm_90`` (the H100/H200);
 * mamba-ssm: only fp32 and bf16 inputs with real weights (what our tests and bench run): the fp16 and
   complex .cu files leave the build, and the C++ dispatch loses their branches (an fp16 input or a
-  complex A then raises mamba-ssm's own "not implemented" error instead of failing to link).
+  complex A then raises mamba-ssm's own "not implemented" error instead of failing to link);
+* causal-conv1d: likewise only fp32 and bf16 inputs and weights (its templates' fp16 instantiations and
+  dispatch branches go), and only width 4 (every model here has d_conv = 4; another width raises).
 
 Every edit is checked to have matched; the script exits non-zero (naming the file) if a release moved
-the text it edits. Nothing here is run on a CPU-only machine: written for the first 64-core device call.
+the text it edits. On the 16-core kind (twenty-first session, call B) mamba-ssm built in 119 s this way;
+causal-conv1d's backward, then still with fp16, did not finish in 330 s.
 """
 
 from __future__ import annotations
@@ -54,6 +57,27 @@ def drop_branch(source: Path, pattern: str, what: str) -> None:
     print(f"{source}: dropped the {what} dispatch branch")
 
 
+def drop_half_instantiations(source: Path) -> None:
+    lines = source.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if not (line.startswith("template void") and "at::Half" in line)]
+    if len(kept) == len(lines):
+        sys.exit(f"{source}: no fp16 template instantiations found")
+    source.write_text("".join(kept))
+    print(f"{source}: dropped {len(lines) - len(kept)} fp16 instantiations")
+
+
+WIDTHS = re.compile(r"if \(params\.width == 2\) \{.*?\} else if \(params\.width == 4\) \{", re.S)
+
+
+def only_width_4(source: Path) -> None:
+    text, n = WIDTHS.subn('if (params.width != 4) {\n        TORCH_CHECK(false, "causal_conv1d: this trimmed build has '
+                          'width 4 only (scripts/trim_mamba_ssm_build.py)");\n    } else {', source.read_text())
+    if n == 0:
+        sys.exit(f"{source}: no width dispatch found")
+    source.write_text(text)
+    print(f"{source}: {n} width dispatch(es) cut to width 4")
+
+
 def main(root: Path) -> None:
     conv = next(root.glob("causal_conv1d-*"), None)
     mamba = next(root.glob("mamba_ssm-*"), None)
@@ -69,6 +93,15 @@ def main(root: Path) -> None:
     # } else if (WTYPE == ComplexFloat) { using weight_t = c10::complex<float>; f(); } else { error } -> } else { error }
     drop_branch(dispatch, r"\} else if \(WTYPE == at::ScalarType::ComplexFloat\) \{[^}]*?(?=\} else \{)",
                 "complex weight")
+    # causal-conv1d: fp32 and bf16 inputs and weights (4 of its 9 type pairs); its backward file alone took
+    # over 330 s with all nine on the 16-core kind (twenty-first session, call B).
+    conv_dispatch = conv / "csrc" / "causal_conv1d.cpp"
+    for kind in ("ITYPE", "WTYPE"):
+        drop_branch(conv_dispatch, rf"if \({kind} == at::ScalarType::Half\) \{{.*?\}} else (?=if \({kind} == at::ScalarType::BFloat16\))",
+                    f"fp16 {'input' if kind == 'ITYPE' else 'weight'}")
+    for name in ("causal_conv1d_fwd.cu", "causal_conv1d_bwd.cu", "causal_conv1d_update.cu"):
+        drop_half_instantiations(conv / "csrc" / name)
+        only_width_4(conv / "csrc" / name)  # every Mamba here has d_conv = 4
 
 
 if __name__ == "__main__":

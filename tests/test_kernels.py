@@ -160,6 +160,19 @@ def test_auto_backend_on_cpu_is_torch():
     assert "mamba_ssm" not in available_backends("cpu")
 
 
+def test_auto_backend_on_cuda_prefers_ours_to_mamba_ssm(monkeypatch):
+    """mamba-ssm only where Triton cannot run: ours were faster on an H200 (twenty-first session, call D)."""
+    import flowhn.kernels as kernels_module
+
+    usable = {"triton", "mamba_ssm"}
+    monkeypatch.setattr(kernels_module, "_unavailable", lambda name, device: None if name in usable else "no")
+    assert resolve_backend("auto", "cuda") == "triton"
+    usable.discard("triton")
+    assert resolve_backend("auto", "cuda") == "mamba_ssm"
+    usable.clear()
+    assert resolve_backend("auto", "cuda") == "torch"
+
+
 @pytest.mark.parametrize("name", ["mamba_ssm", "nonsense"] + ([] if os.environ.get("TRITON_INTERPRET") == "1"
                                                               else ["triton"]))
 def test_unavailable_backend_names_the_config_key(name):
@@ -463,7 +476,9 @@ def test_mamba_ssm_backend_gpu(kind):
     else:
         inputs = ssd_inputs(2, 512, 8, 64, 2, 64, dtype=torch.float32, device="cuda", seed=14)
         fn = functools.partial(ssd, backend="mamba_ssm")
-    assert_errors_below(compare(fn, reference_fn(kind), inputs), 1e-3)
+    # mamba-ssm's Triton SSD multiplies fp32 tiles as TF32 (tl.dot's default): on an H200 its output was
+    # 8.2e-4 and its gradients up to 1.5e-3 off float64 (twenty-first session, call D); its CUDA scan is fp32.
+    assert_errors_below(compare(fn, reference_fn(kind), inputs), 1e-3 if kind == "selective_scan" else 3e-3)
 
 
 @pytest.mark.gpu

@@ -385,6 +385,26 @@ def test_the_bench_step_with_master_weights_takes_the_fp32_weights_steps_on_the_
     assert abs(losses[True] - losses[False]) < 1e-3 * losses[False], losses
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_compiled_gpu_run_validates_after_fit_with_its_fp32_weights(tmp_path):
+    """On the GPU, compiled: after fit the weights go back to fp32 and dynamo's code is reset, so the
+    validation after fit runs a model traced for fp32 weights. Under autocast the fp32 weights round to the
+    bf16 weights the last in-fit validation (same step, same batches) ran with, so the two losses agree; a
+    compiled graph still reading the weights as bf16 gave garbage or an illegal access (twentieth session)."""
+    import csv
+
+    run_dir = tmp_path / "run"
+    summary = run(train_cfg(run_dir, "trainer.accelerator=gpu", *BF16, "optim.master_weights=true", "compile=true",
+                            "compile_mode=null"), run_dir)
+    assert summary["status"] == "completed" and summary["steps"] == MAX_STEPS
+    with open(run_dir / "csv" / "metrics.csv", newline="") as f:
+        in_fit = [(int(r["step"]), float(r["val/loss"])) for r in csv.DictReader(f) if r.get("val/loss")]
+    last_step, last_loss = max(in_fit)
+    assert last_step >= MAX_STEPS - 1, in_fit
+    assert abs(summary["val_loss"] - last_loss) < 1e-4 * last_loss, (summary["val_loss"], in_fit)
+
+
 @pytest.mark.slow
 def test_a_ddp_run_with_master_weights_completes_with_fp32_checkpoint_weights(tmp_path):
     """train.py on 2 CPU ranks (gloo, bf16-mixed) with master weights: DDP wraps the bf16 weights, reduces
