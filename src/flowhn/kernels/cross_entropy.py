@@ -38,10 +38,11 @@ from __future__ import annotations
 
 import functools
 import importlib
-import os
 
 import torch
 import torch.nn.functional as F
+
+from flowhn.kernels import _interpreting
 
 IGNORE_INDEX = -100
 IMPLS = ("auto", "triton", "chunked", "liger", "cce", "reference")
@@ -214,7 +215,7 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     if impl == "chunked":
         return linear_cross_entropy_chunked(hidden, weight, labels, ignore_index)
     if impl == "triton":
-        if hidden.device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
+        if hidden.device.type != "cuda" and not _interpreting():
             raise ValueError("fused loss 'triton' needs a CUDA device (or TRITON_INTERPRET=1)")
         from flowhn.kernels.triton_cross_entropy import linear_cross_entropy_triton
 

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from flowhn.kernels import _interpreting
 from flowhn.kernels import triton_interpreter  # noqa: F401  (patches the CPU interpreter where it runs)
 from flowhn.recompute import recomputed_in_backward
 
@@ -518,7 +519,7 @@ def _use_gluon(u: torch.Tensor, block_n: int) -> bool:
                         ("GLUON_BWD_LANES (FLOWHN_SCAN_BWD_LANES)", bwd_lanes())):
         if lanes not in (1, 2, 4, 8):
             raise ValueError(f"triton_scan.{name} must be 1, 2, 4 or 8, got {lanes!r}")
-    return MAIN_KERNELS == "gluon" and u.is_cuda and block_n <= 32 and os.environ.get("TRITON_INTERPRET", "0") != "1"
+    return MAIN_KERNELS == "gluon" and u.is_cuda and block_n <= 32 and not _interpreting()
 
 
 def _gluon_walks_sequence(direction: str) -> bool:

@@ -35,6 +35,8 @@ import os
 import triton
 import triton.language as tl
 
+from flowhn.kernels import _interpreting
+
 # Importing the Mamba-1 kernels patches the CPU interpreter's runtime loop bounds (NumPy >= 2.3).
 import flowhn.kernels.triton_scan  # noqa: F401
 
@@ -42,14 +44,10 @@ import flowhn.kernels.triton_scan  # noqa: F401
 FP32_DOT_PRECISION = os.environ.get("FLOWHN_SSD_FP32_DOT", "tf32x3")
 
 
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 def _autotuned(configs, key):
     """Autotune on the GPU; the CPU interpreter runs the kernel as written (the launcher passes defaults)."""
     def wrap(kernel):
-        if interpreting():
+        if _interpreting():
             return kernel
         return triton.autotune(configs=configs, key=key)(kernel)
     return wrap
