@@ -63,18 +63,18 @@ python3 -m pip install -q --no-index --no-deps --target $SITE $WHEELS/*.whl || e
 python3 -c "import torch, selective_scan_cuda, mamba_ssm; print('mamba_ssm', mamba_ssm.__version__, 'imports')" || exit 1
 python3 -c "import torch, causal_conv1d_cuda; print('causal_conv1d imports')"
 
-stages=" ${ANCHOR_STAGES:-tests kernels bench} "  # which of the three after the install run (in this order)
+wanted() { [[ " ${ANCHOR_STAGES:-tests kernels bench} " == *" $1 "* ]]; }  # which of the three after the install run (in this order)
 stage="tests"
-[[ $stages == *" tests "* ]] && { timeout 120 python3 -m pytest -q -rs -m gpu tests/test_kernels.py -k mamba_ssm \
+wanted tests && { timeout 120 python3 -m pytest -q -rs -m gpu tests/test_kernels.py -k mamba_ssm \
   -p no:cacheprovider > $OUT/pytest_mamba_ssm.log 2>&1; echo "mamba_ssm tests rc $?"; tail -3 $OUT/pytest_mamba_ssm.log; }
 
 stage="kernels"
-[[ $stages == *" kernels "* ]] && { timeout 150 python3 scripts/gpu_mamba_ssm_compare.py > $OUT/compare.log 2>&1
+wanted kernels && { timeout 150 python3 scripts/gpu_mamba_ssm_compare.py > $OUT/compare.log 2>&1
   echo "compare rc $?"; grep "^|" $OUT/compare.log; }
 
 stage="bench"
 left=$(( ${ANCHOR_S:-560} - ($(date +%s) - started) ))  # ANCHOR_S: the seconds the whole script may take
-[[ $stages == *" bench "* ]] && (( left > 80 )) && timeout $(( left - 10 )) python3 -m flowhn.bench scale=1b steps=5 warmup=3 peers=[mamba_ssm] \
+wanted bench && (( left > 80 )) && timeout $(( left - 10 )) python3 -m flowhn.bench scale=1b steps=5 warmup=3 peers=[mamba_ssm] \
   'entries=[{model: mamba}]' output=$OUT/bench_1b.md hydra.run.dir=/tmp/anchor_bench
 grep "^|" $OUT/bench_1b.md 2>/dev/null
 stage="done"
