@@ -180,3 +180,25 @@ def test_a_run_from_before_the_memory_switches_resumes_with_them():
     assert config_differences(old, new, ignore) == []
     old["model"]["d_state"] += 1
     assert config_differences(old, new, ignore) == [f"model.d_state: {new['model']['d_state'] + 1} -> {new['model']['d_state']}"]
+
+
+def test_a_run_from_before_residual_dtype_resumes_and_hashes_with_fp32_and_not_with_a_bf16_stream():
+    """residual_dtype changes the function trained: a checkpoint or completed run from before the key existed
+    ran with an fp32 stream, so it resumes (and counts as completed) with residual_dtype=fp32 and not otherwise."""
+    from omegaconf import OmegaConf
+
+    from flowhn.training.checks import RESUME_MAY_CHANGE, UNHASHED_KEYS, config_differences, config_hash
+
+    def config(*overrides: str) -> dict:  # what shapes training (paths need Hydra's runtime to resolve)
+        cfg = compose_train(*overrides)
+        keys = ("model", "scale", "data", "trainer", "optim", "residual_dtype")
+        return {key: cfg[key] if key == "residual_dtype" else OmegaConf.to_container(cfg[key], resolve=True)
+                for key in keys}
+
+    fp32, low = config("residual_dtype=fp32"), config("residual_dtype=autocast")
+    before = {key: value for key, value in fp32.items() if key != "residual_dtype"}
+    ignore = UNHASHED_KEYS + RESUME_MAY_CHANGE
+    assert config_differences(before, fp32, ignore) == []
+    assert config_differences(before, low, ignore) == ["residual_dtype: 'fp32' -> 'autocast'"]
+    hashed = lambda c: config_hash(OmegaConf.create(c))
+    assert hashed(before) == hashed(fp32) != hashed(low)

@@ -40,8 +40,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import flowhn
-from flowhn.errors import ConfigError
+from flowhn.errors import ConfigError, require
 from flowhn.kernels.cross_entropy import fused_loss_impl, linear_cross_entropy
+from flowhn.models.lm import RESIDUAL_DTYPES, in_residual_dtype
 from flowhn.perf.hardware import device_peak_tflops
 from flowhn.perf.profile import profile_steps
 from flowhn.training.optimizer import MasterWeightAdamW, linear_weights_to_bf16
@@ -180,11 +181,21 @@ def bench_master_weights(bench: DictConfig) -> bool:
     return setting
 
 
+def bench_residual_dtype(bench: DictConfig) -> str:
+    """The bench's ``residual_dtype`` (train.yaml's), for our rows that set none and for HF Llama's."""
+    setting = bench.get("residual_dtype", "fp32")
+    require(setting in RESIDUAL_DTYPES, "residual_dtype", f"must be one of {', '.join(RESIDUAL_DTYPES)}, got {setting!r}")
+    return setting
+
+
 def training_label(bench: DictConfig) -> str:
     """How the table's steps train, for its header."""
+    label = "bf16 autocast"
+    if bench_residual_dtype(bench) == "autocast":
+        label += ", bf16 residual stream"
     if bench_master_weights(bench):
-        return "bf16 autocast, bf16 weights with fp32 masters (MasterWeightAdamW)"
-    return "bf16 autocast, fused AdamW"
+        return label + ", bf16 weights with fp32 masters (MasterWeightAdamW)"
+    return label + ", fused AdamW"
 
 
 def compile_mode(entry: dict, bench: DictConfig) -> str | None:
@@ -229,7 +240,7 @@ def ours(entry: dict, bench: DictConfig):
     # can switch it off to compare with the flash kernel. The switch is global: set it per row.
     cudnn = bool(entry.pop("cudnn_attention", True))
     torch.backends.cuda.enable_cudnn_sdp(cudnn)
-    cfg = train_config(entry, bench.scale.name, bench.seq_len)
+    cfg = train_config({"residual_dtype": bench_residual_dtype(bench), **entry}, bench.scale.name, bench.seq_len)
     with open_dict(cfg):
         cfg.model.ssm_backend = entry.get("ssm_backend", "auto")
     with torch.device(bench.device):
@@ -255,7 +266,11 @@ def hf_llama(bench: DictConfig, compiled: bool):
         tie_word_embeddings=cfg.scale.tie_embeddings, max_position_embeddings=bench.seq_len, attn_implementation="sdpa",
     )
     with torch.device(bench.device):
-        model = LogitsOnly(transformers.LlamaForCausalLM(hf_cfg))
+        hf_model = transformers.LlamaForCausalLM(hf_cfg)
+    residual_dtype = bench_residual_dtype(bench)
+    # HF's residual stream is its embedding's output dtype: cast as ours (CausalLM.hidden_states) is.
+    hf_model.get_input_embeddings().register_forward_hook(lambda module, args, out: in_residual_dtype(out, residual_dtype))
+    model = LogitsOnly(hf_model)
     with torch.device("meta"):
         flops = flowhn.build_model(cfg).flops_per_token(bench.seq_len)
     if not compiled:
@@ -535,6 +550,7 @@ def main(bench: DictConfig) -> None:
     on_gpu = torch.device(bench.device).type == "cuda"
     if on_gpu and not torch.cuda.is_available():
         sys.exit("flowhn.bench needs a CUDA GPU (device=cpu runs it on the CPU: a check of the output, not a benchmark)")
+    bench_residual_dtype(bench)  # a bad value stops here, before any row is built
     started = time.monotonic()
     gpu = torch.cuda.get_device_name() if on_gpu else "CPU"
     peak = device_peak_tflops(bench.device, "bf16-mixed", bench.hardware.peak_tflops)

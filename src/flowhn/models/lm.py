@@ -26,6 +26,18 @@ from flowhn.nn.split import TokenSplit, flop_aware_ratio
 from flowhn.nn.ssm import Mamba1Mixer, Mamba2Mixer
 
 MIXERS = ("attention", "mamba1", "mamba2", "parallel")
+# The residual stream's dtype (train.yaml's residual_dtype): fp32, as autocast leaves the embedding's output
+# and every add on it, or the autocast dtype (bf16 under bf16-mixed), as Megatron-LM holds it by default.
+RESIDUAL_DTYPES = ("fp32", "autocast")
+
+
+def in_residual_dtype(x: torch.Tensor, residual_dtype: str) -> torch.Tensor:
+    """The embedding's output x as the residual stream starts: cast to the autocast dtype when
+    ``residual_dtype`` is "autocast" and autocast is on for x's device, else unchanged."""
+    device = x.device.type  # autocast knows no "meta" (FLOP counting builds models there)
+    if residual_dtype == "autocast" and device in ("cuda", "cpu") and torch.is_autocast_enabled(device):
+        return x.to(torch.get_autocast_dtype(device))
+    return x
 
 
 @dataclass(frozen=True)
@@ -50,9 +62,10 @@ class CausalLM(nn.Module):
         split_ratio: float | None = None,
         config: dict | None = None,
         rope_positions: int | None = None,
+        residual_dtype: str = "fp32",
     ):
-        """``rope_positions``: the sequence length (meta tokens included) to precompute the attention
-        layers' RoPE tables for (``RotaryTables``); longer sequences compute theirs in the forward, and
+        """``residual_dtype``: one of RESIDUAL_DTYPES (``in_residual_dtype``). ``rope_positions``: the
+        sequence length (meta tokens included) to precompute the attention layers' RoPE tables for (``RotaryTables``); longer sequences compute theirs in the forward, and
         so does every sequence with None (``build_lm`` under FLOWHN_ROPE_TABLES=0: the earlier path, kept
         to time both in one GPU call)."""
         super().__init__()
@@ -62,7 +75,7 @@ class CausalLM(nn.Module):
         self.layers = nn.ModuleList(blocks)
         self.norm = RMSNorm(d_model, norm_eps)
         self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
-        self.split_ratio = split_ratio
+        self.split_ratio, self.residual_dtype = split_ratio, residual_dtype
         self.config = dict(config or {})
         self.compile_scope: str | None = None  # set by compile_in_place; readers pick static shapes then
         self._init_weights(init_std)
@@ -86,7 +99,7 @@ class CausalLM(nn.Module):
 
     def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Final-norm hidden states (B, T, d) for the input positions (meta tokens dropped)."""
-        x = self.embed_tokens(input_ids)
+        x = in_residual_dtype(self.embed_tokens(input_ids), self.residual_dtype)
         prefix = self.n_meta_tokens
         if prefix:
             x = torch.cat([self.meta_tokens.to(x.dtype).expand(x.shape[0], -1, -1), x], dim=1)
@@ -204,6 +217,8 @@ def build_lm(cfg: DictConfig, specs: list[LayerSpec]) -> CausalLM:
     require(cfg.data.seq_len > 0, "data.seq_len", f"must be positive, got {cfg.data.seq_len}")
     vocab = cfg.scale.vocab_size
     require(isinstance(vocab, int) and vocab > 0, "scale.vocab_size", f"must be a positive integer, got {vocab!r}")
+    residual_dtype = cfg.get("residual_dtype", "fp32")
+    require(residual_dtype in RESIDUAL_DTYPES, "residual_dtype", f"must be one of {', '.join(RESIDUAL_DTYPES)}, got {residual_dtype!r}")
     for spec in specs:
         require(spec.mixer in MIXERS, "model", f"unknown mixer {spec.mixer!r}")
     parallel = any(s.mixer == "parallel" for s in specs)
@@ -237,7 +252,7 @@ def build_lm(cfg: DictConfig, specs: list[LayerSpec]) -> CausalLM:
         vocab, d, blocks, tie_embeddings=cfg.scale.tie_embeddings, norm_eps=m.norm_eps,
         n_meta_tokens=m.get("meta_tokens", 0), init_std=m.get("init_std", 0.02),
         split_ratio=split.ratio if parallel and split.strategy != "no_split" else None, config=config,
-        rope_positions=cfg.data.seq_len + m.get("meta_tokens", 0) if tables else None,
+        rope_positions=cfg.data.seq_len + m.get("meta_tokens", 0) if tables else None, residual_dtype=residual_dtype,
     )
     set_lean_activations(model, cfg.scale.get("lean_activations", False))
     return model

@@ -1,5 +1,8 @@
 """The two residual blocks every architecture is made of, and the per-forward context they share.
 
+Every add keeps the residual stream x in its own dtype (train.yaml's residual_dtype): a branch's output is
+cast to it first, which for an fp32 stream is the promotion the add makes anyway.
+
 * ``SequentialBlock``: x + mixer(norm(x)), then x + mlp(norm(x)). The mixer is attention or an
   SSM: this is a Llama layer, a Mamba layer, and each layer of Jamba and SHM.
 * ``ParallelBlock``: attention and an SSM side by side on their own norms (or one shared norm, as
@@ -66,9 +69,9 @@ class SequentialBlock(nn.Module):
         self.mlp = mlp
 
     def forward(self, x: torch.Tensor, ctx: SequenceContext) -> torch.Tensor:
-        x = x + self.mixer(self.mixer_norm(x), ctx.positions, ctx)
+        x = x + self.mixer(self.mixer_norm(x), ctx.positions, ctx).to(x.dtype)
         if self.mlp is not None:
-            x = x + self.mlp(self.mlp_norm(x))
+            x = x + self.mlp(self.mlp_norm(x)).to(x.dtype)
         return x
 
     def flops(self, seq_len: int) -> Flops:
@@ -118,9 +121,9 @@ class ParallelBlock(nn.Module):
             h_attn = self._attention_input(x, owned)
             a = self._attention_branch(h_attn, ctx, owned)
             s = self._ssm_branch(x, h_attn, owned)
-        x = x + self._fuse(x, a, s, owned)
+        x = x + self._fuse(x, a, s, owned).to(x.dtype)
         if self.mlp is not None:
-            x = x + self.mlp(self.mlp_norm(x))
+            x = x + self.mlp(self.mlp_norm(x)).to(x.dtype)
         return x
 
     # A split never gathers or scatters through index tensors: attention owns one contiguous span

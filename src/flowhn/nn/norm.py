@@ -5,7 +5,7 @@ from torch import nn
 
 def kept_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype a lean RMSNorm keeps x̂ in for its backward: the autocast dtype when fp32 activations run
-    under autocast (the residual stream of fp32-master-weight training), else x's own."""
+    under autocast (an fp32 residual stream: residual_dtype=fp32), else x's own."""
     device = x.device.type  # autocast knows no "meta" (FLOP counting builds models there)
     if x.dtype == torch.float32 and device in ("cuda", "cpu") and torch.is_autocast_enabled(device):
         return torch.get_autocast_dtype(device)

@@ -37,6 +37,11 @@ RESUME_MAY_CHANGE = (
     "trainer.ddp.bucket_cap_mb", "trainer.ddp.gradient_as_bucket_view", "trainer.ddp.static_graph",
     "trainer.ddp.optimize_ddp",
 )
+# Keys that shape training, added after runs were saved, each with the value that reproduces a run from
+# before it: a saved config without one ran with that value (config_differences: such a checkpoint resumes
+# with it), and a config holding it hashes as before the key existed (config_hash: such a completed run
+# still counts as this config's).
+ADDED_KEYS = {"residual_dtype": "fp32"}
 # trainer.ddp's keys and the values a config without them gets (conf/trainer/default.yaml sets the same).
 DDP_DEFAULTS = {"bucket_cap_mb": 25, "gradient_as_bucket_view": False, "static_graph": False, "comm_hook": "none",
                 "optimize_ddp": True}
@@ -52,6 +57,9 @@ def config_hash(cfg: DictConfig) -> str:
     container = OmegaConf.to_container(cfg, resolve=True)
     for key in UNHASHED_KEYS:
         container.pop(key, None)
+    for key, before in ADDED_KEYS.items():
+        if container.get(key, before) == before:
+            container.pop(key, None)
     return hashlib.sha256(json.dumps(container, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -69,7 +77,7 @@ def config_differences(old: dict, new: dict, ignore: tuple[str, ...]) -> list[st
     def kept(key: str) -> bool:
         return not any(key == p or key.startswith(p + ".") for p in ignore)
 
-    a, b = _flatten(old), _flatten(new)
+    a, b = _flatten({**ADDED_KEYS, **old}), _flatten({**ADDED_KEYS, **new})
     return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
             for k in sorted(set(a) | set(b)) if kept(k) and a.get(k, "<absent>") != b.get(k, "<absent>")]
 

@@ -6,7 +6,8 @@ stores those weights in bf16 instead and hands their fp32 values to ``MasterWeig
 them as masters and updates them in fp32 (``flowhn.kernels.adamw``: one kernel a parameter). The
 forward sees the same bf16 weights autocast made, the weight gradients are the same bf16 products, so a
 run takes the same steps (tests/test_master_weights.py) in less time. Weights tied to an embedding stay
-fp32 (the lookup is not autocast, and the residual stream it starts is fp32), and so does the LM head.
+fp32 (the lookup is not autocast: a bf16 table would start a bf16 residual stream whatever
+``residual_dtype`` says), and so does the LM head.
 
 Checkpoints keep today's format: the training module writes the masters as the model's weights and
 leaves them out of the optimizer's state; on load it puts them back (``CausalLMModule._weights_from_masters``
