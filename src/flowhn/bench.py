@@ -40,9 +40,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import flowhn
-from flowhn.errors import ConfigError, require
+from flowhn.errors import ConfigError
 from flowhn.kernels.cross_entropy import fused_loss_impl, linear_cross_entropy
-from flowhn.models.lm import RESIDUAL_DTYPES, in_residual_dtype
+from flowhn.models.lm import checked_residual_dtype, in_residual_dtype
 from flowhn.perf.hardware import device_peak_tflops
 from flowhn.perf.profile import profile_steps
 from flowhn.training.optimizer import MasterWeightAdamW, linear_weights_to_bf16
@@ -183,9 +183,7 @@ def bench_master_weights(bench: DictConfig) -> bool:
 
 def bench_residual_dtype(bench: DictConfig) -> str:
     """The bench's ``residual_dtype`` (train.yaml's), for our rows that set none and for HF Llama's."""
-    setting = bench.get("residual_dtype", "fp32")
-    require(setting in RESIDUAL_DTYPES, "residual_dtype", f"must be one of {', '.join(RESIDUAL_DTYPES)}, got {setting!r}")
-    return setting
+    return checked_residual_dtype(bench.get("residual_dtype", "fp32"))
 
 
 def training_label(bench: DictConfig) -> str:

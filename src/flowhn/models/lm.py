@@ -21,7 +21,7 @@ from flowhn.nn.flops import Flops, linear_flops
 from flowhn.nn.fusion import FUSIONS
 from flowhn.nn.mlp import DISPATCHES as MOE_DISPATCHES
 from flowhn.nn.mlp import MoE, SwiGLU
-from flowhn.nn.norm import RMSNorm
+from flowhn.nn.norm import RMSNorm, autocast_dtype
 from flowhn.nn.split import TokenSplit, flop_aware_ratio
 from flowhn.nn.ssm import Mamba1Mixer, Mamba2Mixer
 
@@ -31,13 +31,17 @@ MIXERS = ("attention", "mamba1", "mamba2", "parallel")
 RESIDUAL_DTYPES = ("fp32", "autocast")
 
 
+def checked_residual_dtype(value) -> str:
+    """``value`` when it is one of RESIDUAL_DTYPES, else a ConfigError naming the key."""
+    require(value in RESIDUAL_DTYPES, "residual_dtype", f"must be one of {', '.join(RESIDUAL_DTYPES)}, got {value!r}")
+    return value
+
+
 def in_residual_dtype(x: torch.Tensor, residual_dtype: str) -> torch.Tensor:
     """The embedding's output x as the residual stream starts: cast to the autocast dtype when
     ``residual_dtype`` is "autocast" and autocast is on for x's device, else unchanged."""
-    device = x.device.type  # autocast knows no "meta" (FLOP counting builds models there)
-    if residual_dtype == "autocast" and device in ("cuda", "cpu") and torch.is_autocast_enabled(device):
-        return x.to(torch.get_autocast_dtype(device))
-    return x
+    dtype = autocast_dtype(x)
+    return x.to(dtype) if residual_dtype == "autocast" and dtype is not None else x
 
 
 @dataclass(frozen=True)
@@ -65,8 +69,8 @@ class CausalLM(nn.Module):
         residual_dtype: str = "fp32",
     ):
         """``residual_dtype``: one of RESIDUAL_DTYPES (``in_residual_dtype``). ``rope_positions``: the
-        sequence length (meta tokens included) to precompute the attention layers' RoPE tables for (``RotaryTables``); longer sequences compute theirs in the forward, and
-        so does every sequence with None (``build_lm`` under FLOWHN_ROPE_TABLES=0: the earlier path, kept
+        sequence length (meta tokens included) to precompute the attention layers' RoPE tables for
+        (``RotaryTables``); longer sequences compute theirs in the forward, and so does every sequence with None (``build_lm`` under FLOWHN_ROPE_TABLES=0: the earlier path, kept
         to time both in one GPU call)."""
         super().__init__()
         self.embed_tokens = nn.Embedding(vocab_size, d_model)
@@ -217,8 +221,7 @@ def build_lm(cfg: DictConfig, specs: list[LayerSpec]) -> CausalLM:
     require(cfg.data.seq_len > 0, "data.seq_len", f"must be positive, got {cfg.data.seq_len}")
     vocab = cfg.scale.vocab_size
     require(isinstance(vocab, int) and vocab > 0, "scale.vocab_size", f"must be a positive integer, got {vocab!r}")
-    residual_dtype = cfg.get("residual_dtype", "fp32")
-    require(residual_dtype in RESIDUAL_DTYPES, "residual_dtype", f"must be one of {', '.join(RESIDUAL_DTYPES)}, got {residual_dtype!r}")
+    residual_dtype = checked_residual_dtype(cfg.get("residual_dtype", "fp32"))
     for spec in specs:
         require(spec.mixer in MIXERS, "model", f"unknown mixer {spec.mixer!r}")
     parallel = any(s.mixer == "parallel" for s in specs)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flowhn.nn.flops import Flops, linear_flops
+from flowhn.nn.norm import autocast_dtype
 from flowhn.recompute import recomputed_in_backward
 
 
@@ -94,8 +95,7 @@ class MoE(nn.Module):
 
     @staticmethod
     def _gemm_dtype(x: torch.Tensor) -> torch.dtype:
-        device = x.device.type
-        return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        return autocast_dtype(x) or x.dtype
 
     def experts_loop(self, flat: torch.Tensor, weights: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """The reference dispatch: each expert gathers its tokens (a data-dependent count, so a graph

@@ -3,13 +3,19 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The autocast dtype where autocast is on for x's device, else None."""
+    device = x.device.type  # autocast knows no "meta" (FLOP counting builds models there)
+    if device in ("cuda", "cpu") and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return None
+
+
 def kept_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype a lean RMSNorm keeps x̂ in for its backward: the autocast dtype when fp32 activations run
     under autocast (an fp32 residual stream: residual_dtype=fp32), else x's own."""
-    device = x.device.type  # autocast knows no "meta" (FLOP counting builds models there)
-    if x.dtype == torch.float32 and device in ("cuda", "cpu") and torch.is_autocast_enabled(device):
-        return torch.get_autocast_dtype(device)
-    return x.dtype
+    low = autocast_dtype(x)
+    return low if x.dtype == torch.float32 and low is not None else x.dtype
 
 
 def _normalized(x: torch.Tensor, eps: float, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
